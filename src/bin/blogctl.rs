@@ -1,0 +1,81 @@
+//! The `blogctl` binary: error reporting, logging, the command line, signals.
+
+use std::io::IsTerminal;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use blogctl::cli::{Cli, Command};
+use blogctl::error::exit_code;
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = color_eyre::install() {
+        eprintln!("blogctl: {error}");
+    }
+    // Services log what they do; one-shot commands only warnings. RUST_LOG overrides either.
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("blogctl: error: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(blogctl::cli::run(cli, stop_signal()));
+    if let Err(report) = result {
+        if is_broken_pipe(&report) {
+            std::process::exit(0);
+        }
+        let message: Vec<String> = report.chain().map(ToString::to_string).collect();
+        eprintln!("blogctl: error: {}", message.join(": "));
+        std::process::exit(exit_code(&report));
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// A closed stdout (`blogctl post list | head -1`) is not an error worth a message.
+fn is_broken_pipe(report: &color_eyre::Report) -> bool {
+    report.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

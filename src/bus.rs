@@ -1,0 +1,613 @@
+//! The event bus: everything about Redis Streams lives here.
+//!
+//! Stream and group set-up, the entry envelope, the Lua prelude that makes each step atomic and
+//! exactly-once, the consumer-group loop (own pending entries first, then new ones, taking over
+//! entries of dead consumers), retries with backoff, reconnection, and dead letters. Services
+//! only implement [`Handler`]: business rules and their own keyspace.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply,
+    StreamRangeReply, StreamReadReply,
+};
+use redis::{AsyncCommands, RedisResult, Script, ScriptInvocation, Value};
+use tracing::{debug, error, info, warn};
+
+use crate::connection::{Connection, Redis};
+use crate::error::is_connection_error;
+use crate::events::{ENVELOPE_VERSION, Event};
+use crate::shutdown::Shutdown;
+
+/// XREADGROUP: entries never delivered to any consumer of the group.
+pub const NEW_ENTRIES: &str = ">";
+/// XREADGROUP: this consumer's own pending entries, from the first.
+pub const OWN_PENDING: &str = "0";
+/// XGROUP CREATE: the group starts at the beginning of the stream, so it sees all history.
+pub const START_OF_STREAM: &str = "0";
+/// XADD: let Redis choose the id.
+pub const AUTO_ID: &str = "*";
+/// XAUTOCLAIM: start scanning at the first pending entry.
+const FIRST_PENDING: &str = "0-0";
+
+/// Entries read per XREADGROUP call and per stream.
+const BATCH: usize = 100;
+/// How long one blocking read waits; bounds how long a shutdown may go unnoticed.
+const BLOCK: Duration = Duration::from_millis(500);
+/// The block time while some entries wait for another try (see [`Outcome::Later`]).
+const BLOCK_WHILE_DEFERRED: Duration = Duration::from_millis(10);
+/// Commands of a service that do not block must answer within this or the connection is redone.
+pub const SERVICE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Lua run at the start of every atomic step, before the step's own body.
+///
+/// KEYS[1] is the stream the entry came from, KEYS[2] the events stream; ARGV[1] the group (the
+/// service's name), ARGV[2] the entry id, ARGV[3] the id of the request that caused the entry.
+/// An entry that is no longer pending was already applied, by this consumer or by another that
+/// took it over: applying it again would double its effect, so the step does nothing.
+const PRELUDE: &str = r#"
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
+  return 'stale'
+end
+local function settle()
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+end
+local function publish(kind, data)
+  return redis.call('XADD', KEYS[2], '*', 'type', kind, 'version', 'ENVELOPE_VERSION',
+    'request_id', ARGV[3], 'producer', ARGV[1], 'data', data)
+end
+"#;
+
+/// Moves an entry to the dead-letter stream (KEYS[2]) and acknowledges it, in one step.
+/// ARGV[4]: reason, ARGV[5]: deliveries, ARGV[6]: the entry's fields as JSON, ARGV[7]: '1' to
+/// delete the entry from its stream too (requests are deleted once answered).
+const DEAD_LETTER: &str = r#"
+redis.call('XADD', KEYS[2], '*', 'stream', KEYS[1], 'id', ARGV[2], 'service', ARGV[1],
+  'reason', ARGV[4], 'deliveries', ARGV[5], 'entry', ARGV[6])
+settle()
+if ARGV[7] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
+return 'dead'
+"#;
+
+/// A script for one atomic step: the prelude, then `body`.
+pub fn step_script(body: &str) -> Script {
+    let prelude = PRELUDE.replace("ENVELOPE_VERSION", ENVELOPE_VERSION);
+    Script::new(&format!("{prelude}{body}"))
+}
+
+/// Starts an invocation of a step script with the prelude's keys and arguments filled in.
+pub fn invoke_step<'a>(
+    script: &'a Script,
+    delivery: &Delivery,
+    group: &str,
+    events: &str,
+    request_id: &str,
+) -> ScriptInvocation<'a> {
+    let mut invocation = script.key(&delivery.stream);
+    invocation
+        .key(events)
+        .arg(group)
+        .arg(&delivery.id)
+        .arg(request_id);
+    invocation
+}
+
+/// One entry handed to a service.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub stream: String,
+    pub id: String,
+    pub fields: HashMap<String, Value>,
+    /// How many times Redis has delivered it, this time included.
+    pub deliveries: u64,
+}
+
+impl Delivery {
+    fn new(stream: &str, entry: StreamId, deliveries: u64) -> Delivery {
+        Delivery {
+            stream: stream.to_owned(),
+            id: entry.id,
+            fields: entry.map,
+            deliveries,
+        }
+    }
+
+    /// A text field; the error is the reason to dead-letter the entry.
+    pub fn field(&self, name: &str) -> Result<&str, String> {
+        match self.fields.get(name) {
+            Some(Value::BulkString(bytes)) => {
+                std::str::from_utf8(bytes).map_err(|_| format!("field {name:?} is not UTF-8"))
+            }
+            Some(Value::SimpleString(text)) => Ok(text),
+            Some(_) => Err(format!("field {name:?} is not a string")),
+            None => Err(format!("field {name:?} is missing")),
+        }
+    }
+
+    /// The envelope's event. `Ok(None)`: a type this build does not know, to be skipped.
+    pub fn event(&self) -> Result<Option<Envelope>, String> {
+        let version = self.field("version")?;
+        if version != ENVELOPE_VERSION {
+            return Err(format!("envelope version {version:?} is not supported"));
+        }
+        let kind = self.field("type")?;
+        let data = self.field("data")?;
+        let request_id = self.field("request_id")?.to_owned();
+        Ok(Event::parse(kind, data)?.map(|event| Envelope { event, request_id }))
+    }
+
+    /// All fields as a JSON object, bytes that are not UTF-8 replaced, for dead letters.
+    pub fn fields_json(&self) -> String {
+        let fields: serde_json::Map<String, serde_json::Value> = self
+            .fields
+            .iter()
+            .map(|(name, value)| {
+                let text = match value {
+                    Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                    other => format!("{other:?}"),
+                };
+                (name.clone(), serde_json::Value::String(text))
+            })
+            .collect();
+        serde_json::Value::Object(fields).to_string()
+    }
+}
+
+/// An event with the id of the request that caused it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub event: Event,
+    pub request_id: String,
+}
+
+/// What became of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied and acknowledged (or found already applied).
+    Done,
+    /// Cannot be decided yet (it depends on entries still in flight): try again shortly.
+    Later,
+    /// Can never succeed: move it to the dead-letter stream with this reason.
+    Dead(String),
+}
+
+/// A service's business logic, called once per entry.
+///
+/// The handler applies the entry and acknowledges it in one atomic step (see [`step_script`]).
+/// A Redis error leaves the entry pending: it is retried, and dead-lettered after
+/// `max_deliveries` tries.
+pub trait Handler: Send {
+    fn handle<'a>(
+        &'a mut self,
+        connection: &'a mut Connection,
+        delivery: &'a Delivery,
+    ) -> impl Future<Output = RedisResult<Outcome>> + Send + 'a;
+}
+
+/// Who reads what, and how patiently.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// The consumer group: the service's name.
+    pub group: String,
+    /// This consumer's name within the group.
+    pub consumer: String,
+    /// The streams to read, in the order each batch is handled (events before requests).
+    pub streams: Vec<String>,
+    /// The stream whose entries are deleted once handled (the service's inbox), if any.
+    pub inbox: Option<String>,
+    /// The dead-letter stream.
+    pub dead: String,
+    /// Entries pending this long with another consumer are taken over.
+    pub claim_idle: Duration,
+    /// Deliveries after which an entry that keeps failing is dead-lettered.
+    pub max_deliveries: u64,
+}
+
+/// Creates `group` on `stream` at the start of the stream (and the stream if need be).
+pub async fn ensure_group(
+    connection: &mut Connection,
+    stream: &str,
+    group: &str,
+) -> RedisResult<()> {
+    let created: RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg(START_OF_STREAM)
+        .arg("MKSTREAM")
+        .query_async(connection)
+        .await;
+    match created {
+        Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs the consumer loop until shutdown, reconnecting whenever the connection is lost.
+pub async fn consume(
+    redis: &Redis,
+    config: &ConsumerConfig,
+    handler: &mut impl Handler,
+    mut shutdown: Shutdown,
+) -> color_eyre::Result<()> {
+    let mut reconnect = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut lost = false;
+    while !shutdown.requested() {
+        let connection = match redis.try_connect(Some(SERVICE_RESPONSE_TIMEOUT)).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                if !lost {
+                    warn!(service = %config.group, %error, url = redis.url(), "cannot reach Redis; retrying");
+                    lost = true;
+                }
+                shutdown.sleep(reconnect.next_delay()).await;
+                continue;
+            }
+        };
+        let mut consumer = Consumer {
+            config,
+            handler,
+            connection,
+            shutdown: shutdown.clone(),
+        };
+        match consumer.run(&mut lost).await {
+            Ok(()) => break,
+            Err(error) if is_connection_error(&error) || error.code() == Some("NOGROUP") => {
+                warn!(service = %config.group, %error, "lost Redis; reconnecting");
+                lost = true;
+                reconnect.reset();
+                shutdown.sleep(reconnect.next_delay()).await;
+            }
+            Err(error) => {
+                return Err(color_eyre::eyre::eyre!(error)).map_err(|report| {
+                    report.wrap_err(format!("the {} service stopped", config.group))
+                });
+            }
+        }
+    }
+    info!(service = %config.group, "stopped");
+    Ok(())
+}
+
+struct Consumer<'a, H> {
+    config: &'a ConsumerConfig,
+    handler: &'a mut H,
+    connection: Connection,
+    shutdown: Shutdown,
+}
+
+impl<H: Handler> Consumer<'_, H> {
+    async fn run(&mut self, lost: &mut bool) -> RedisResult<()> {
+        for stream in &self.config.streams {
+            ensure_group(&mut self.connection, stream, &self.config.group).await?;
+        }
+        if std::mem::take(lost) {
+            info!(service = %self.config.group, "Redis is back; resuming");
+        } else {
+            info!(service = %self.config.group, consumer = %self.config.consumer, "started");
+        }
+        self.resume_own_pending().await?;
+        let claim_every = (self.config.claim_idle / 2).max(Duration::from_millis(100));
+        let mut last_claim: Option<Instant> = None;
+        let mut deferred: Vec<Delivery> = Vec::new();
+        while !self.shutdown.requested() {
+            if last_claim.is_none_or(|at| at.elapsed() >= claim_every) {
+                self.take_over_stuck().await?;
+                last_claim = Some(Instant::now());
+            }
+            let block = if deferred.is_empty() {
+                BLOCK
+            } else {
+                BLOCK_WHILE_DEFERRED
+            };
+            let ids = vec![NEW_ENTRIES; self.config.streams.len()];
+            let batch = self.read(&ids, Some(block)).await?;
+            for (stream, entries) in batch {
+                for entry in entries {
+                    let delivery = Delivery::new(&stream, entry, 1);
+                    if self.process(&delivery).await? == Outcome::Later {
+                        deferred.push(delivery);
+                    }
+                }
+            }
+            for delivery in std::mem::take(&mut deferred) {
+                if self.shutdown.requested() {
+                    break;
+                }
+                if self.process(&delivery).await? == Outcome::Later {
+                    deferred.push(delivery);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles what this consumer was given before it stopped or lost Redis.
+    async fn resume_own_pending(&mut self) -> RedisResult<()> {
+        let mut after: Vec<String> = vec![OWN_PENDING.to_owned(); self.config.streams.len()];
+        loop {
+            let ids: Vec<&str> = after.iter().map(String::as_str).collect();
+            let batch = self.read(&ids, None).await?;
+            if batch.iter().all(|(_, entries)| entries.is_empty()) {
+                return Ok(());
+            }
+            for (stream, entries) in batch {
+                let position = self.config.streams.iter().position(|s| *s == stream);
+                if let (Some(position), Some(last)) = (position, entries.last()) {
+                    after[position] = last.id.clone();
+                }
+                self.process_pending(&stream, entries).await?;
+                if self.shutdown.requested() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Takes over entries another consumer has held longer than `claim_idle` (it likely died).
+    async fn take_over_stuck(&mut self) -> RedisResult<()> {
+        let min_idle = self.config.claim_idle.as_millis() as u64;
+        for stream in self.config.streams.clone() {
+            let mut start = FIRST_PENDING.to_owned();
+            loop {
+                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(&self.config.group)
+                    .arg(&self.config.consumer)
+                    .arg(min_idle)
+                    .arg(&start)
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .query_async(&mut self.connection)
+                    .await?;
+                if !reply.claimed.is_empty() {
+                    info!(service = %self.config.group, count = reply.claimed.len(), %stream,
+                        "took over entries idle for {:?}", self.config.claim_idle);
+                    self.process_pending(&stream, reply.claimed).await?;
+                }
+                if reply.next_stream_id == FIRST_PENDING || self.shutdown.requested() {
+                    break;
+                }
+                start = reply.next_stream_id;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles entries delivered before, counting their earlier deliveries.
+    async fn process_pending(&mut self, stream: &str, entries: Vec<StreamId>) -> RedisResult<()> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&self.config.group)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(entries.len())
+            .query_async(&mut self.connection)
+            .await?;
+        let counts: HashMap<String, u64> = pending
+            .ids
+            .into_iter()
+            .map(|entry| (entry.id, entry.times_delivered as u64))
+            .collect();
+        for entry in entries {
+            let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
+            let delivery = Delivery::new(stream, entry, deliveries);
+            // An entry still undecided after a restart is simply tried again on the next pass.
+            self.process(&delivery).await?;
+            if self.shutdown.requested() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.
+    async fn process(&mut self, delivery: &Delivery) -> RedisResult<Outcome> {
+        let max = self.config.max_deliveries;
+        if delivery.deliveries > max {
+            let reason = format!(
+                "delivered {} times without being applied",
+                delivery.deliveries
+            );
+            return self
+                .dead_letter(delivery, &reason, delivery.deliveries)
+                .await;
+        }
+        let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut tries = delivery.deliveries;
+        loop {
+            match self.handler.handle(&mut self.connection, delivery).await {
+                Ok(Outcome::Dead(reason)) => {
+                    warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
+                        %reason, "dead-lettering a malformed entry");
+                    return self.dead_letter(delivery, &reason, tries).await;
+                }
+                Ok(outcome) => return Ok(outcome),
+                Err(error) if is_connection_error(&error) => return Err(error),
+                Err(error) if tries >= max => {
+                    let reason = format!("failed {tries} times; last error: {error}");
+                    error!(service = %self.config.group, id = %delivery.id, %reason, "giving up on an entry");
+                    return self.dead_letter(delivery, &reason, tries).await;
+                }
+                Err(error) => {
+                    warn!(service = %self.config.group, id = %delivery.id, %error, try_number = tries,
+                        "an entry failed; retrying");
+                    tries += 1;
+                    if self.shutdown.sleep(retry.next_delay()).await {
+                        // Left pending: handled again after the restart.
+                        return Ok(Outcome::Done);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &mut self,
+        delivery: &Delivery,
+        reason: &str,
+        deliveries: u64,
+    ) -> RedisResult<Outcome> {
+        let script = step_script(DEAD_LETTER);
+        let delete = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
+        let result: String = script
+            .key(&delivery.stream)
+            .key(&self.config.dead)
+            .arg(&self.config.group)
+            .arg(&delivery.id)
+            .arg("")
+            .arg(reason)
+            .arg(deliveries)
+            .arg(delivery.fields_json())
+            .arg(if delete { "1" } else { "0" })
+            .invoke_async(&mut self.connection)
+            .await?;
+        debug!(service = %self.config.group, id = %delivery.id, %result, "dead letter");
+        Ok(Outcome::Done)
+    }
+
+    /// One XREADGROUP over all the consumer's streams; `None` block means do not wait.
+    async fn read(
+        &mut self,
+        ids: &[&str],
+        block: Option<Duration>,
+    ) -> RedisResult<Vec<(String, Vec<StreamId>)>> {
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(&self.config.group)
+            .arg(&self.config.consumer)
+            .arg("COUNT")
+            .arg(BATCH);
+        if let Some(block) = block {
+            command.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        command.arg("STREAMS").arg(&self.config.streams).arg(ids);
+        let reply: Option<StreamReadReply> = command.query_async(&mut self.connection).await?;
+        let mut batch: Vec<(String, Vec<StreamId>)> = reply
+            .map(|reply| {
+                reply
+                    .keys
+                    .into_iter()
+                    .map(|key| (key.key, key.ids))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Handle streams in the configured order: events before requests.
+        batch.sort_by_key(|(stream, _)| self.config.streams.iter().position(|s| s == stream));
+        Ok(batch)
+    }
+}
+
+/// Acknowledges an entry that needs no change (an event the service does not use).
+pub async fn acknowledge(
+    connection: &mut Connection,
+    group: &str,
+    delivery: &Delivery,
+) -> RedisResult<Outcome> {
+    let _: u64 = connection
+        .xack(&delivery.stream, group, &[&delivery.id])
+        .await?;
+    Ok(Outcome::Done)
+}
+
+/// Whether `group` has applied every entry of `stream` up to and including the last one whose
+/// id is at or before `bound` (an id of any stream: both carry Redis's clock).
+pub async fn applied_up_to(
+    connection: &mut Connection,
+    stream: &str,
+    group: &str,
+    bound: &str,
+) -> RedisResult<bool> {
+    let bound_ms = bound.split('-').next().unwrap_or(bound);
+    let last: StreamRangeReply = connection.xrevrange_count(stream, bound_ms, "-", 1).await?;
+    let Some(last) = last.ids.first() else {
+        return Ok(true);
+    };
+    let groups: StreamInfoGroupsReply = connection.xinfo_groups(stream).await?;
+    let Some(info) = groups.groups.iter().find(|info| info.name == group) else {
+        return Ok(false);
+    };
+    if compare_ids(&info.last_delivered_id, &last.id).is_lt() {
+        return Ok(false);
+    }
+    let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg(&last.id)
+        .arg(1)
+        .query_async(connection)
+        .await?;
+    Ok(pending.ids.is_empty())
+}
+
+/// Orders stream ids (`<ms>-<seq>`) numerically.
+pub fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(id: &str) -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    }
+    parts(a).cmp(&parts(b))
+}
+
+/// The next delay of a capped, jittered exponential backoff.
+#[derive(Debug)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Backoff {
+        Backoff {
+            first,
+            cap,
+            current: first,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.first;
+    }
+
+    /// Between half and all of the current delay, which then doubles up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.cap);
+        delay / 2 + delay.mul_f64(random_fraction() / 2.0)
+    }
+}
+
+/// A number in [0, 1) that differs from call to call (for jitter, not for secrets).
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let bits = RandomState::new().hash_one(std::time::SystemTime::now());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_compare_as_numbers() {
+        assert!(compare_ids("9-0", "10-0").is_lt());
+        assert!(compare_ids("10-2", "10-10").is_lt());
+        assert!(compare_ids("10-2", "10-2").is_eq());
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let delays: Vec<Duration> = (0..6).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays[5] >= Duration::from_millis(200) && delays[5] <= Duration::from_millis(400));
+    }
+}

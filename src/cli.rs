@@ -1,0 +1,90 @@
+//! The command line: every clap definition is reachable from here.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::comment::CommentCommand;
+use crate::client::post::PostCommand;
+use crate::client::{self, Context};
+use crate::connection::Redis;
+use crate::error::Failure;
+use crate::keys::Keys;
+use crate::services::{self, ServeArgs, parse_seconds};
+
+const EXAMPLES: &str = "\
+Examples:
+  blogctl serve all &
+  id=$(blogctl post create \"Hello world\")
+  blogctl comment create --wait \"$id\" \"Nice post\"
+  blogctl post list";
+
+/// A blog as four event-driven services on one Redis stream, and a shell client for it.
+#[derive(Debug, Parser)]
+#[command(name = "blogctl", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The Redis to use.
+    #[arg(
+        long,
+        global = true,
+        env = "BLOGCTL_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Prefix of every key, so several blogs can share one Redis.
+    #[arg(long, global = true, env = "BLOGCTL_NAMESPACE", default_value = "blog")]
+    pub namespace: String,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for a service before giving up (exit code 5).
+    #[arg(long, global = true, default_value = "5", value_parser = parse_seconds)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run services until SIGINT or SIGTERM.
+    ///
+    /// Example: blogctl serve all   (or: blogctl serve posts comments)
+    Serve(ServeArgs),
+    /// Create, list and show posts.
+    #[command(subcommand)]
+    Post(PostCommand),
+    /// Comment on posts.
+    #[command(subcommand)]
+    Comment(CommentCommand),
+}
+
+impl Global {
+    fn context(&self) -> Result<Context, Failure> {
+        Ok(Context {
+            redis: Redis::open(&self.redis_url)?,
+            keys: Keys::new(&self.namespace)?,
+            json: self.json,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// Runs a parsed command line; `shutdown` stops `serve`.
+pub async fn run(
+    cli: Cli,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> color_eyre::Result<()> {
+    let context = cli.global.context()?;
+    match &cli.command {
+        Command::Serve(args) => services::run(&context.redis, &context.keys, args, shutdown).await,
+        Command::Post(command) => client::post::run(&context, command).await,
+        Command::Comment(command) => client::comment::run(&context, command).await,
+    }
+}

@@ -1,0 +1,116 @@
+//! `blogctl comment create`.
+
+use std::io::Read;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use color_eyre::Result;
+
+use super::{Context, Poll, print_line};
+use crate::error::{ExitCode, Failure};
+use crate::events::{Comment, parse_id, validate_content};
+use crate::request::{call, request_id};
+use crate::services::comments::{self, CREATE_COMMENT, CreateComment};
+use crate::services::query::{self, View};
+
+#[derive(Debug, Subcommand)]
+pub enum CommentCommand {
+    /// Comment on a post and print the new comment's id; it starts "pending".
+    ///
+    /// Example: echo "Nice post" | blogctl comment create --wait "$post_id" -
+    Create(CreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The post to comment on.
+    pub post_id: String,
+    /// The comment: 1 to 5000 characters; `-` reads it from stdin.
+    pub content: String,
+    /// Return once the query view shows the final status, and print it after the id.
+    #[arg(long)]
+    pub wait: bool,
+    /// Id for this request; a retry with the same id creates nothing new [default: a new UUID].
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+pub async fn run(context: &Context, command: &CommentCommand) -> Result<()> {
+    match command {
+        CommentCommand::Create(args) => create(context, args).await,
+    }
+}
+
+async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
+    let started = Instant::now();
+    let post_id = parse_id("post id", &args.post_id)?;
+    let content = if args.content == "-" {
+        read_stdin()?
+    } else {
+        args.content.clone()
+    };
+    let content = validate_content(&content)?;
+    let request_id = request_id(args.request_id.as_deref())?;
+    let mut connection = context.connect().await?;
+    let mut comment: Comment = call(
+        &mut connection,
+        &context.keys,
+        comments::NAME,
+        CREATE_COMMENT,
+        &CreateComment { post_id, content },
+        &request_id,
+        context.timeout,
+    )
+    .await?;
+    if args.wait {
+        let view = View::new(&context.keys);
+        let mut poll = Poll::until(started + context.timeout);
+        loop {
+            match view
+                .comment_status(&mut connection, post_id, comment.id)
+                .await?
+            {
+                Some(status) if status.is_final() => {
+                    comment.status = status;
+                    break;
+                }
+                seen => {
+                    if !poll.pause().await {
+                        return Err(still_pending(seen.is_some(), context.timeout).into());
+                    }
+                }
+            }
+        }
+    }
+    if context.json {
+        print_line(&serde_json::to_string(&comment)?)?;
+    } else if args.wait {
+        print_line(&format!("{} {}", comment.id, comment.status.as_str()))?;
+    } else {
+        print_line(&comment.id.to_string())?;
+    }
+    Ok(())
+}
+
+/// The timeout failure of `--wait`, naming the services the comment is waiting for.
+fn still_pending(in_view: bool, timeout: std::time::Duration) -> Failure {
+    if !in_view {
+        return Failure::service_timeout(query::NAME, "show the comment", timeout);
+    }
+    Failure::new(
+        ExitCode::ServiceTimeout,
+        format!(
+            "the comment is still pending after {:.1}s; are the moderation, comments and query \
+             services running? Start them with `blogctl serve moderation comments query`",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
+fn read_stdin() -> Result<String, Failure> {
+    let mut bytes = Vec::new();
+    std::io::stdin().read_to_end(&mut bytes).map_err(|error| {
+        Failure::invalid(format!("cannot read the content from stdin: {error}"))
+    })?;
+    String::from_utf8(bytes).map_err(|_| Failure::invalid("the content on stdin is not UTF-8"))
+}

@@ -1,0 +1,158 @@
+//! `blogctl post create|list|show`.
+
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use color_eyre::Result;
+use uuid::Uuid;
+
+use super::{Context, Poll, print_line};
+use crate::error::Failure;
+use crate::events::{Post, parse_id, validate_title};
+use crate::request::{call, request_id};
+use crate::services::posts::{self, CREATE_POST, CreatePost};
+use crate::services::query::{self, PostView, View};
+
+#[derive(Debug, Subcommand)]
+pub enum PostCommand {
+    /// Create a post and print its id.
+    ///
+    /// Example: id=$(blogctl post create "Hello world")
+    Create(CreateArgs),
+    /// List posts, oldest first, with their comments and their status.
+    ///
+    /// Example: blogctl post list --json | jq '.[].title'
+    List(ListArgs),
+    /// Show one post with its comments.
+    ///
+    /// Example: blogctl post show "$id"
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The title: 1 to 200 characters.
+    pub title: String,
+    /// Return only once the post is in the query view.
+    #[arg(long)]
+    pub wait: bool,
+    /// Id for this request; a retry with the same id creates nothing new [default: a new UUID].
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Show at most this many posts.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Start after this post id (the last one of the previous page).
+    #[arg(long)]
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The post's id.
+    pub post_id: String,
+}
+
+pub async fn run(context: &Context, command: &PostCommand) -> Result<()> {
+    match command {
+        PostCommand::Create(args) => create(context, args).await,
+        PostCommand::List(args) => list(context, args).await,
+        PostCommand::Show(args) => show(context, args).await,
+    }
+}
+
+async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
+    let started = Instant::now();
+    let title = validate_title(&args.title)?;
+    let request_id = request_id(args.request_id.as_deref())?;
+    let mut connection = context.connect().await?;
+    let post: Post = call(
+        &mut connection,
+        &context.keys,
+        posts::NAME,
+        CREATE_POST,
+        &CreatePost { title },
+        &request_id,
+        context.timeout,
+    )
+    .await?;
+    if args.wait {
+        let view = View::new(&context.keys);
+        let mut poll = Poll::until(started + context.timeout);
+        while view.get(&mut connection, post.id).await?.is_none() {
+            if !poll.pause().await {
+                return Err(Failure::service_timeout(
+                    query::NAME,
+                    "show the post",
+                    context.timeout,
+                )
+                .into());
+            }
+        }
+    }
+    if context.json {
+        print_line(&serde_json::to_string(&post)?)?;
+    } else {
+        print_line(&post.id.to_string())?;
+    }
+    Ok(())
+}
+
+async fn list(context: &Context, args: &ListArgs) -> Result<()> {
+    let after = args
+        .after
+        .as_deref()
+        .map(|id| parse_id("--after", id))
+        .transpose()?;
+    let mut connection = context.connect().await?;
+    let posts = View::new(&context.keys)
+        .list(&mut connection, after, args.limit)
+        .await?;
+    if context.json {
+        print_line(&serde_json::to_string(&posts)?)?;
+    } else if posts.is_empty() {
+        print_line("no posts yet")?;
+    } else {
+        for post in &posts {
+            print_post(post)?;
+        }
+    }
+    Ok(())
+}
+
+async fn show(context: &Context, args: &ShowArgs) -> Result<()> {
+    let id: Uuid = parse_id("post id", &args.post_id)?;
+    let mut connection = context.connect().await?;
+    let Some(post) = View::new(&context.keys).get(&mut connection, id).await? else {
+        return Err(Failure::not_found(format!("post {id} is not in the query view")).into());
+    };
+    if context.json {
+        print_line(&serde_json::to_string(&post)?)?;
+    } else {
+        print_post(&post)?;
+    }
+    Ok(())
+}
+
+/// The human form: the post on one line, then one indented line per comment.
+fn print_post(post: &PostView) -> std::io::Result<()> {
+    print_line(&format!("{}  {}", post.id, one_line(&post.title)))?;
+    for comment in &post.comments {
+        print_line(&format!(
+            "    {:<8}  {}  {}",
+            comment.status.as_str(),
+            comment.id,
+            one_line(&comment.content)
+        ))?;
+    }
+    Ok(())
+}
+
+/// Text on a single line, so each table row stays one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,70 @@
+//! Opening Redis connections, with the timeouts and error messages users see.
+
+use std::time::Duration;
+
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+
+use crate::error::{ExitCode, Failure};
+
+/// One connection, shared by the steps of one service or one client command.
+pub type Connection = MultiplexedConnection;
+
+/// How long opening a connection may take before Redis counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where Redis is, checked once so connecting again (after an outage) cannot fail on the URL.
+#[derive(Debug, Clone)]
+pub struct Redis {
+    url: String,
+    client: redis::Client,
+}
+
+impl Redis {
+    /// Checks the URL; exit code 2 when it is not a Redis URL.
+    pub fn open(url: &str) -> Result<Redis, Failure> {
+        let client = redis::Client::open(url)
+            .map_err(|error| Failure::invalid(format!("invalid --redis-url {url:?}: {error}")))?;
+        Ok(Redis {
+            url: url.to_owned(),
+            client,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Connects; `response_timeout` bounds every later command (None: wait as long as it takes,
+    /// for blocking reads that carry their own timeout).
+    pub async fn try_connect(
+        &self,
+        response_timeout: Option<Duration>,
+    ) -> redis::RedisResult<Connection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(response_timeout);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// Connects, or fails with exit code 4 and a message naming the URL.
+    pub async fn connect(&self, response_timeout: Option<Duration>) -> Result<Connection, Failure> {
+        self.try_connect(response_timeout)
+            .await
+            .map_err(|error| self.unreachable(&error))
+    }
+
+    /// The failure to report when Redis cannot be reached.
+    pub fn unreachable(&self, error: &redis::RedisError) -> Failure {
+        Failure::new(
+            ExitCode::RedisUnreachable,
+            format!(
+                "cannot reach Redis at {}: {error}; start one (`redis-server`) or point \
+                 --redis-url (BLOGCTL_REDIS_URL) at yours",
+                self.url
+            ),
+        )
+    }
+}

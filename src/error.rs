@@ -1,0 +1,89 @@
+//! Failures a user can act on, each with the documented exit code the binary returns.
+//!
+//! Anything that is not a [`Failure`] exits with code 1 ("unexpected error"), except Redis
+//! connection errors anywhere in the chain, which exit with 4.
+
+use std::fmt;
+
+/// The exit codes `blogctl` documents in its README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// 2: the input or the usage was wrong; nothing was written.
+    InvalidInput = 2,
+    /// 3: the post (or comment) does not exist.
+    NotFound = 3,
+    /// 4: Redis could not be reached.
+    RedisUnreachable = 4,
+    /// 5: a service did not answer within `--timeout`.
+    ServiceTimeout = 5,
+    /// 6: `status --check` found a group behind or stuck.
+    Unhealthy = 6,
+}
+
+/// An expected failure: a one-line message for stderr and the exit code that goes with it.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: ExitCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Failure::new(ExitCode::InvalidInput, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Failure::new(ExitCode::NotFound, message)
+    }
+
+    /// A service did not answer: name it and say how to start it.
+    pub fn service_timeout(service: &str, what: &str, timeout: std::time::Duration) -> Self {
+        Failure::new(
+            ExitCode::ServiceTimeout,
+            format!(
+                "the {service} service did not {what} within {:.1}s; is it running? \
+                 Start it with `blogctl serve {service}` (same --redis-url and --namespace)",
+                timeout.as_secs_f64()
+            ),
+        )
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The exit code for an error report: the [`Failure`]'s own, 4 for a lost Redis connection, else 1.
+pub fn exit_code(report: &color_eyre::Report) -> i32 {
+    for cause in report.chain() {
+        if let Some(failure) = cause.downcast_ref::<Failure>() {
+            return failure.code as i32;
+        }
+        if let Some(error) = cause.downcast_ref::<redis::RedisError>()
+            && is_connection_error(error)
+        {
+            return ExitCode::RedisUnreachable as i32;
+        }
+    }
+    1
+}
+
+/// Whether a Redis error means the connection is gone (as opposed to a command that failed).
+pub fn is_connection_error(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_refusal()
+        || error.is_connection_dropped()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+}

@@ -1,0 +1,26 @@
+//! `blogctl`: a blog built as four event-driven services on one Redis stream.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap), dispatching to the modules below.
+//! - [`services`]: `blogctl serve`; one module per service (posts, comments, moderation, query),
+//!   each holding its business rules and its own keyspace.
+//! - [`client`]: the shell client commands (`post ...`, `comment ...`).
+//! - [`bus`]: everything about Redis Streams: groups, the envelope, the consumer loop,
+//!   atomic exactly-once steps, retries, take-over of stuck entries, dead letters.
+//! - [`request`]: commands from the client to a service's inbox, and their replies.
+//! - [`events`]: the events (the wire contract) and pure rules (moderation, validation).
+//! - [`keys`]: every Redis key name.
+//! - [`connection`]: opening Redis connections.
+//! - [`shutdown`]: the stop signal shared by a process's tasks.
+//! - [`error`]: user-facing failures and their exit codes.
+
+pub mod bus;
+pub mod cli;
+pub mod client;
+pub mod connection;
+pub mod error;
+pub mod events;
+pub mod keys;
+pub mod request;
+pub mod services;
+pub mod shutdown;

@@ -1,0 +1,267 @@
+//! Commands from the client to a service, through the service's inbox, and their replies.
+//!
+//! The client adds a request to `<ns>:<service>:{<ns>.0}:inbox` and waits (BLPOP) on the reply
+//! key named after the request's entry id. The service answers in the same atomic step that
+//! applies the request. When the client gives up, it creates the reply key itself (SET NX): the
+//! service checks for that key first, so a request its client gave up on is never applied. If
+//! the SET fails, the answer got there first and the client reads it. Requests older than their
+//! timeout are dropped unapplied too, and answered request ids are remembered, so a retry with
+//! the same id returns the first answer instead of applying twice.
+
+use std::time::{Duration, Instant};
+
+use color_eyre::eyre::WrapErr;
+use redis::{AsyncCommands, Script, ScriptInvocation};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{AUTO_ID, Delivery, invoke_step, step_script};
+use crate::connection::Connection;
+use crate::error::Failure;
+use crate::keys::Keys;
+
+/// Version of the request envelope.
+const REQUEST_VERSION: &str = "1";
+/// How long an answer waits in its reply key for the client to read it.
+const REPLY_TTL_MS: u64 = 60_000;
+/// How long the client's "gave up" mark stays; older requests are dropped by age anyway.
+const GAVE_UP_TTL_MS: u64 = 3_600_000;
+/// Longest request id accepted.
+const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// Lua run after the bus prelude in every request step. KEYS[3]: reply key, KEYS[4]: the
+/// service's hash of answered request ids; ARGV[4]: the request's timeout in milliseconds.
+const REQUEST_PRELUDE: &str = r#"
+local function finish()
+  settle()
+  redis.call('XDEL', KEYS[1], ARGV[2])
+end
+local function answer(body)
+  redis.call('RPUSH', KEYS[3], body)
+  redis.call('PEXPIRE', KEYS[3], REPLY_TTL_MS)
+  finish()
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  finish()
+  return 'abandoned'
+end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local sent_ms = tonumber(string.match(ARGV[2], '^%d+'))
+if now_ms - sent_ms > tonumber(ARGV[4]) then
+  finish()
+  return 'expired'
+end
+local earlier = redis.call('HGET', KEYS[4], ARGV[3])
+if earlier then
+  answer(earlier)
+  return 'repeated'
+end
+"#;
+
+/// Answers without changing anything (the request was invalid). ARGV[5]: the answer.
+const ANSWER_ONLY: &str = r#"
+answer(ARGV[5])
+return 'answered'
+"#;
+
+/// A script for one request step: the bus prelude, the request prelude, then `body`.
+pub fn request_script(body: &str) -> Script {
+    step_script(&format!(
+        "{}{body}",
+        REQUEST_PRELUDE.replace("REPLY_TTL_MS", &REPLY_TTL_MS.to_string())
+    ))
+}
+
+/// The answer to a request, as JSON in the reply key.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Reply<T> {
+    Ok { value: T },
+    NotFound { message: String },
+    Invalid { message: String },
+}
+
+impl<T: Serialize> Reply<T> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("replies serialize")
+    }
+}
+
+/// A request as the service reads it from its inbox.
+#[derive(Debug)]
+pub struct Incoming {
+    pub request_id: String,
+    pub timeout_ms: u64,
+    pub command: String,
+    pub data: String,
+}
+
+impl Incoming {
+    /// Reads the request envelope; the error is the reason to dead-letter it.
+    pub fn parse(delivery: &Delivery) -> Result<Incoming, String> {
+        let version = delivery.field("version")?;
+        if version != REQUEST_VERSION {
+            return Err(format!("request version {version:?} is not supported"));
+        }
+        let timeout_ms = delivery.field("timeout_ms")?;
+        Ok(Incoming {
+            request_id: delivery.field("request_id")?.to_owned(),
+            timeout_ms: timeout_ms
+                .parse()
+                .map_err(|_| format!("timeout_ms {timeout_ms:?} is not a number"))?,
+            command: delivery.field("command")?.to_owned(),
+            data: delivery.field("data")?.to_owned(),
+        })
+    }
+
+    /// The command's data, or the reason to dead-letter the request.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_str(&self.data)
+            .map_err(|error| format!("{} data is invalid: {error}", self.command))
+    }
+}
+
+/// Where a service keeps what a request step touches besides its own keys.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    pub keys: Keys,
+    pub service: &'static str,
+    /// The service's hash of answered request ids.
+    pub answered: String,
+    answer_only: Script,
+}
+
+impl Inbox {
+    pub fn new(keys: &Keys, service: &'static str) -> Inbox {
+        Inbox {
+            answered: format!("{}requests", keys.service_prefix(service)),
+            keys: keys.clone(),
+            service,
+            answer_only: request_script(ANSWER_ONLY),
+        }
+    }
+
+    /// Starts a request step with the preludes' keys and arguments filled in.
+    pub fn invoke<'a>(
+        &self,
+        script: &'a Script,
+        delivery: &Delivery,
+        request: &Incoming,
+    ) -> ScriptInvocation<'a> {
+        let mut invocation = invoke_step(
+            script,
+            delivery,
+            self.service,
+            &self.keys.events(),
+            &request.request_id,
+        );
+        invocation
+            .key(self.keys.reply(&delivery.id))
+            .key(&self.answered)
+            .arg(request.timeout_ms);
+        invocation
+    }
+
+    /// Answers a request that changes nothing (invalid input, unknown post).
+    pub async fn answer<T: Serialize>(
+        &self,
+        connection: &mut Connection,
+        delivery: &Delivery,
+        request: &Incoming,
+        reply: &Reply<T>,
+    ) -> redis::RedisResult<String> {
+        self.invoke(&self.answer_only, delivery, request)
+            .arg(reply.to_json())
+            .invoke_async(connection)
+            .await
+    }
+}
+
+/// A request id given by the user (`--request-id`), checked, or a new one.
+pub fn request_id(given: Option<&str>) -> Result<String, Failure> {
+    match given {
+        None => Ok(uuid::Uuid::now_v7().to_string()),
+        Some(id) => {
+            let valid = !id.is_empty()
+                && id.chars().count() <= MAX_REQUEST_ID_CHARS
+                && id.chars().all(|c| c.is_ascii_graphic());
+            if valid {
+                Ok(id.to_owned())
+            } else {
+                Err(Failure::invalid(format!(
+                    "invalid --request-id {id:?}: use 1 to {MAX_REQUEST_ID_CHARS} printable ASCII characters"
+                )))
+            }
+        }
+    }
+}
+
+/// Sends a command to a service's inbox and waits for the answer until `deadline`.
+///
+/// Exit code 5 when the service does not answer in time; the request is then never applied.
+pub async fn call<C: Serialize, T: DeserializeOwned>(
+    connection: &mut Connection,
+    keys: &Keys,
+    service: &str,
+    command: &str,
+    data: &C,
+    request_id: &str,
+    timeout: Duration,
+) -> color_eyre::Result<T> {
+    let started = Instant::now();
+    let data = serde_json::to_string(data)?;
+    let inbox = keys.inbox(service);
+    let entry: String = redis::cmd("XADD")
+        .arg(&inbox)
+        .arg(AUTO_ID)
+        .arg("version")
+        .arg(REQUEST_VERSION)
+        .arg("request_id")
+        .arg(request_id)
+        .arg("timeout_ms")
+        .arg(timeout.as_millis() as u64)
+        .arg("command")
+        .arg(command)
+        .arg("data")
+        .arg(&data)
+        .query_async(connection)
+        .await
+        .wrap_err_with(|| format!("sending {command} to {inbox}"))?;
+    let reply_key = keys.reply(&entry);
+    let left = timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
+    let popped: Option<(String, String)> = connection
+        .blpop(&reply_key, left.as_secs_f64())
+        .await
+        .wrap_err_with(|| {
+        format!("waiting for the {service} service's answer on {reply_key}")
+    })?;
+    let body = match popped {
+        Some((_, body)) => body,
+        None => {
+            let gave_up: Option<String> = redis::cmd("SET")
+                .arg(&reply_key)
+                .arg("abandoned")
+                .arg("NX")
+                .arg("PX")
+                .arg(GAVE_UP_TTL_MS)
+                .query_async(connection)
+                .await?;
+            if gave_up.is_some() {
+                return Err(Failure::service_timeout(service, "answer", timeout).into());
+            }
+            // The answer arrived between the timeout and the mark: the request was applied.
+            let body: Option<String> = connection.lpop(&reply_key, None).await?;
+            body.ok_or_else(|| Failure::service_timeout(service, "answer", timeout))?
+        }
+    };
+    let reply: Reply<T> = serde_json::from_str(&body)
+        .wrap_err_with(|| format!("reading the {service} service's answer {body:?}"))?;
+    match reply {
+        Reply::Ok { value } => Ok(value),
+        Reply::NotFound { message } => Err(Failure::not_found(message).into()),
+        Reply::Invalid { message } => Err(Failure::invalid(message).into()),
+    }
+}

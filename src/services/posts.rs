@@ -1,0 +1,104 @@
+//! The posts service: creates posts on request and announces them with `PostCreated`.
+//!
+//! Keys: `<ns>:posts:{<ns>.0}:post:<id>` (hash: id, title), `...:requests` (answered request
+//! ids), `...:inbox` (its request stream).
+
+use redis::{RedisResult, Script};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::bus::{Delivery, Handler, Outcome};
+use crate::connection::Connection;
+use crate::events::{Post, validate_title};
+use crate::keys::Keys;
+use crate::request::{Inbox, Incoming, Reply, request_script};
+
+pub const NAME: &str = "posts";
+/// The one command of the posts inbox.
+pub const CREATE_POST: &str = "CreatePost";
+
+/// Data of a `CreatePost` request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatePost {
+    pub title: String,
+}
+
+/// KEYS[5]: the post's hash. ARGV[5]: id, ARGV[6]: title, ARGV[7]: event data, ARGV[8]: answer.
+const CREATE: &str = r#"
+redis.call('HSET', KEYS[5], 'id', ARGV[5], 'title', ARGV[6])
+publish('PostCreated', ARGV[7])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[8])
+answer(ARGV[8])
+return 'applied'
+"#;
+
+pub struct Posts {
+    prefix: String,
+    inbox: Inbox,
+    create: Script,
+}
+
+impl Posts {
+    pub fn new(keys: &Keys) -> Posts {
+        Posts {
+            prefix: keys.service_prefix(NAME),
+            inbox: Inbox::new(keys, NAME),
+            create: request_script(CREATE),
+        }
+    }
+
+    /// The streams this service reads.
+    pub fn streams(keys: &Keys) -> Vec<String> {
+        vec![keys.inbox(NAME)]
+    }
+}
+
+impl Handler for Posts {
+    async fn handle(
+        &mut self,
+        connection: &mut Connection,
+        delivery: &Delivery,
+    ) -> RedisResult<Outcome> {
+        let request = match Incoming::parse(delivery) {
+            Ok(request) if request.command == CREATE_POST => request,
+            Ok(request) => {
+                return Ok(Outcome::Dead(format!(
+                    "unknown command {:?}",
+                    request.command
+                )));
+            }
+            Err(reason) => return Ok(Outcome::Dead(reason)),
+        };
+        let command: CreatePost = match request.decode() {
+            Ok(command) => command,
+            Err(reason) => return Ok(Outcome::Dead(reason)),
+        };
+        let title = match validate_title(&command.title) {
+            Ok(title) => title,
+            Err(failure) => {
+                let reply = Reply::<()>::Invalid {
+                    message: failure.message,
+                };
+                self.inbox
+                    .answer(connection, delivery, &request, &reply)
+                    .await?;
+                return Ok(Outcome::Done);
+            }
+        };
+        let post = Post {
+            id: Uuid::now_v7(),
+            title,
+        };
+        let _: String = self
+            .inbox
+            .invoke(&self.create, delivery, &request)
+            .key(format!("{}post:{}", self.prefix, post.id))
+            .arg(post.id.to_string())
+            .arg(&post.title)
+            .arg(serde_json::to_string(&post).expect("posts serialize"))
+            .arg(Reply::Ok { value: &post }.to_json())
+            .invoke_async(connection)
+            .await?;
+        Ok(Outcome::Done)
+    }
+}
