@@ -3,13 +3,14 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
 
 use blogctl::cli::{Cli, Command};
 use blogctl::error::exit_code;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     if let Err(error) = color_eyre::install() {
         eprintln!("blogctl: {error}");
     }
@@ -44,6 +45,32 @@ fn main() {
         let message: Vec<String> = report.chain().map(ToString::to_string).collect();
         eprintln!("blogctl: error: {}", message.join(": "));
         std::process::exit(exit_code(&report));
+    }
+}
+
+/// Parses the command line; a usage error is one line on stderr and exit code 2.
+fn parse_command_line() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error)
+            if !error.use_stderr()
+                || error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            error.exit()
+        }
+        Err(error) => {
+            let rendered = error.render().to_string();
+            // The message is everything before the usage block, on one line.
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("blogctl: error: {message} (see 'blogctl --help')");
+            std::process::exit(2);
+        }
     }
 }
 

@@ -83,7 +83,9 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds"))?;
     if !(seconds > 0.0 && seconds <= 86_400.0) {
-        return Err(format!("{text} is not between 0 and 86400 seconds"));
+        return Err(format!(
+            "{text} seconds: must be more than 0 and at most 86400"
+        ));
     }
     Ok(Duration::from_secs_f64(seconds))
 }

@@ -1,0 +1,46 @@
+//! docker-compose.yml: every command it gives a service is a valid `blogctl` invocation that
+//! starts and serves (no Docker engine runs here, so the commands run directly).
+
+use crate::support::Blog;
+
+/// The `command: [...]` of each service in docker-compose.yml.
+fn compose_commands() -> Vec<Vec<String>> {
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+            .unwrap();
+    compose
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("command:"))
+        .filter_map(|list| serde_json::from_str::<Vec<String>>(list.trim()).ok())
+        .filter(|args| args.first().is_some_and(|first| first == "serve"))
+        .collect()
+}
+
+#[test]
+fn every_compose_service_command_starts_and_serves() {
+    let commands = compose_commands();
+    let mut served: Vec<String> = commands
+        .iter()
+        .flat_map(|args| args[1..].to_vec())
+        .collect();
+    served.sort();
+    assert_eq!(
+        served,
+        ["comments", "moderation", "posts", "query"],
+        "compose runs each service once"
+    );
+
+    let blog = Blog::new();
+    let services: Vec<_> = commands
+        .iter()
+        .map(|args| blog.serve(&args[1..].iter().map(String::as_str).collect::<Vec<_>>()))
+        .collect();
+    let post = blog.ok(&["post", "create", "--wait", "Composed"]);
+    assert!(
+        blog.ok(&["comment", "create", "--wait", &post, "an orange"])
+            .ends_with(" rejected")
+    );
+    for service in services {
+        assert_eq!(service.terminate().0, 0);
+    }
+}

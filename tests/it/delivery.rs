@@ -1,0 +1,287 @@
+//! Delivery guarantees: exactly-once effects, two instances, requests, dead letters.
+
+use std::collections::{HashMap, HashSet};
+
+use blogctl::bus::{Delivery, Handler, Outcome, ensure_group};
+use blogctl::keys::Keys;
+use blogctl::services::moderation::Moderation;
+use redis::streams::StreamReadReply;
+
+use crate::support::{Blog, PATIENCE, wait_until};
+
+#[test]
+fn two_instances_of_every_service_give_the_same_view_as_one() {
+    let blog = Blog::new();
+    let _a = blog.serve(&["all", "--consumer", "a"]);
+    let _b = blog.serve(&["all", "--consumer", "b"]);
+    let posts: Vec<String> = (0..4)
+        .map(|n| blog.ok(&["post", "create", &format!("Post {n}")]))
+        .collect();
+    std::thread::scope(|scope| {
+        for post in &posts {
+            scope.spawn(|| {
+                for m in 0..10 {
+                    let text = if m % 5 == 0 {
+                        format!("orange {m}")
+                    } else {
+                        format!("comment {m}")
+                    };
+                    blog.ok(&["comment", "create", post, &text]);
+                }
+            });
+        }
+    });
+    let view = blog.wait_for_view(4, 40);
+    for post in view.as_array().unwrap() {
+        for comment in post["comments"].as_array().unwrap() {
+            let orange = comment["content"].as_str().unwrap().contains("orange");
+            assert_eq!(
+                comment["status"],
+                if orange { "rejected" } else { "approved" }
+            );
+        }
+    }
+    let updated = blog.events_of("CommentUpdated");
+    let distinct: HashSet<String> = updated.iter().map(|e| e["id"].to_string()).collect();
+    assert_eq!(
+        (updated.len(), distinct.len()),
+        (40, 40),
+        "one CommentUpdated per comment"
+    );
+    for group in ["comments", "moderation", "query"] {
+        assert_eq!(
+            blog.pending(&blog.key("events"), group),
+            0,
+            "{group} has pending entries"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_redelivered_entry_has_no_second_effect() {
+    let blog = Blog::new();
+    let keys = Keys::new("blog").unwrap();
+    let events = keys.events();
+    let mut connection = redis::Client::open(blog.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let comment = serde_json::json!({
+        "id": uuid::Uuid::now_v7(), "postId": uuid::Uuid::now_v7(), "content": "hi", "status": "pending"
+    });
+    let _: String = redis::cmd("XADD")
+        .arg(&events)
+        .arg("*")
+        .arg(&[
+            ("type", "CommentCreated"),
+            ("version", "1"),
+            ("request_id", "r1"),
+            ("producer", "test"),
+        ])
+        .arg("data")
+        .arg(comment.to_string())
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    ensure_group(&mut connection, &events, "moderation")
+        .await
+        .unwrap();
+    let read: StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "moderation", "a", "STREAMS", &events, ">"])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let entry = read.keys[0].ids[0].clone();
+    let delivery = Delivery {
+        stream: events.clone(),
+        id: entry.id,
+        fields: entry.map,
+        deliveries: 1,
+    };
+
+    let mut handler = Moderation::new(&keys, vec!["orange".into()]);
+    // Delivered twice: to a consumer that stalled, and again to one that took it over.
+    assert_eq!(
+        handler.handle(&mut connection, &delivery).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        handler.handle(&mut connection, &delivery).await.unwrap(),
+        Outcome::Done
+    );
+
+    assert_eq!(blog.events_of("CommentModerated").len(), 1);
+    assert_eq!(blog.pending(&events, "moderation"), 0);
+}
+
+#[test]
+fn a_retried_request_id_creates_nothing_new() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let first = blog.ok(&["post", "create", "--request-id", "retry-1", "Once"]);
+    let again = blog.ok(&["post", "create", "--request-id", "retry-1", "Once"]);
+    assert_eq!(first, again);
+    let c1 = blog.ok(&[
+        "comment",
+        "create",
+        "--request-id",
+        "c-1",
+        &first,
+        "only once",
+    ]);
+    let c2 = blog.ok(&[
+        "comment",
+        "create",
+        "--request-id",
+        "c-1",
+        &first,
+        "only once",
+    ]);
+    assert_eq!(c1, c2);
+    blog.wait_for_view(1, 1);
+    assert_eq!(blog.events_of("PostCreated").len(), 1);
+    assert_eq!(blog.events_of("CommentCreated").len(), 1);
+}
+
+#[test]
+fn a_request_the_client_gave_up_on_is_never_applied() {
+    let blog = Blog::new();
+    // A request whose client died before it could mark it given up: dropped by its age.
+    let mut connection = blog.redis.connection();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{}inbox", blog.key("posts")))
+        .arg("1000-1")
+        .arg(&[
+            ("version", "1"),
+            ("request_id", "old"),
+            ("timeout_ms", "5000"),
+            ("command", "CreatePost"),
+        ])
+        .arg("data")
+        .arg(r#"{"title":"Ancient"}"#)
+        .query(&mut connection)
+        .unwrap();
+    let run = blog.run(&["--timeout", "0.3", "post", "create", "Too late"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr.contains("posts service") && run.stderr.contains("blogctl serve posts"),
+        "{run:?}"
+    );
+
+    let _services = blog.serve(&["all"]);
+    let inbox = format!("{}inbox", blog.key("posts"));
+    assert!(
+        wait_until(PATIENCE, || blog.entries(&inbox).is_empty()),
+        "requests not handled"
+    );
+    blog.ok(&["post", "create", "--wait", "On time"]);
+    let titles: Vec<String> = blog
+        .events_of("PostCreated")
+        .iter()
+        .map(|e| e["title"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(titles, ["On time"]);
+}
+
+#[test]
+fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    blog.ok(&["post", "create", "--wait", "Before"]);
+    let events = blog.key("events");
+    let mut connection = blog.redis.connection();
+    let mut add = |fields: &[(&str, &[u8])]| -> String {
+        let mut command = redis::cmd("XADD");
+        command.arg(&events).arg("*");
+        for (name, value) in fields {
+            command.arg(*name).arg(*value);
+        }
+        command.query(&mut connection).unwrap()
+    };
+    let good = |kind: &'static str| {
+        [
+            ("type", kind.as_bytes()),
+            ("version", b"1"),
+            ("request_id", b"x"),
+        ]
+    };
+    let malformed = [
+        add(&[&good("PostCreated")[..], &[("data", b"not json")]].concat()),
+        add(&good("PostCreated")),
+        add(&[
+            &good("PostCreated")[..],
+            &[("data", br#"{"id":5,"title":"x"}"#)],
+        ]
+        .concat()),
+        add(&[&good("CommentCreated")[..], &[("data", b"\xff\xfe")]].concat()),
+        add(&[
+            ("type", b"PostCreated"),
+            ("version", b"99"),
+            ("request_id", b"x"),
+            ("data", b"{}"),
+        ]),
+    ];
+    let unknown = add(&[&good("PostLiked")[..], &[("data", b"{}")]].concat());
+    let bad_request = {
+        let mut connection = blog.redis.connection();
+        let id: String = redis::cmd("XADD")
+            .arg(format!("{}inbox", blog.key("posts")))
+            .arg("*")
+            .arg("garbage")
+            .arg("yes")
+            .query(&mut connection)
+            .unwrap();
+        id
+    };
+
+    // Still serving, in order: a post made after the bad entries arrives.
+    let after = blog.ok(&["post", "create", "--wait", "After"]);
+    blog.ok(&["comment", "create", "--wait", &after, "still fine"]);
+
+    // Each service that reads the events stream dead-letters each malformed event once.
+    let expected: usize = malformed.len() * 3 + 1;
+    assert!(wait_until(PATIENCE, || blog
+        .entries(&blog.key("dead"))
+        .len()
+        >= expected));
+    let dead = blog.entries(&blog.key("dead"));
+    assert_eq!(dead.len(), expected);
+    let mut per_id: HashMap<String, Vec<String>> = HashMap::new();
+    for (_, fields) in &dead {
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert!(!field("reason").is_empty());
+        assert!(field("deliveries").parse::<u64>().unwrap() >= 1);
+        per_id
+            .entry(field("id"))
+            .or_default()
+            .push(field("service"));
+    }
+    for id in &malformed {
+        let mut services = per_id.remove(id).unwrap_or_default();
+        services.sort();
+        assert_eq!(
+            services,
+            ["comments", "moderation", "query"],
+            "dead letters of {id}"
+        );
+    }
+    assert_eq!(per_id.remove(&bad_request), Some(vec!["posts".to_owned()]));
+    assert!(
+        per_id.is_empty(),
+        "unexpected dead letters (unknown type {unknown}?): {per_id:?}"
+    );
+    for group in ["comments", "moderation", "query"] {
+        assert_eq!(
+            blog.pending(&events, group),
+            0,
+            "{group} has pending entries"
+        );
+    }
+}

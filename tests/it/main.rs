@@ -1,0 +1,7 @@
+//! Integration tests: real redis-server processes, the real `blogctl` binary.
+
+mod bad_input;
+mod compose;
+mod delivery;
+mod story;
+mod support;

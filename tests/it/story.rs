@@ -1,0 +1,216 @@
+//! The seed story end to end, moderation, catch-up and rebuild from history.
+
+use crate::support::{Blog, PATIENCE, wait_until};
+
+#[test]
+fn seed_story_through_the_real_binary() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let post = blog.ok(&["post", "create", "Hello world"]);
+    // A comment right after the post, as the next line of a script would make it.
+    let comment = blog.ok(&["comment", "create", &post, "Nice post"]);
+    let waited = blog.ok(&["comment", "create", "--wait", &post, "I like Oranges"]);
+    let (rejected_id, status) = waited.split_once(' ').expect("id and status");
+    assert_eq!(status, "rejected");
+
+    let view = blog.wait_for_view(1, 2);
+    assert_eq!(view[0]["id"], post.as_str());
+    assert_eq!(view[0]["title"], "Hello world");
+    let comments = view[0]["comments"].as_array().unwrap();
+    assert_eq!(comments[0]["id"], comment.as_str());
+    assert_eq!(comments[0]["content"], "Nice post");
+    assert_eq!(comments[0]["status"], "approved");
+    assert_eq!(comments[1]["id"], rejected_id);
+    assert_eq!(comments[1]["status"], "rejected");
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&blog.ok(&["post", "show", "--json", &post])).unwrap();
+    assert_eq!(shown, view[0]);
+    let table = blog.ok(&["post", "list"]);
+    assert!(
+        table.contains("Hello world")
+            && table.contains("approved  ")
+            && table.contains("rejected  "),
+        "{table}"
+    );
+
+    // Exactly the four kinds of events, once each per post and comment.
+    assert_eq!(blog.events_of("PostCreated").len(), 1);
+    assert_eq!(blog.events_of("CommentCreated").len(), 2);
+    assert_eq!(blog.events_of("CommentModerated").len(), 2);
+    assert_eq!(blog.events_of("CommentUpdated").len(), 2);
+}
+
+#[test]
+fn json_output_and_wait_on_post_create() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let created: serde_json::Value =
+        serde_json::from_str(&blog.ok(&["post", "create", "--json", "--wait", "  Padded  "]))
+            .unwrap();
+    assert_eq!(created["title"], "Padded");
+    let id = created["id"].as_str().unwrap();
+    // --wait returned only once the view had it.
+    assert_eq!(blog.view()[0]["id"], id);
+    let comment: serde_json::Value =
+        serde_json::from_str(&blog.ok(&["comment", "create", "--json", id, "First!"])).unwrap();
+    assert_eq!(comment["postId"], id);
+    assert_eq!(comment["content"], "First!");
+    assert_eq!(comment["status"], "pending");
+    let waited: serde_json::Value =
+        serde_json::from_str(&blog.ok(&["comment", "create", "--json", "--wait", id, "orange!"]))
+            .unwrap();
+    assert_eq!(waited["status"], "rejected");
+}
+
+#[test]
+fn content_from_stdin() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let post = blog.ok(&["post", "create", "Stdin"]);
+    let mut child = blog
+        .command()
+        .args(["comment", "create", "--wait", &post, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from a pipe\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).ends_with(" approved\n"));
+    assert_eq!(blog.view()[0]["comments"][0]["content"], "from a pipe");
+}
+
+#[test]
+fn banned_words_are_configurable() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all", "--banned-words", "kiwi,Mango"]);
+    let post = blog.ok(&["post", "create", "Fruit"]);
+    assert!(
+        blog.ok(&["comment", "create", "--wait", &post, "MANGO season"])
+            .ends_with(" rejected")
+    );
+    assert!(
+        blog.ok(&["comment", "create", "--wait", &post, "orange is fine here"])
+            .ends_with(" approved")
+    );
+}
+
+#[test]
+fn a_stopped_service_catches_up_when_it_returns() {
+    let blog = Blog::new();
+    let _writers = blog.serve(&["posts", "comments", "moderation"]);
+    let query = blog.serve(&["query"]);
+    let first = blog.ok(&["post", "create", "Before"]);
+    blog.ok(&["comment", "create", &first, "one"]);
+    blog.wait_for_view(1, 1);
+
+    let (code, _) = query.terminate();
+    assert_eq!(code, 0);
+    let second = blog.ok(&["post", "create", "While query was down"]);
+    blog.ok(&["comment", "create", &second, "two orange"]);
+    blog.ok(&["comment", "create", &first, "three"]);
+    // Nothing reaches the view while the query service is down...
+    assert_eq!(blog.view().as_array().unwrap().len(), 1);
+
+    // ...and all of it once it is back.
+    let _query = blog.serve(&["query"]);
+    let view = blog.wait_for_view(2, 3);
+    assert_eq!(view[1]["title"], "While query was down");
+    assert_eq!(view[1]["comments"][0]["status"], "rejected");
+}
+
+#[test]
+fn moderation_down_leaves_comments_pending_until_it_returns() {
+    let blog = Blog::new();
+    let _others = blog.serve(&["posts", "comments", "query"]);
+    let post = blog.ok(&["post", "create", "Pending"]);
+    let comment = blog.ok(&["comment", "create", &post, "waiting for a verdict"]);
+    assert!(wait_until(
+        PATIENCE,
+        || blog.view()[0]["comments"][0]["status"] == "pending"
+    ));
+    let _moderation = blog.serve(&["moderation"]);
+    let view = blog.wait_for_view(1, 1);
+    assert_eq!(view[0]["comments"][0]["id"], comment.as_str());
+    assert_eq!(view[0]["comments"][0]["status"], "approved");
+}
+
+#[test]
+fn a_service_started_for_the_first_time_rebuilds_from_history() {
+    let blog = Blog::new();
+    let writers = blog.serve(&["posts", "comments", "moderation"]);
+    for n in 0..5 {
+        let post = blog.ok(&["post", "create", &format!("Post {n}")]);
+        for m in 0..3 {
+            let text = if m == 2 {
+                "orange".to_owned()
+            } else {
+                format!("comment {m}")
+            };
+            blog.ok(&["comment", "create", &post, &text]);
+        }
+    }
+    assert!(wait_until(PATIENCE, || blog
+        .events_of("CommentUpdated")
+        .len()
+        == 15));
+    writers.terminate();
+    assert_eq!(blog.view().as_array().unwrap().len(), 0);
+
+    let _query = blog.serve(&["query"]);
+    let view = blog.wait_for_view(5, 15);
+    let titles: Vec<&str> = view
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["Post 0", "Post 1", "Post 2", "Post 3", "Post 4"]);
+    for post in view.as_array().unwrap() {
+        let statuses: Vec<&str> = post["comments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, ["approved", "approved", "rejected"]);
+    }
+}
+
+#[test]
+fn sigterm_stops_a_service_promptly_with_exit_code_zero() {
+    let blog = Blog::new();
+    let services = blog.serve(&["all"]);
+    blog.ok(&["post", "create", "--wait", "Up"]);
+    let (code, took) = services.terminate();
+    assert_eq!(code, 0);
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn paging_through_the_list() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let ids: Vec<String> = (0..5)
+        .map(|n| blog.ok(&["post", "create", "--wait", &format!("P{n}")]))
+        .collect();
+    let page: serde_json::Value = serde_json::from_str(
+        &blog.ok(&["post", "list", "--json", "--limit", "2", "--after", &ids[1]]),
+    )
+    .unwrap();
+    let got: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [ids[2].as_str(), ids[3].as_str()]);
+}

@@ -1,0 +1,339 @@
+//! Test helpers: a private redis-server per test, the real `blogctl` binary, polling.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any condition may take before a test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A redis-server on a free loopback port in a temporary directory, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    process: Child,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments (e.g. `--appendonly yes`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let process = spawn_redis(dir.path(), port, extra);
+            let server = RedisServer { port, process, dir };
+            if wait_until(Duration::from_secs(5), || server.ping()) {
+                return server;
+            }
+            // Someone else took the port between choosing and binding it: drop, try another.
+        }
+        panic!("could not start redis-server");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .expect("connect to test redis")
+    }
+
+    fn ping(&self) -> bool {
+        redis::Client::open(self.url())
+            .and_then(|client| client.get_connection())
+            .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
+            .is_ok()
+    }
+
+    /// Kills redis-server (keeping its directory) and starts it again on the same port.
+    pub fn restart(&mut self, extra: &[&str]) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        self.process = spawn_redis(self.dir.path(), self.port, extra);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.ping()),
+            "redis did not come back"
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/test.sh installs it)")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `condition` every 10 ms until it holds (true) or `limit` passes (false).
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The real binary, pointed at a Redis and a namespace, with nothing inherited from the caller.
+pub fn blogctl(url: &str, namespace: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blogctl"));
+    command
+        .env("BLOGCTL_REDIS_URL", url)
+        .env("BLOGCTL_NAMESPACE", namespace)
+        .env_remove("BLOGCTL_BANNED_WORDS")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    command
+}
+
+/// The result of one client command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// A blog under test: one Redis, one namespace, the services started by the test.
+pub struct Blog {
+    pub redis: RedisServer,
+    pub namespace: String,
+}
+
+impl Blog {
+    pub fn new() -> Blog {
+        Blog {
+            redis: RedisServer::start(),
+            namespace: "blog".to_owned(),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        blogctl(&self.redis.url(), &self.namespace)
+    }
+
+    /// Runs a client command to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.command()
+            .args(args)
+            .output()
+            .expect("run blogctl")
+            .into()
+    }
+
+    /// Runs a client command that must succeed, and returns its stdout, trimmed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert_eq!(run.code, 0, "blogctl {args:?} failed: {run:?}");
+        run.stdout.trim().to_owned()
+    }
+
+    /// Starts `blogctl serve <args>` (stopped on drop).
+    pub fn serve(&self, args: &[&str]) -> Service {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = self
+            .command()
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(log.reopen().unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start blogctl serve");
+        Service { child, log }
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        let ns = &self.namespace;
+        match name {
+            "events" | "dead" => format!("{ns}:{name}:{{{ns}.0}}"),
+            service => format!("{ns}:{service}:{{{ns}.0}}:"),
+        }
+    }
+
+    /// All entries of a stream, as (id, fields).
+    pub fn entries(&self, stream: &str) -> Vec<(String, Vec<(String, String)>)> {
+        let mut connection = self.redis.connection();
+        let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query(&mut connection)
+            .unwrap();
+        reply
+    }
+
+    /// Events of one type on the stream, their `data` parsed.
+    pub fn events_of(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.entries(&self.key("events"))
+            .into_iter()
+            .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "type" && v == kind))
+            .map(|(_, fields)| {
+                let data = fields
+                    .iter()
+                    .find(|(k, _)| k == "data")
+                    .map(|(_, v)| v.clone())
+                    .unwrap();
+                serde_json::from_str(&data).unwrap()
+            })
+            .collect()
+    }
+
+    /// The view as `post list --json` shows it.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["post", "list", "--json"])).unwrap()
+    }
+
+    /// Waits until every comment in the view has a final status and the view holds `comments`.
+    pub fn wait_for_view(&self, posts: usize, comments: usize) -> serde_json::Value {
+        let mut view = serde_json::Value::Null;
+        let settled = wait_until(PATIENCE, || {
+            view = self.view();
+            let list = view.as_array().unwrap();
+            let all: Vec<&serde_json::Value> = list
+                .iter()
+                .flat_map(|post| post["comments"].as_array().unwrap())
+                .collect();
+            list.len() == posts
+                && all.len() == comments
+                && all.iter().all(|comment| comment["status"] != "pending")
+        });
+        assert!(
+            settled,
+            "view did not settle to {posts} posts / {comments} final comments: {view}"
+        );
+        view
+    }
+
+    /// Pending entries of a group on a stream.
+    pub fn pending(&self, stream: &str, group: &str) -> usize {
+        let mut connection = self.redis.connection();
+        let reply: redis::Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query(&mut connection)
+            .unwrap();
+        match reply {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Int(count)) => *count as usize,
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+}
+
+/// A running `blogctl serve` process; killed on drop if still running.
+pub struct Service {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit code and how long it took.
+    pub fn terminate(mut self) -> (i32, Duration) {
+        let started = Instant::now();
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), started.elapsed());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service ignored SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name (TERM, KILL, ...) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
