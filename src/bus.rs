@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use redis::streams::{
@@ -199,6 +200,8 @@ pub struct ConsumerConfig {
     pub inbox: Option<String>,
     /// The dead-letter stream.
     pub dead: String,
+    /// The service's hash counting tries of redelivered entries (`<prefix>attempts`).
+    pub attempts: String,
     /// Entries pending this long with another consumer are taken over.
     pub claim_idle: Duration,
     /// Deliveries after which an entry that keeps failing is dead-lettered.
@@ -225,45 +228,40 @@ pub async fn ensure_group(
     }
 }
 
-/// Runs the consumer loop until shutdown, reconnecting whenever the connection is lost.
+/// Runs the consumer loop until shutdown. Whatever goes wrong with Redis (lost connection,
+/// Redis restarted empty, a read-only or full Redis) is waited out with capped backoff: logged
+/// once when it starts and once when it is over, never in a tight loop.
 pub async fn consume(
     redis: &Redis,
     config: &ConsumerConfig,
     handler: &mut impl Handler,
     mut shutdown: Shutdown,
 ) -> color_eyre::Result<()> {
-    let mut reconnect = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut lost = false;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut trouble: Option<String> = None;
     while !shutdown.requested() {
-        let connection = match redis.try_connect(Some(SERVICE_RESPONSE_TIMEOUT)).await {
-            Ok(connection) => connection,
-            Err(error) => {
-                if !lost {
-                    warn!(service = %config.group, %error, url = redis.url(), "cannot reach Redis; retrying");
-                    lost = true;
-                }
-                shutdown.sleep(reconnect.next_delay()).await;
-                continue;
+        let result = match redis.try_connect(Some(SERVICE_RESPONSE_TIMEOUT)).await {
+            Ok(connection) => {
+                let mut consumer = Consumer {
+                    config,
+                    handler,
+                    connection,
+                    shutdown: shutdown.clone(),
+                };
+                consumer.run(&mut trouble, &mut backoff).await
             }
+            Err(error) => Err(error),
         };
-        let mut consumer = Consumer {
-            config,
-            handler,
-            connection,
-            shutdown: shutdown.clone(),
-        };
-        match consumer.run(&mut lost).await {
+        match result {
             Ok(()) => break,
-            Err(error) if is_connection_error(&error) || error.code() == Some("NOGROUP") => {
-                warn!(service = %config.group, %error, "lost Redis; reconnecting");
-                lost = true;
-                reconnect.reset();
-                shutdown.sleep(reconnect.next_delay()).await;
-            }
             Err(error) => {
-                return Err(color_eyre::eyre::eyre!(error)).map_err(|report| {
-                    report.wrap_err(format!("the {} service stopped", config.group))
-                });
+                let kind = format!("{:?}", error.kind());
+                if trouble.as_deref() != Some(kind.as_str()) {
+                    warn!(service = %config.group, url = redis.url(), %error,
+                        "Redis is unavailable; retrying with backoff");
+                    trouble = Some(kind);
+                }
+                shutdown.sleep(backoff.next_delay()).await;
             }
         }
     }
@@ -279,15 +277,20 @@ struct Consumer<'a, H> {
 }
 
 impl<H: Handler> Consumer<'_, H> {
-    async fn run(&mut self, lost: &mut bool) -> RedisResult<()> {
+    async fn run(
+        &mut self,
+        trouble: &mut Option<String>,
+        backoff: &mut Backoff,
+    ) -> RedisResult<()> {
         for stream in &self.config.streams {
             ensure_group(&mut self.connection, stream, &self.config.group).await?;
         }
-        if std::mem::take(lost) {
+        if trouble.take().is_some() {
             info!(service = %self.config.group, "Redis is back; resuming");
         } else {
             info!(service = %self.config.group, consumer = %self.config.consumer, "started");
         }
+        backoff.reset();
         self.resume_own_pending().await?;
         let claim_every = (self.config.claim_idle / 2).max(Duration::from_millis(100));
         let mut last_claim: Option<Instant> = None;
@@ -409,17 +412,19 @@ impl<H: Handler> Consumer<'_, H> {
     /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.
     async fn process(&mut self, delivery: &Delivery) -> RedisResult<Outcome> {
         let max = self.config.max_deliveries;
-        if delivery.deliveries > max {
-            let reason = format!(
-                "delivered {} times without being applied",
-                delivery.deliveries
-            );
-            return self
-                .dead_letter(delivery, &reason, delivery.deliveries)
-                .await;
+        // A redelivered entry may be one that crashed the process: count real tries (entries
+        // delivered in a batch but never reached before a crash do not count).
+        let redelivered = delivery.deliveries > 1;
+        let mut tries = if redelivered {
+            self.count_try(delivery).await?
+        } else {
+            1
+        };
+        if tries > max {
+            let reason = format!("tried {} times without being applied", tries - 1);
+            return self.dead_letter(delivery, &reason, tries - 1).await;
         }
         let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let mut tries = delivery.deliveries;
         loop {
             match self.handler.handle(&mut self.connection, delivery).await {
                 Ok(Outcome::Dead(reason)) => {
@@ -427,7 +432,12 @@ impl<H: Handler> Consumer<'_, H> {
                         %reason, "dead-lettering a malformed entry");
                     return self.dead_letter(delivery, &reason, tries).await;
                 }
-                Ok(outcome) => return Ok(outcome),
+                Ok(outcome) => {
+                    if redelivered && outcome == Outcome::Done {
+                        self.forget_tries(delivery).await?;
+                    }
+                    return Ok(outcome);
+                }
                 Err(error) if is_connection_error(&error) => return Err(error),
                 Err(error) if tries >= max => {
                     let reason = format!("failed {tries} times; last error: {error}");
@@ -440,11 +450,32 @@ impl<H: Handler> Consumer<'_, H> {
                     tries += 1;
                     if self.shutdown.sleep(retry.next_delay()).await {
                         // Left pending: handled again after the restart.
-                        return Ok(Outcome::Done);
+                        return Ok(Outcome::Later);
                     }
                 }
             }
         }
+    }
+
+    /// The field of the attempts hash for one entry.
+    fn try_field(delivery: &Delivery) -> String {
+        format!("{}/{}", delivery.stream, delivery.id)
+    }
+
+    /// Counts one more try of a redelivered entry; returns the tries so far, this one included.
+    async fn count_try(&mut self, delivery: &Delivery) -> RedisResult<u64> {
+        let counted: u64 = self
+            .connection
+            .hincr(&self.config.attempts, Self::try_field(delivery), 1)
+            .await?;
+        // The first delivery was tried without being counted.
+        Ok(counted + 1)
+    }
+
+    async fn forget_tries(&mut self, delivery: &Delivery) -> RedisResult<()> {
+        self.connection
+            .hdel(&self.config.attempts, Self::try_field(delivery))
+            .await
     }
 
     async fn dead_letter(
@@ -453,9 +484,9 @@ impl<H: Handler> Consumer<'_, H> {
         reason: &str,
         deliveries: u64,
     ) -> RedisResult<Outcome> {
-        let script = step_script(DEAD_LETTER);
+        static SCRIPT: LazyLock<Script> = LazyLock::new(|| step_script(DEAD_LETTER));
         let delete = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
-        let result: String = script
+        let result: String = SCRIPT
             .key(&delivery.stream)
             .key(&self.config.dead)
             .arg(&self.config.group)
@@ -467,6 +498,7 @@ impl<H: Handler> Consumer<'_, H> {
             .arg(if delete { "1" } else { "0" })
             .invoke_async(&mut self.connection)
             .await?;
+        self.forget_tries(delivery).await?;
         debug!(service = %self.config.group, id = %delivery.id, %result, "dead letter");
         Ok(Outcome::Done)
     }

@@ -116,6 +116,7 @@ pub async fn run(
             streams: Vec::new(),
             inbox: None,
             dead: keys.dead(),
+            attempts: format!("{}attempts", keys.service_prefix(service.name())),
             claim_idle: args.claim_idle,
             max_deliveries: args.max_deliveries,
         };

@@ -3,5 +3,6 @@
 mod bad_input;
 mod compose;
 mod delivery;
+mod faults;
 mod story;
 mod support;

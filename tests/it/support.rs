@@ -3,6 +3,7 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long any condition may take before a test fails.
@@ -11,7 +12,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// A redis-server on a free loopback port in a temporary directory, killed on drop.
 pub struct RedisServer {
     pub port: u16,
-    process: Child,
+    args: Vec<String>,
+    process: Mutex<Child>,
     dir: tempfile::TempDir,
 }
 
@@ -26,7 +28,13 @@ impl RedisServer {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = free_port();
             let process = spawn_redis(dir.path(), port, extra);
-            let server = RedisServer { port, process, dir };
+            let args = extra.iter().map(|arg| arg.to_string()).collect();
+            let server = RedisServer {
+                port,
+                args,
+                process: Mutex::new(process),
+                dir,
+            };
             if wait_until(Duration::from_secs(5), || server.ping()) {
                 return server;
             }
@@ -53,11 +61,14 @@ impl RedisServer {
             .is_ok()
     }
 
-    /// Kills redis-server (keeping its directory) and starts it again on the same port.
-    pub fn restart(&mut self, extra: &[&str]) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-        self.process = spawn_redis(self.dir.path(), self.port, extra);
+    /// Kills redis-server (SIGKILL, keeping its directory) and starts it again on the same port.
+    pub fn restart(&self) {
+        let mut process = self.process.lock().unwrap();
+        let _ = process.kill();
+        let _ = process.wait();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        *process = spawn_redis(self.dir.path(), self.port, &args);
+        drop(process);
         assert!(
             wait_until(Duration::from_secs(10), || self.ping()),
             "redis did not come back"
@@ -67,8 +78,9 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        let process = self.process.get_mut().unwrap();
+        let _ = process.kill();
+        let _ = process.wait();
     }
 }
 
@@ -154,8 +166,12 @@ pub struct Blog {
 
 impl Blog {
     pub fn new() -> Blog {
+        Blog::on(RedisServer::start())
+    }
+
+    pub fn on(redis: RedisServer) -> Blog {
         Blog {
-            redis: RedisServer::start(),
+            redis,
             namespace: "blog".to_owned(),
         }
     }
@@ -206,13 +222,25 @@ impl Blog {
     /// All entries of a stream, as (id, fields).
     pub fn entries(&self, stream: &str) -> Vec<(String, Vec<(String, String)>)> {
         let mut connection = self.redis.connection();
-        let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        let reply: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
             .arg(stream)
             .arg("-")
             .arg("+")
             .query(&mut connection)
             .unwrap();
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
         reply
+            .into_iter()
+            .map(|(id, fields)| {
+                (
+                    id,
+                    fields
+                        .into_iter()
+                        .map(|(k, v)| (text(k), text(v)))
+                        .collect(),
+                )
+            })
+            .collect()
     }
 
     /// Events of one type on the stream, their `data` parsed.
@@ -220,6 +248,7 @@ impl Blog {
         self.entries(&self.key("events"))
             .into_iter()
             .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "type" && v == kind))
+            .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "producer" && v != "test"))
             .map(|(_, fields)| {
                 let data = fields
                     .iter()
@@ -238,8 +267,18 @@ impl Blog {
 
     /// Waits until every comment in the view has a final status and the view holds `comments`.
     pub fn wait_for_view(&self, posts: usize, comments: usize) -> serde_json::Value {
+        self.wait_for_view_within(posts, comments, PATIENCE)
+    }
+
+    /// [`Blog::wait_for_view`] with a limit of its own.
+    pub fn wait_for_view_within(
+        &self,
+        posts: usize,
+        comments: usize,
+        limit: Duration,
+    ) -> serde_json::Value {
         let mut view = serde_json::Value::Null;
-        let settled = wait_until(PATIENCE, || {
+        let settled = wait_until(limit, || {
             view = self.view();
             let list = view.as_array().unwrap();
             let all: Vec<&serde_json::Value> = list
@@ -336,4 +375,25 @@ pub fn signal(pid: u32, name: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A small seeded random generator (xorshift64*), so a failing run can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `range`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
 }
