@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Makes sure `redis-server` is installed: the demo and the tests start private ones from it.
+#
+# Source it and call `ensure_redis`, or run it. When redis-server is missing it is installed
+# with apt-get if this runs as root; otherwise it says precisely what to install and fails.
+
+ensure_redis() {
+    if command -v redis-server >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "redis-server is missing; installing the Debian package redis-server with apt-get" >&2
+        # Keep the package from starting a system-wide Redis on 6379 (which may be taken, and
+        # would fail the install): blogctl's scripts and tests start private ones instead.
+        local policy=/usr/sbin/policy-rc.d added=0 status=0
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=1
+        fi
+        {
+            DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
+        } >&2 || status=$?
+        if ((added)); then
+            rm -f "$policy"
+        fi
+        if ((status != 0)); then
+            echo "error: installing redis-server with apt-get failed (exit code $status)" >&2
+            return 1
+        fi
+        if ! command -v redis-server >/dev/null 2>&1; then
+            echo "error: apt-get installed redis-server, but it is not on PATH ($PATH)" >&2
+            return 1
+        fi
+        return 0
+    fi
+    cat >&2 <<'EOF'
+error: redis-server is not installed (it is installed automatically only when running as root
+with apt-get). Install it, then run this again:
+    Debian/Ubuntu:     sudo apt-get install -y redis-server
+    Fedora:            sudo dnf install -y redis
+    macOS (Homebrew):  brew install redis
+EOF
+    return 1
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    set -euo pipefail
+    ensure_redis
+fi
