@@ -16,8 +16,6 @@ pub enum ExitCode {
     RedisUnreachable = 4,
     /// 5: a service did not answer within `--timeout`.
     ServiceTimeout = 5,
-    /// 6: `status --check` found a group behind or stuck.
-    Unhealthy = 6,
 }
 
 /// An expected failure: a one-line message for stderr and the exit code that goes with it.

@@ -11,6 +11,13 @@ use blogctl::error::exit_code;
 
 fn main() {
     let cli = parse_command_line();
+    // Errors here are expected outcomes (exit codes 2-5), reported in one line: capturing a
+    // backtrace for each (RUST_BACKTRACE=1) would cost most of a second. RUST_LIB_BACKTRACE=1
+    // turns it back on; panics still follow RUST_BACKTRACE.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: nothing else runs yet: the runtime and its threads start below.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     if let Err(error) = color_eyre::install() {
         eprintln!("blogctl: {error}");
     }

@@ -106,6 +106,7 @@ pub async fn run(
     } else {
         args.services.clone()
     };
+    chosen.sort_by_key(|service| service.name());
     chosen.dedup();
     info!(url = redis.url(), namespace = keys.namespace(), %consumer, "serving {:?}", chosen);
     let mut tasks = JoinSet::new();

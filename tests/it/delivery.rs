@@ -259,12 +259,12 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
         assert!(!field("reason").is_empty());
         assert!(field("deliveries").parse::<u64>().unwrap() >= 1);
         per_id
-            .entry(field("id"))
+            .entry(format!("{} {}", field("stream"), field("id")))
             .or_default()
             .push(field("service"));
     }
     for id in &malformed {
-        let mut services = per_id.remove(id).unwrap_or_default();
+        let mut services = per_id.remove(&format!("{events} {id}")).unwrap_or_default();
         services.sort();
         assert_eq!(
             services,
@@ -272,7 +272,11 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
             "dead letters of {id}"
         );
     }
-    assert_eq!(per_id.remove(&bad_request), Some(vec!["posts".to_owned()]));
+    let inbox = format!("{}inbox", blog.key("posts"));
+    assert_eq!(
+        per_id.remove(&format!("{inbox} {bad_request}")),
+        Some(vec!["posts".to_owned()])
+    );
     assert!(
         per_id.is_empty(),
         "unexpected dead letters (unknown type {unknown}?): {per_id:?}"

@@ -98,6 +98,7 @@ fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
         ])
         .arg("--dir")
         .arg(dir)
+        .args(["--logfile", "redis.log"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
