@@ -30,6 +30,8 @@ pub const OWN_PENDING: &str = "0";
 pub const START_OF_STREAM: &str = "0";
 /// XADD: let Redis choose the id.
 pub const AUTO_ID: &str = "*";
+/// Entry field restricting it to one service's group; other groups acknowledge and skip it.
+pub const FOR_SERVICE: &str = "for_service";
 /// XAUTOCLAIM: start scanning at the first pending entry.
 const FIRST_PENDING: &str = "0-0";
 
@@ -137,6 +139,12 @@ impl Delivery {
         let data = self.field("data")?;
         let request_id = self.field("request_id")?.to_owned();
         Ok(Event::parse(kind, data)?.map(|event| Envelope { event, request_id }))
+    }
+
+    /// Whether `group` should handle it: entries put back from the dead letters (`blogctl dead
+    /// retry`) carry a [`FOR_SERVICE`] field naming the one service that failed them.
+    pub fn is_for(&self, group: &str) -> bool {
+        self.field(FOR_SERVICE).map_or(true, |service| service == group)
     }
 
     /// All fields as a JSON object, bytes that are not UTF-8 replaced, for dead letters.
@@ -411,6 +419,9 @@ impl<H: Handler> Consumer<'_, H> {
 
     /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.
     async fn process(&mut self, delivery: &Delivery) -> RedisResult<Outcome> {
+        if !delivery.is_for(&self.config.group) {
+            return acknowledge(&mut self.connection, &self.config.group, delivery).await;
+        }
         let max = self.config.max_deliveries;
         // A redelivered entry may be one that crashed the process: count real tries (entries
         // delivered in a batch but never reached before a crash do not count).
