@@ -144,7 +144,8 @@ impl Delivery {
     /// Whether `group` should handle it: entries put back from the dead letters (`blogctl dead
     /// retry`) carry a [`FOR_SERVICE`] field naming the one service that failed them.
     pub fn is_for(&self, group: &str) -> bool {
-        self.field(FOR_SERVICE).map_or(true, |service| service == group)
+        self.field(FOR_SERVICE)
+            .map_or(true, |service| service == group)
     }
 
     /// All fields as a JSON object, bytes that are not UTF-8 replaced, for dead letters.

@@ -12,7 +12,7 @@ pub enum ExitCode {
     InvalidInput = 2,
     /// 3: the post (or comment) does not exist.
     NotFound = 3,
-    /// 4: Redis could not be reached.
+    /// 4: Redis could not be reached, or refused to work (full, read-only, loading).
     RedisUnreachable = 4,
     /// 5: a service did not answer within `--timeout`.
     ServiceTimeout = 5,
@@ -62,19 +62,44 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// The exit code for an error report: the [`Failure`]'s own, 4 for a lost Redis connection, else 1.
+/// The exit code for an error report: the [`Failure`]'s own, 4 when Redis is unreachable or
+/// refuses to work (full, read-only, loading), else 1.
 pub fn exit_code(report: &color_eyre::Report) -> i32 {
     for cause in report.chain() {
         if let Some(failure) = cause.downcast_ref::<Failure>() {
             return failure.code as i32;
         }
         if let Some(error) = cause.downcast_ref::<redis::RedisError>()
-            && is_connection_error(error)
+            && (is_connection_error(error) || refusal_hint(error).is_some())
         {
             return ExitCode::RedisUnreachable as i32;
         }
     }
     1
+}
+
+/// What to do about an error report, when Redis refused to work for a reason the user can fix.
+pub fn hint(report: &color_eyre::Report) -> Option<&'static str> {
+    report
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<redis::RedisError>())
+        .find_map(refusal_hint)
+}
+
+/// Redis is up but refuses commands: a condition to wait out or fix, not a bug.
+fn refusal_hint(error: &redis::RedisError) -> Option<&'static str> {
+    match error.code()? {
+        "OOM" => Some("Redis is full (maxmemory reached): free memory or raise maxmemory"),
+        "READONLY" => Some("Redis is read-only (a replica?): point --redis-url at the primary"),
+        "MISCONF" => {
+            Some("Redis cannot persist to disk and refuses writes: check its disk and logs")
+        }
+        "LOADING" => Some("Redis is still loading its data: try again in a moment"),
+        "BUSY" | "MASTERDOWN" | "NOREPLICAS" => {
+            Some("Redis is busy or degraded: try again in a moment")
+        }
+        _ => None,
+    }
 }
 
 /// Whether a Redis error means the connection is gone (as opposed to a command that failed).

@@ -80,6 +80,14 @@ impl Event {
             "CommentUpdated" => Event::CommentUpdated(decode(kind, data)?),
             _ => return Ok(None),
         };
+        // Events obey the same limits as requests: an oversized or empty text is not ours.
+        let checked = match &event {
+            Event::PostCreated(post) => validate_title(&post.title).map(drop),
+            Event::CommentCreated(comment)
+            | Event::CommentModerated(comment)
+            | Event::CommentUpdated(comment) => validate_content(&comment.content).map(drop),
+        };
+        checked.map_err(|failure| format!("{kind} data is invalid: {failure}"))?;
         Ok(Some(event))
     }
 }
@@ -151,6 +159,9 @@ mod tests {
         assert_eq!(Event::parse("PostDeleted", "{}"), Ok(None));
         assert!(Event::parse("PostCreated", "not json").is_err());
         assert!(Event::parse("PostCreated", r#"{"id":"x","title":"t"}"#).is_err());
+        let id = Uuid::now_v7();
+        let huge = format!(r#"{{"id":"{id}","title":"{}"}}"#, "t".repeat(201));
+        assert!(Event::parse("PostCreated", &huge).is_err());
         let id = Uuid::now_v7();
         let event = Event::parse(
             "PostCreated",

@@ -7,7 +7,7 @@ use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
 
 use blogctl::cli::{Cli, Command};
-use blogctl::error::exit_code;
+use blogctl::error::{exit_code, hint};
 
 fn main() {
     let cli = parse_command_line();
@@ -49,8 +49,9 @@ fn main() {
         if is_broken_pipe(&report) {
             std::process::exit(0);
         }
-        let message: Vec<String> = report.chain().map(ToString::to_string).collect();
-        eprintln!("blogctl: error: {}", message.join(": "));
+        let mut message: Vec<String> = report.chain().map(ToString::to_string).collect();
+        message.extend(hint(&report).map(str::to_owned));
+        eprintln!("blogctl: error: {}", message.join(": ").replace('\n', " "));
         std::process::exit(exit_code(&report));
     }
 }

@@ -199,6 +199,11 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
         }
         command.query(&mut connection).unwrap()
     };
+    let oversized = format!(
+        r#"{{"id":"{}","title":"{}"}}"#,
+        uuid::Uuid::now_v7(),
+        "t".repeat(100_000)
+    );
     let good = |kind: &'static str| {
         [
             ("type", kind.as_bytes()),
@@ -221,6 +226,7 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
             ("request_id", b"x"),
             ("data", b"{}"),
         ]),
+        add(&[&good("PostCreated")[..], &[("data", oversized.as_bytes())]].concat()),
     ];
     let unknown = add(&[&good("PostLiked")[..], &[("data", b"{}")]].concat());
     let bad_request = {

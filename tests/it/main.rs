@@ -4,5 +4,6 @@ mod bad_input;
 mod compose;
 mod delivery;
 mod faults;
+mod outages;
 mod story;
 mod support;

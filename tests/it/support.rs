@@ -61,6 +61,23 @@ impl RedisServer {
             .is_ok()
     }
 
+    /// Kills redis-server (SIGKILL), keeping its directory, until [`RedisServer::start_again`].
+    pub fn stop(&self) {
+        let mut process = self.process.lock().unwrap();
+        let _ = process.kill();
+        let _ = process.wait();
+    }
+
+    /// Starts a stopped redis-server again on the same port and directory.
+    pub fn start_again(&self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        *self.process.lock().unwrap() = spawn_redis(self.dir.path(), self.port, &args);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.ping()),
+            "redis did not come back"
+        );
+    }
+
     /// Kills redis-server (SIGKILL, keeping its directory) and starts it again on the same port.
     pub fn restart(&self) {
         let mut process = self.process.lock().unwrap();
