@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::{self, BenchArgs};
 use crate::client::comment::CommentCommand;
 use crate::client::post::PostCommand;
 use crate::client::{self, Context};
@@ -63,6 +64,10 @@ pub enum Command {
     /// Comment on posts.
     #[command(subcommand)]
     Comment(CommentCommand),
+    /// Measure throughput, latency and memory of the whole pipeline, in a fresh namespace.
+    ///
+    /// Example: blogctl --namespace bench-1 bench --embedded --comments 100000
+    Bench(BenchArgs),
 }
 
 impl Global {
@@ -86,5 +91,6 @@ pub async fn run(
         Command::Serve(args) => services::run(&context.redis, &context.keys, args, shutdown).await,
         Command::Post(command) => client::post::run(&context, command).await,
         Command::Comment(command) => client::comment::run(&context, command).await,
+        Command::Bench(args) => bench::run(&context, args).await,
     }
 }

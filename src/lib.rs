@@ -5,6 +5,7 @@
 //! - [`services`]: `blogctl serve`; one module per service (posts, comments, moderation, query),
 //!   each holding its business rules and its own keyspace.
 //! - [`client`]: the shell client commands (`post ...`, `comment ...`).
+//! - [`bench`]: `blogctl bench`, throughput, latency and memory of the whole pipeline.
 //! - [`bus`]: everything about Redis Streams: groups, the envelope, the consumer loop,
 //!   atomic exactly-once steps, retries, take-over of stuck entries, dead letters.
 //! - [`request`]: commands from the client to a service's inbox, and their replies.
@@ -14,6 +15,7 @@
 //! - [`shutdown`]: the stop signal shared by a process's tasks.
 //! - [`error`]: user-facing failures and their exit codes.
 
+pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod client;

@@ -1,0 +1,289 @@
+//! `blogctl bench`: measures the whole pipeline against a running set of services (or services
+//! started in this process with `--embedded`): throughput, latency, memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use color_eyre::Result;
+use color_eyre::eyre::{WrapErr, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use redis::AsyncCommands;
+use redis::streams::StreamInfoGroupsReply;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::client::{Context, print_line};
+use crate::connection::Connection;
+use crate::error::Failure;
+use crate::events::{Comment, Post};
+use crate::request::{call, request_id};
+use crate::services::comments::{self, CREATE_COMMENT, CreateComment};
+use crate::services::posts::{self, CREATE_POST, CreatePost};
+use crate::services::query::View;
+use crate::services::{self, ServeArgs, ServiceName};
+use crate::shutdown;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Posts to create first.
+    #[arg(long, default_value_t = 100)]
+    pub posts: usize,
+    /// Comments to create for the throughput run (every tenth mentions orange).
+    #[arg(long, default_value_t = 10_000)]
+    pub comments: usize,
+    /// Comment requests in flight at once during the throughput run.
+    #[arg(long, default_value_t = 64)]
+    pub in_flight: usize,
+    /// Comments created one at a time for the latency run.
+    #[arg(long, default_value_t = 1_000)]
+    pub latency_samples: usize,
+    /// Start the four services in this process instead of using running ones.
+    #[arg(long)]
+    pub embedded: bool,
+}
+
+/// What a run measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub posts: usize,
+    pub comments: usize,
+    pub in_flight: usize,
+    /// Comments per second from the first create to every comment final in the view.
+    pub comments_per_second: f64,
+    /// Create -> final status visible in the view, one comment at a time, in milliseconds.
+    pub latency_ms: Latency,
+    /// Redis's used memory per post and per comment, in bytes.
+    pub redis_bytes_per_post: f64,
+    pub redis_bytes_per_comment: f64,
+    /// Resident memory of each service process found, in KiB (embedded: this whole process).
+    pub resident_kib: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+pub async fn run(context: &Context, args: &BenchArgs) -> Result<()> {
+    if args.posts == 0 || args.in_flight == 0 {
+        return Err(Failure::invalid("--posts and --in-flight must be at least 1").into());
+    }
+    let mut connection = context.connect().await?;
+    let events: usize = connection.xlen(context.keys.events()).await?;
+    if events > 0 {
+        return Err(Failure::invalid(format!(
+            "namespace {:?} already holds {events} events; bench a fresh one (--namespace bench-1)",
+            context.keys.namespace()
+        ))
+        .into());
+    }
+    let (trigger, stop) = shutdown::channel();
+    let embedded = if args.embedded {
+        let (redis, keys) = (context.redis.clone(), context.keys.clone());
+        let serve = ServeArgs {
+            services: vec![ServiceName::All],
+            consumer: Some("bench".to_owned()),
+            banned_words: vec!["orange".to_owned()],
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+        };
+        let mut stop = stop.clone();
+        Some(tokio::spawn(async move {
+            services::run(&redis, &keys, &serve, async move { stop.wait().await }).await
+        }))
+    } else {
+        None
+    };
+    let result = measure(context, args, &mut connection).await;
+    trigger.fire();
+    if let Some(task) = embedded {
+        task.await.wrap_err("the embedded services")??;
+    }
+    let report = result?;
+    if context.json {
+        print_line(&serde_json::to_string(&report)?)?;
+    } else {
+        print_report(&report)?;
+    }
+    Ok(())
+}
+
+async fn measure(context: &Context, args: &BenchArgs, connection: &mut Connection) -> Result<Report> {
+    let memory_start = used_memory(connection).await?;
+    let progress = progress_bar(args.posts as u64, "posts");
+    let mut post_ids = Vec::with_capacity(args.posts);
+    for n in 0..args.posts {
+        let title = format!("Bench post {n}");
+        let post: Post = call(connection, &context.keys, posts::NAME, CREATE_POST, &CreatePost { title }, &request_id(None)?, context.timeout).await?;
+        post_ids.push(post.id);
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    wait_until_idle(context, connection).await?;
+    let memory_posts = used_memory(connection).await?;
+
+    // Throughput: `in_flight` clients, each with its own connection (BLPOP blocks it).
+    let progress = progress_bar(args.comments as u64, "comments");
+    let next = Arc::new(AtomicUsize::new(0));
+    let post_ids = Arc::new(post_ids);
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..args.in_flight.min(args.comments.max(1)) {
+        let (context, next, post_ids, progress, total) =
+            (context.clone(), next.clone(), post_ids.clone(), progress.clone(), args.comments);
+        clients.spawn(async move {
+            let mut connection = context.connect().await?;
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return Ok::<_, color_eyre::Report>(());
+                }
+                create_comment(&context, &mut connection, post_ids[n % post_ids.len()], n).await?;
+                progress.inc(1);
+            }
+        });
+    }
+    while let Some(result) = clients.join_next().await {
+        result??;
+    }
+    progress.finish_and_clear();
+    wait_until_idle(context, connection).await?;
+    let elapsed = started.elapsed();
+    let memory_comments = used_memory(connection).await?;
+    let view = View::new(&context.keys);
+    let mut final_comments = 0;
+    for post in view.list(connection, None, None).await? {
+        final_comments += post.comments.iter().filter(|c| c.status.is_final()).count();
+    }
+    if final_comments != args.comments {
+        bail!("the view shows {final_comments} final comments, not {}", args.comments);
+    }
+
+    // Latency: one comment at a time, from the request to its final status in the view.
+    let progress = progress_bar(args.latency_samples as u64, "latency");
+    let mut samples = Vec::with_capacity(args.latency_samples);
+    let post = post_ids[0];
+    for n in 0..args.latency_samples {
+        let started = Instant::now();
+        let comment = create_comment(context, connection, post, args.comments + n).await?;
+        let deadline = started + context.timeout;
+        while !matches!(view.comment_status(connection, post, comment.id).await?, Some(status) if status.is_final()) {
+            if Instant::now() > deadline {
+                return Err(Failure::service_timeout("query", "show a final status", context.timeout).into());
+            }
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+
+    Ok(Report {
+        posts: args.posts,
+        comments: args.comments,
+        in_flight: args.in_flight,
+        comments_per_second: args.comments as f64 / elapsed.as_secs_f64(),
+        latency_ms: latency(samples),
+        redis_bytes_per_post: (memory_posts - memory_start) as f64 / args.posts as f64,
+        redis_bytes_per_comment: (memory_comments - memory_posts) as f64 / args.comments.max(1) as f64,
+        resident_kib: resident_memory(context, connection, args.embedded).await?,
+    })
+}
+
+async fn create_comment(context: &Context, connection: &mut Connection, post_id: Uuid, n: usize) -> Result<Comment> {
+    let content = if n % 10 == 0 { format!("comment {n} about an orange") } else { format!("comment {n}") };
+    call(connection, &context.keys, comments::NAME, CREATE_COMMENT, &CreateComment { post_id, content }, &request_id(None)?, context.timeout).await
+}
+
+/// Waits until every group has read and acknowledged everything: the pipeline is idle.
+async fn wait_until_idle(context: &Context, connection: &mut Connection) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let groups: StreamInfoGroupsReply = connection.xinfo_groups(context.keys.events()).await?;
+        let idle = groups.groups.len() >= 3
+            && groups.groups.iter().all(|group| group.pending == 0 && group.lag == Some(0));
+        if idle {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the services did not catch up within 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn used_memory(connection: &mut Connection) -> Result<i64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(connection).await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| color_eyre::eyre::eyre!("INFO memory has no used_memory"))
+}
+
+/// RSS of the service processes: this process when embedded, else the local processes named by
+/// the consumers (`<host>-<pid>`) of each group.
+async fn resident_memory(context: &Context, connection: &mut Connection, embedded: bool) -> Result<Vec<(String, u64)>> {
+    if embedded {
+        return Ok(vec![("all (embedded, with the bench client)".to_owned(), rss_kib(std::process::id()).unwrap_or(0))]);
+    }
+    let mut found = Vec::new();
+    for (service, stream) in [
+        (posts::NAME, context.keys.inbox(posts::NAME)),
+        (comments::NAME, context.keys.events()),
+        ("moderation", context.keys.events()),
+        ("query", context.keys.events()),
+    ] {
+        let consumers: redis::streams::StreamInfoConsumersReply =
+            connection.xinfo_consumers(&stream, service).await.unwrap_or_default();
+        for consumer in consumers.consumers {
+            let pid = consumer.name.rsplit('-').next().and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(kib) = pid.and_then(rss_kib) {
+                found.push((format!("{service} ({})", consumer.name), kib));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn latency(mut samples: Vec<f64>) -> Latency {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples.get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    Latency { samples: samples.len(), p50: at(0.50), p95: at(0.95), p99: at(0.99), max: samples.last().copied().unwrap_or(0.0) }
+}
+
+fn progress_bar(length: u64, what: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(length);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_style(ProgressStyle::with_template("{msg:>9} {wide_bar} {pos}/{len} {per_sec}").expect("valid template"));
+        bar.set_message(what);
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+fn print_report(report: &Report) -> std::io::Result<()> {
+    let latency = &report.latency_ms;
+    print_line(&format!("posts                     {}", report.posts))?;
+    print_line(&format!("comments                  {} ({} in flight)", report.comments, report.in_flight))?;
+    print_line(&format!("throughput                {:.0} comments/s, create to final in the view", report.comments_per_second))?;
+    print_line(&format!(
+        "latency (ms, {} samples)  p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}",
+        latency.samples, latency.p50, latency.p95, latency.p99, latency.max
+    ))?;
+    print_line(&format!("redis memory              {:.0} B/post  {:.0} B/comment", report.redis_bytes_per_post, report.redis_bytes_per_comment))?;
+    for (service, kib) in &report.resident_kib {
+        print_line(&format!("resident                  {:.1} MiB  {service}", *kib as f64 / 1024.0))?;
+    }
+    Ok(())
+}
