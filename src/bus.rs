@@ -14,7 +14,9 @@ use redis::streams::{
     StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply,
     StreamRangeReply, StreamReadReply,
 };
-use redis::{AsyncCommands, RedisResult, Script, ScriptInvocation, Value};
+use redis::{
+    AsyncCommands, Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value,
+};
 use tracing::{debug, error, info, warn};
 
 use crate::connection::{Connection, Redis};
@@ -80,21 +82,70 @@ pub fn step_script(body: &str) -> Script {
     Script::new(&format!("{prelude}{body}"))
 }
 
-/// Starts an invocation of a step script with the prelude's keys and arguments filled in.
-pub fn invoke_step<'a>(
-    script: &'a Script,
-    delivery: &Delivery,
-    group: &str,
-    events: &str,
-    request_id: &str,
-) -> ScriptInvocation<'a> {
-    let mut invocation = script.key(&delivery.stream);
-    invocation
+/// One atomic step ready to run: a step script with its keys and arguments.
+///
+/// Steps of a batch are sent in one pipeline (one round trip); each still runs atomically and
+/// checks on its own that its entry is pending.
+#[derive(Debug, Clone)]
+pub struct Step {
+    script: &'static Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Step {
+    /// A step for `delivery` with the prelude's keys and arguments filled in.
+    pub fn new(
+        script: &'static Script,
+        delivery: &Delivery,
+        group: &str,
+        events: &str,
+        request_id: &str,
+    ) -> Step {
+        Step {
+            script,
+            keys: Vec::with_capacity(6),
+            args: Vec::with_capacity(10),
+        }
+        .key(&delivery.stream)
         .key(events)
         .arg(group)
         .arg(&delivery.id)
-        .arg(request_id);
-    invocation
+        .arg(request_id)
+    }
+
+    /// Adds the next `KEYS[i]`.
+    pub fn key(mut self, key: impl ToRedisArgs) -> Step {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    /// Adds the next `ARGV[i]`.
+    pub fn arg(mut self, arg: impl ToRedisArgs) -> Step {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    fn command(&self) -> Cmd {
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        command
+    }
+
+    /// Runs the step alone, loading its script first if Redis does not have it (after a restart).
+    pub async fn run(&self, connection: &mut Connection) -> RedisResult<String> {
+        match self.command().query_async(connection).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load_async(connection).await?;
+                self.command().query_async(connection).await
+            }
+            result => result,
+        }
+    }
 }
 
 /// One entry handed to a service.
@@ -183,17 +234,37 @@ pub enum Outcome {
     Dead(String),
 }
 
-/// A service's business logic, called once per entry.
+/// What a service wants done with one entry, decided without I/O.
+#[derive(Debug)]
+pub enum Plan {
+    /// Nothing to change: acknowledge it (an event the service does not use).
+    Skip,
+    /// Can never succeed: move it to the dead-letter stream with this reason.
+    Dead(String),
+    /// Run this atomic step.
+    Run(Step),
+}
+
+/// A service's business logic.
 ///
-/// The handler applies the entry and acknowledges it in one atomic step (see [`step_script`]).
-/// A Redis error leaves the entry pending: it is retried, and dead-lettered after
-/// `max_deliveries` tries.
+/// [`Handler::plan`] turns each entry into an atomic step that applies and acknowledges it
+/// (see [`step_script`]); the bus runs a batch of steps in one round trip, then hands each
+/// step's result to [`Handler::settle`]. A Redis error leaves the entry pending: it is retried,
+/// and dead-lettered after `max_deliveries` tries.
 pub trait Handler: Send {
-    fn handle<'a>(
+    fn plan(&mut self, delivery: &Delivery) -> Plan;
+
+    /// What the result of an entry's step means; a step that applied or found the entry
+    /// already applied is done.
+    fn settle<'a>(
         &'a mut self,
         connection: &'a mut Connection,
         delivery: &'a Delivery,
-    ) -> impl Future<Output = RedisResult<Outcome>> + Send + 'a;
+        result: &'a str,
+    ) -> impl Future<Output = RedisResult<Outcome>> + Send + 'a {
+        let _ = (connection, delivery, result);
+        async { Ok(Outcome::Done) }
+    }
 }
 
 /// Who reads what, and how patiently.
@@ -316,15 +387,17 @@ impl<H: Handler> Consumer<'_, H> {
             };
             let ids = vec![NEW_ENTRIES; self.config.streams.len()];
             let batch = self.read(&ids, Some(block)).await?;
-            for (stream, entries) in batch {
-                for entry in entries {
-                    let delivery = Delivery::new(&stream, entry, 1);
-                    if self.process(&delivery).await? == Outcome::Later {
-                        deferred.push(delivery);
-                    }
-                }
-            }
-            for delivery in std::mem::take(&mut deferred) {
+            let deliveries = batch
+                .into_iter()
+                .flat_map(|(stream, entries)| {
+                    entries
+                        .into_iter()
+                        .map(move |entry| Delivery::new(&stream, entry, 1))
+                })
+                .collect();
+            let retry = std::mem::take(&mut deferred);
+            deferred = self.process_batch(deliveries).await?;
+            for delivery in retry {
                 if self.shutdown.requested() {
                     break;
                 }
@@ -418,6 +491,69 @@ impl<H: Handler> Consumer<'_, H> {
         Ok(())
     }
 
+    /// Handles a batch of first deliveries: every step in one pipeline, in stream order, then
+    /// anything unusual one by one. Returns the entries to try again later.
+    async fn process_batch(&mut self, deliveries: Vec<Delivery>) -> RedisResult<Vec<Delivery>> {
+        let group = self.config.group.clone();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut stepped: Vec<Delivery> = Vec::new();
+        let mut skipped: HashMap<String, Vec<String>> = HashMap::new();
+        let mut alone: Vec<Delivery> = Vec::new();
+        for delivery in deliveries {
+            if !delivery.is_for(&group) {
+                skipped
+                    .entry(delivery.stream.clone())
+                    .or_default()
+                    .push(delivery.id.clone());
+                continue;
+            }
+            match self.handler.plan(&delivery) {
+                Plan::Skip => skipped
+                    .entry(delivery.stream.clone())
+                    .or_default()
+                    .push(delivery.id.clone()),
+                Plan::Dead(_) => alone.push(delivery),
+                Plan::Run(step) => {
+                    pipe.add_command(step.command());
+                    stepped.push(delivery);
+                }
+            }
+        }
+        for (stream, ids) in &skipped {
+            pipe.xack(stream, &group, ids);
+        }
+        let mut later = Vec::new();
+        if !stepped.is_empty() || !skipped.is_empty() {
+            // Step results are strings; the trailing XACKs' counts read as strings too.
+            let results: Vec<RedisResult<String>> = pipe.query_async(&mut self.connection).await?;
+            for (delivery, result) in stepped.into_iter().zip(results) {
+                match result {
+                    Ok(result) => match self
+                        .handler
+                        .settle(&mut self.connection, &delivery, &result)
+                        .await?
+                    {
+                        Outcome::Done => {}
+                        Outcome::Later => later.push(delivery),
+                        Outcome::Dead(reason) => {
+                            self.dead_letter(&delivery, &reason, 1).await?;
+                        }
+                    },
+                    Err(error) if is_connection_error(&error) => return Err(error),
+                    // Retried, with backoff and counting, on its own.
+                    Err(_) => alone.push(delivery),
+                }
+            }
+        }
+        for delivery in alone {
+            if self.process(&delivery).await? == Outcome::Later {
+                later.push(delivery);
+            }
+        }
+        Ok(later)
+    }
+
     /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.
     async fn process(&mut self, delivery: &Delivery) -> RedisResult<Outcome> {
         if !delivery.is_for(&self.config.group) {
@@ -438,7 +574,19 @@ impl<H: Handler> Consumer<'_, H> {
         }
         let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
-            match self.handler.handle(&mut self.connection, delivery).await {
+            let outcome = match self.handler.plan(delivery) {
+                Plan::Skip => acknowledge(&mut self.connection, &self.config.group, delivery).await,
+                Plan::Dead(reason) => Ok(Outcome::Dead(reason)),
+                Plan::Run(step) => match step.run(&mut self.connection).await {
+                    Ok(result) => {
+                        self.handler
+                            .settle(&mut self.connection, delivery, &result)
+                            .await
+                    }
+                    Err(error) => Err(error),
+                },
+            };
+            match outcome {
                 Ok(Outcome::Dead(reason)) => {
                     warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
                         %reason, "dead-lettering a malformed entry");
@@ -498,17 +646,13 @@ impl<H: Handler> Consumer<'_, H> {
     ) -> RedisResult<Outcome> {
         static SCRIPT: LazyLock<Script> = LazyLock::new(|| step_script(DEAD_LETTER));
         let delete = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
-        let result: String = SCRIPT
-            .key(&delivery.stream)
-            .key(&self.config.dead)
-            .arg(&self.config.group)
-            .arg(&delivery.id)
-            .arg("")
+        // KEYS[2] of this step is the dead-letter stream, not the events stream.
+        let result = Step::new(&SCRIPT, delivery, &self.config.group, &self.config.dead, "")
             .arg(reason)
             .arg(deliveries)
             .arg(delivery.fields_json())
             .arg(if delete { "1" } else { "0" })
-            .invoke_async(&mut self.connection)
+            .run(&mut self.connection)
             .await?;
         self.forget_tries(delivery).await?;
         debug!(service = %self.config.group, id = %delivery.id, %result, "dead letter");

@@ -8,14 +8,15 @@
 //! timeout are dropped unapplied too, and answered request ids are remembered, so a retry with
 //! the same id returns the first answer instead of applying twice.
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use color_eyre::eyre::WrapErr;
-use redis::{AsyncCommands, Script, ScriptInvocation};
+use redis::{AsyncCommands, Script};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{AUTO_ID, Delivery, invoke_step, step_script};
+use crate::bus::{AUTO_ID, Delivery, Step, step_script};
 use crate::connection::Connection;
 use crate::error::Failure;
 use crate::keys::Keys;
@@ -129,8 +130,9 @@ pub struct Inbox {
     pub service: &'static str,
     /// The service's hash of answered request ids.
     pub answered: String,
-    answer_only: Script,
 }
+
+static ANSWER_ONLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| request_script(ANSWER_ONLY));
 
 impl Inbox {
     pub fn new(keys: &Keys, service: &'static str) -> Inbox {
@@ -138,43 +140,32 @@ impl Inbox {
             answered: format!("{}requests", keys.service_prefix(service)),
             keys: keys.clone(),
             service,
-            answer_only: request_script(ANSWER_ONLY),
         }
     }
 
-    /// Starts a request step with the preludes' keys and arguments filled in.
-    pub fn invoke<'a>(
-        &self,
-        script: &'a Script,
-        delivery: &Delivery,
-        request: &Incoming,
-    ) -> ScriptInvocation<'a> {
-        let mut invocation = invoke_step(
+    /// A request step with the preludes' keys and arguments filled in.
+    pub fn step(&self, script: &'static Script, delivery: &Delivery, request: &Incoming) -> Step {
+        Step::new(
             script,
             delivery,
             self.service,
             &self.keys.events(),
             &request.request_id,
-        );
-        invocation
-            .key(self.keys.reply(&delivery.id))
-            .key(&self.answered)
-            .arg(request.timeout_ms);
-        invocation
+        )
+        .key(self.keys.reply(&delivery.id))
+        .key(&self.answered)
+        .arg(request.timeout_ms)
     }
 
-    /// Answers a request that changes nothing (invalid input, unknown post).
-    pub async fn answer<T: Serialize>(
+    /// A step that answers a request and changes nothing (invalid input, unknown post).
+    pub fn answer<T: Serialize>(
         &self,
-        connection: &mut Connection,
         delivery: &Delivery,
         request: &Incoming,
         reply: &Reply<T>,
-    ) -> redis::RedisResult<String> {
-        self.invoke(&self.answer_only, delivery, request)
+    ) -> Step {
+        self.step(&ANSWER_ONLY_SCRIPT, delivery, request)
             .arg(reply.to_json())
-            .invoke_async(connection)
-            .await
     }
 }
 

@@ -4,13 +4,13 @@
 //! Keys: `<ns>:comments:{<ns>.0}:comment:<id>` (hash: id, postId, content, status),
 //! `...:posts` (set of the post ids it has seen), `...:requests`, `...:inbox`.
 
+use std::sync::LazyLock;
+
 use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::bus::{
-    Delivery, Handler, Outcome, acknowledge, applied_up_to, invoke_step, step_script,
-};
+use crate::bus::{Delivery, Handler, Outcome, Plan, Step, applied_up_to, step_script};
 use crate::connection::Connection;
 use crate::events::{Comment, Event, Status, validate_content};
 use crate::keys::Keys;
@@ -29,8 +29,11 @@ pub struct CreateComment {
 }
 
 /// KEYS[5]: known posts, KEYS[6]: the comment's hash. ARGV[5]: post id, ARGV[6]: comment id,
-/// ARGV[7]: content, ARGV[8]: event data, ARGV[9]: answer.
-const CREATE: &str = r#"
+/// ARGV[7]: content, ARGV[8]: event data, ARGV[9]: answer. An unknown post changes nothing and
+/// leaves the request pending: see [`Comments::settle`].
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    request_script(
+        r#"
 if redis.call('SISMEMBER', KEYS[5], ARGV[5]) == 0 then
   return 'unknown_post'
 end
@@ -39,18 +42,26 @@ publish('CommentCreated', ARGV[8])
 redis.call('HSET', KEYS[4], ARGV[3], ARGV[9])
 answer(ARGV[9])
 return 'applied'
-"#;
+"#,
+    )
+});
 
 /// KEYS[3]: known posts. ARGV[4]: the post id.
-const LEARN_POST: &str = r#"
+static LEARN_POST: LazyLock<Script> = LazyLock::new(|| {
+    step_script(
+        r#"
 redis.call('SADD', KEYS[3], ARGV[4])
 settle()
 return 'applied'
-"#;
+"#,
+    )
+});
 
 /// KEYS[3]: the comment's hash. ARGV[4]: the verdict, ARGV[5]: the `CommentUpdated` data.
 /// A verdict for a comment already decided changes nothing: one `CommentUpdated` per comment.
-const RECORD_VERDICT: &str = r#"
+static RECORD_VERDICT: LazyLock<Script> = LazyLock::new(|| {
+    step_script(
+        r#"
 local status = redis.call('HGET', KEYS[3], 'status')
 if not status then
   return 'unknown_comment'
@@ -61,15 +72,14 @@ if status == 'pending' then
 end
 settle()
 return 'applied'
-"#;
+"#,
+    )
+});
 
 pub struct Comments {
     events: String,
     prefix: String,
     inbox: Inbox,
-    create: Script,
-    learn_post: Script,
-    record_verdict: Script,
 }
 
 impl Comments {
@@ -78,9 +88,6 @@ impl Comments {
             events: keys.events(),
             prefix: keys.service_prefix(NAME),
             inbox: Inbox::new(keys, NAME),
-            create: request_script(CREATE),
-            learn_post: step_script(LEARN_POST),
-            record_verdict: step_script(RECORD_VERDICT),
         }
     }
 
@@ -97,92 +104,33 @@ impl Comments {
         format!("{}comment:{id}", self.prefix)
     }
 
-    /// Runs the create step: 'applied', or 'unknown_post' with nothing changed.
-    async fn try_create(
-        &self,
-        connection: &mut Connection,
-        delivery: &Delivery,
-        request: &Incoming,
-        comment: &Comment,
-    ) -> RedisResult<String> {
-        self.inbox
-            .invoke(&self.create, delivery, request)
-            .key(self.known_posts())
-            .key(self.comment_key(comment.id))
-            .arg(comment.post_id.to_string())
-            .arg(comment.id.to_string())
-            .arg(&comment.content)
-            .arg(serde_json::to_string(comment).expect("comments serialize"))
-            .arg(Reply::Ok { value: comment }.to_json())
-            .invoke_async(connection)
-            .await
-    }
-
-    async fn handle_event(
-        &mut self,
-        connection: &mut Connection,
-        delivery: &Delivery,
-    ) -> RedisResult<Outcome> {
+    fn plan_event(&self, delivery: &Delivery) -> Plan {
         let envelope = match delivery.event() {
             Ok(Some(envelope)) => envelope,
-            Ok(None) => return acknowledge(connection, NAME, delivery).await,
-            Err(reason) => return Ok(Outcome::Dead(reason)),
+            Ok(None) => return Plan::Skip,
+            Err(reason) => return Plan::Dead(reason),
         };
-        let request_id = envelope.request_id.as_str();
-        match envelope.event {
-            Event::PostCreated(post) => {
-                let _: String =
-                    invoke_step(&self.learn_post, delivery, NAME, &self.events, request_id)
-                        .key(self.known_posts())
-                        .arg(post.id.to_string())
-                        .invoke_async(connection)
-                        .await?;
-                Ok(Outcome::Done)
-            }
-            Event::CommentModerated(verdict) => {
-                let updated = serde_json::to_string(&verdict).expect("comments serialize");
-                let result: String = invoke_step(
-                    &self.record_verdict,
-                    delivery,
-                    NAME,
-                    &self.events,
-                    request_id,
-                )
-                .key(self.comment_key(verdict.id))
-                .arg(verdict.status.as_str())
-                .arg(updated)
-                .invoke_async(connection)
-                .await?;
-                if result == "unknown_comment" {
-                    return Ok(Outcome::Dead(format!(
-                        "a verdict for comment {} that was never created",
-                        verdict.id
-                    )));
-                }
-                Ok(Outcome::Done)
-            }
-            _ => acknowledge(connection, NAME, delivery).await,
+        let step = |script| Step::new(script, delivery, NAME, &self.events, &envelope.request_id);
+        match &envelope.event {
+            Event::PostCreated(post) => Plan::Run(
+                step(&LEARN_POST)
+                    .key(self.known_posts())
+                    .arg(post.id.to_string()),
+            ),
+            Event::CommentModerated(verdict) => Plan::Run(
+                step(&RECORD_VERDICT)
+                    .key(self.comment_key(verdict.id))
+                    .arg(verdict.status.as_str())
+                    .arg(serde_json::to_string(verdict).expect("comments serialize")),
+            ),
+            _ => Plan::Skip,
         }
     }
 
-    async fn handle_request(
-        &mut self,
-        connection: &mut Connection,
-        delivery: &Delivery,
-    ) -> RedisResult<Outcome> {
-        let request = match Incoming::parse(delivery) {
-            Ok(request) if request.command == CREATE_COMMENT => request,
-            Ok(request) => {
-                return Ok(Outcome::Dead(format!(
-                    "unknown command {:?}",
-                    request.command
-                )));
-            }
-            Err(reason) => return Ok(Outcome::Dead(reason)),
-        };
-        let command: CreateComment = match request.decode() {
-            Ok(command) => command,
-            Err(reason) => return Ok(Outcome::Dead(reason)),
+    fn plan_request(&self, delivery: &Delivery) -> Plan {
+        let (request, command) = match parse_request(delivery) {
+            Ok(parsed) => parsed,
+            Err(reason) => return Plan::Dead(reason),
         };
         let content = match validate_content(&command.content) {
             Ok(content) => content,
@@ -190,10 +138,7 @@ impl Comments {
                 let reply = Reply::<()>::Invalid {
                     message: failure.message,
                 };
-                self.inbox
-                    .answer(connection, delivery, &request, &reply)
-                    .await?;
-                return Ok(Outcome::Done);
+                return Plan::Run(self.inbox.answer(delivery, &request, &reply));
             }
         };
         let comment = Comment {
@@ -202,43 +147,76 @@ impl Comments {
             content,
             status: Status::Pending,
         };
-        let result = self
-            .try_create(connection, delivery, &request, &comment)
-            .await?;
-        if result != "unknown_post" {
-            return Ok(Outcome::Done);
-        }
-        // The post may have been created just before this request, its `PostCreated` still on
-        // its way to this service (or to another instance of it). Only once every event older
-        // than the request is applied does "unknown" mean "does not exist".
+        let step = self
+            .inbox
+            .step(&CREATE, delivery, &request)
+            .key(self.known_posts())
+            .key(self.comment_key(comment.id))
+            .arg(comment.post_id.to_string())
+            .arg(comment.id.to_string())
+            .arg(&comment.content)
+            .arg(serde_json::to_string(&comment).expect("comments serialize"))
+            .arg(Reply::Ok { value: &comment }.to_json());
+        Plan::Run(step)
+    }
+
+    /// A comment on a post this service has not heard of. The post may have been created just
+    /// before the request, its `PostCreated` still on its way to this service (or to another
+    /// instance of it): only once every event older than the request is applied does "unknown"
+    /// mean "does not exist".
+    async fn unknown_post(
+        &mut self,
+        connection: &mut Connection,
+        delivery: &Delivery,
+    ) -> RedisResult<Outcome> {
         if !applied_up_to(connection, &self.events, NAME, &delivery.id).await? {
             return Ok(Outcome::Later);
         }
-        let result = self
-            .try_create(connection, delivery, &request, &comment)
-            .await?;
-        if result == "unknown_post" {
-            let reply = Reply::<()>::NotFound {
-                message: format!("post {} does not exist", comment.post_id),
-            };
+        // The post may have arrived in the meantime: try once more before answering.
+        if let Plan::Run(step) = self.plan_request(delivery)
+            && step.run(connection).await? == "unknown_post"
+            && let Ok((request, command)) = parse_request(delivery)
+        {
+            let message = format!("post {} does not exist", command.post_id);
             self.inbox
-                .answer(connection, delivery, &request, &reply)
+                .answer(delivery, &request, &Reply::<()>::NotFound { message })
+                .run(connection)
                 .await?;
         }
         Ok(Outcome::Done)
     }
 }
 
+fn parse_request(delivery: &Delivery) -> Result<(Incoming, CreateComment), String> {
+    let request = Incoming::parse(delivery)?;
+    if request.command != CREATE_COMMENT {
+        return Err(format!("unknown command {:?}", request.command));
+    }
+    let command = request.decode()?;
+    Ok((request, command))
+}
+
 impl Handler for Comments {
-    async fn handle(
+    fn plan(&mut self, delivery: &Delivery) -> Plan {
+        if delivery.stream == self.events {
+            self.plan_event(delivery)
+        } else {
+            self.plan_request(delivery)
+        }
+    }
+
+    async fn settle(
         &mut self,
         connection: &mut Connection,
         delivery: &Delivery,
+        result: &str,
     ) -> RedisResult<Outcome> {
-        if delivery.stream == self.events {
-            self.handle_event(connection, delivery).await
-        } else {
-            self.handle_request(connection, delivery).await
+        match result {
+            "unknown_post" => self.unknown_post(connection, delivery).await,
+            "unknown_comment" => Ok(Outcome::Dead(
+                "a verdict for a comment that was never created".to_owned(),
+            )),
+            _ => Ok(Outcome::Done),
         }
     }
 }

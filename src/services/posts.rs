@@ -3,12 +3,13 @@
 //! Keys: `<ns>:posts:{<ns>.0}:post:<id>` (hash: id, title), `...:requests` (answered request
 //! ids), `...:inbox` (its request stream).
 
-use redis::{RedisResult, Script};
+use std::sync::LazyLock;
+
+use redis::Script;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::bus::{Delivery, Handler, Outcome};
-use crate::connection::Connection;
+use crate::bus::{Delivery, Handler, Plan};
 use crate::events::{Post, validate_title};
 use crate::keys::Keys;
 use crate::request::{Inbox, Incoming, Reply, request_script};
@@ -24,18 +25,21 @@ pub struct CreatePost {
 }
 
 /// KEYS[5]: the post's hash. ARGV[5]: id, ARGV[6]: title, ARGV[7]: event data, ARGV[8]: answer.
-const CREATE: &str = r#"
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    request_script(
+        r#"
 redis.call('HSET', KEYS[5], 'id', ARGV[5], 'title', ARGV[6])
 publish('PostCreated', ARGV[7])
 redis.call('HSET', KEYS[4], ARGV[3], ARGV[8])
 answer(ARGV[8])
 return 'applied'
-"#;
+"#,
+    )
+});
 
 pub struct Posts {
     prefix: String,
     inbox: Inbox,
-    create: Script,
 }
 
 impl Posts {
@@ -43,7 +47,6 @@ impl Posts {
         Posts {
             prefix: keys.service_prefix(NAME),
             inbox: Inbox::new(keys, NAME),
-            create: request_script(CREATE),
         }
     }
 
@@ -54,24 +57,15 @@ impl Posts {
 }
 
 impl Handler for Posts {
-    async fn handle(
-        &mut self,
-        connection: &mut Connection,
-        delivery: &Delivery,
-    ) -> RedisResult<Outcome> {
+    fn plan(&mut self, delivery: &Delivery) -> Plan {
         let request = match Incoming::parse(delivery) {
             Ok(request) if request.command == CREATE_POST => request,
-            Ok(request) => {
-                return Ok(Outcome::Dead(format!(
-                    "unknown command {:?}",
-                    request.command
-                )));
-            }
-            Err(reason) => return Ok(Outcome::Dead(reason)),
+            Ok(request) => return Plan::Dead(format!("unknown command {:?}", request.command)),
+            Err(reason) => return Plan::Dead(reason),
         };
         let command: CreatePost = match request.decode() {
             Ok(command) => command,
-            Err(reason) => return Ok(Outcome::Dead(reason)),
+            Err(reason) => return Plan::Dead(reason),
         };
         let title = match validate_title(&command.title) {
             Ok(title) => title,
@@ -79,26 +73,21 @@ impl Handler for Posts {
                 let reply = Reply::<()>::Invalid {
                     message: failure.message,
                 };
-                self.inbox
-                    .answer(connection, delivery, &request, &reply)
-                    .await?;
-                return Ok(Outcome::Done);
+                return Plan::Run(self.inbox.answer(delivery, &request, &reply));
             }
         };
         let post = Post {
             id: Uuid::now_v7(),
             title,
         };
-        let _: String = self
+        let step = self
             .inbox
-            .invoke(&self.create, delivery, &request)
+            .step(&CREATE, delivery, &request)
             .key(format!("{}post:{}", self.prefix, post.id))
             .arg(post.id.to_string())
             .arg(&post.title)
             .arg(serde_json::to_string(&post).expect("posts serialize"))
-            .arg(Reply::Ok { value: &post }.to_json())
-            .invoke_async(connection)
-            .await?;
-        Ok(Outcome::Done)
+            .arg(Reply::Ok { value: &post }.to_json());
+        Plan::Run(step)
     }
 }

@@ -9,28 +9,36 @@
 //! commutes: a pending comment never overwrites a final status, and comments that arrive
 //! before their post wait, unseen, until the post does.
 
+use std::sync::LazyLock;
+
 use redis::{AsyncCommands, RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::bus::{Delivery, Handler, Outcome, acknowledge, invoke_step, step_script};
+use crate::bus::{Delivery, Handler, Plan, Step, step_script};
 use crate::connection::Connection;
-use crate::events::{Comment, Event, Status};
+use crate::events::{Event, Status};
 use crate::keys::Keys;
 
 pub const NAME: &str = "query";
 
 /// KEYS[3]: the post index, KEYS[4]: the post's hash. ARGV[4]: id, ARGV[5]: title.
-const ADD_POST: &str = r#"
+static ADD_POST: LazyLock<Script> = LazyLock::new(|| {
+    step_script(
+        r#"
 redis.call('HSET', KEYS[4], 'id', ARGV[4], 'title', ARGV[5])
 redis.call('ZADD', KEYS[3], 0, ARGV[4])
 settle()
 return 'applied'
-"#;
+"#,
+    )
+});
 
 /// KEYS[3]: the post's comments. ARGV[4]: comment id, ARGV[5]: its view, ARGV[6]: '1' when the
 /// status is final (it then replaces whatever is there; a pending one never does).
-const PUT_COMMENT: &str = r#"
+static PUT_COMMENT: LazyLock<Script> = LazyLock::new(|| {
+    step_script(
+        r#"
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 else
@@ -38,7 +46,9 @@ else
 end
 settle()
 return 'applied'
-"#;
+"#,
+    )
+});
 
 /// A post as the view shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,8 +177,6 @@ impl View {
 pub struct Query {
     events: String,
     view: View,
-    add_post: Script,
-    put_comment: Script,
 }
 
 impl Query {
@@ -176,67 +184,45 @@ impl Query {
         Query {
             events: keys.events(),
             view: View::new(keys),
-            add_post: step_script(ADD_POST),
-            put_comment: step_script(PUT_COMMENT),
         }
     }
 
     pub fn streams(keys: &Keys) -> Vec<String> {
         vec![keys.events()]
     }
-
-    async fn put_comment(
-        &self,
-        connection: &mut Connection,
-        delivery: &Delivery,
-        request_id: &str,
-        comment: Comment,
-    ) -> RedisResult<Outcome> {
-        let view = CommentView {
-            id: comment.id,
-            content: comment.content,
-            status: comment.status,
-        };
-        let _: String = invoke_step(&self.put_comment, delivery, NAME, &self.events, request_id)
-            .key(self.view.comments_key(comment.post_id))
-            .arg(comment.id.to_string())
-            .arg(serde_json::to_string(&view).expect("comments serialize"))
-            .arg(if comment.status.is_final() { "1" } else { "0" })
-            .invoke_async(connection)
-            .await?;
-        Ok(Outcome::Done)
-    }
 }
 
 impl Handler for Query {
-    async fn handle(
-        &mut self,
-        connection: &mut Connection,
-        delivery: &Delivery,
-    ) -> RedisResult<Outcome> {
+    fn plan(&mut self, delivery: &Delivery) -> Plan {
         let envelope = match delivery.event() {
             Ok(Some(envelope)) => envelope,
-            Ok(None) => return acknowledge(connection, NAME, delivery).await,
-            Err(reason) => return Ok(Outcome::Dead(reason)),
+            Ok(None) => return Plan::Skip,
+            Err(reason) => return Plan::Dead(reason),
         };
-        let request_id = envelope.request_id.as_str();
-        match envelope.event {
-            Event::PostCreated(post) => {
-                let _: String =
-                    invoke_step(&self.add_post, delivery, NAME, &self.events, request_id)
-                        .key(self.view.index())
-                        .key(self.view.post_key(post.id))
-                        .arg(post.id.to_string())
-                        .arg(&post.title)
-                        .invoke_async(connection)
-                        .await?;
-                Ok(Outcome::Done)
-            }
+        let step = |script| Step::new(script, delivery, NAME, &self.events, &envelope.request_id);
+        match &envelope.event {
+            Event::PostCreated(post) => Plan::Run(
+                step(&ADD_POST)
+                    .key(self.view.index())
+                    .key(self.view.post_key(post.id))
+                    .arg(post.id.to_string())
+                    .arg(&post.title),
+            ),
             Event::CommentCreated(comment) | Event::CommentUpdated(comment) => {
-                self.put_comment(connection, delivery, request_id, comment)
-                    .await
+                let view = CommentView {
+                    id: comment.id,
+                    content: comment.content.clone(),
+                    status: comment.status,
+                };
+                Plan::Run(
+                    step(&PUT_COMMENT)
+                        .key(self.view.comments_key(comment.post_id))
+                        .arg(comment.id.to_string())
+                        .arg(serde_json::to_string(&view).expect("comments serialize"))
+                        .arg(if comment.status.is_final() { "1" } else { "0" }),
+                )
             }
-            Event::CommentModerated(_) => acknowledge(connection, NAME, delivery).await,
+            Event::CommentModerated(_) => Plan::Skip,
         }
     }
 }

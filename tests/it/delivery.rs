@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use blogctl::bus::{Delivery, Handler, Outcome, ensure_group};
+use blogctl::bus::{Delivery, Handler, Plan, ensure_group};
 use blogctl::keys::Keys;
 use blogctl::services::moderation::Moderation;
 use redis::streams::StreamReadReply;
@@ -102,17 +102,21 @@ async fn a_redelivered_entry_has_no_second_effect() {
 
     let mut handler = Moderation::new(&keys, vec!["orange".into()]);
     // Delivered twice: to a consumer that stalled, and again to one that took it over.
-    assert_eq!(
-        handler.handle(&mut connection, &delivery).await.unwrap(),
-        Outcome::Done
-    );
-    assert_eq!(
-        handler.handle(&mut connection, &delivery).await.unwrap(),
-        Outcome::Done
-    );
+    let results = [
+        run_plan(handler.plan(&delivery), &mut connection).await,
+        run_plan(handler.plan(&delivery), &mut connection).await,
+    ];
+    assert_eq!(results, ["applied", "stale"]);
 
     assert_eq!(blog.events_of("CommentModerated").len(), 1);
     assert_eq!(blog.pending(&events, "moderation"), 0);
+}
+
+async fn run_plan(plan: Plan, connection: &mut blogctl::connection::Connection) -> String {
+    let Plan::Run(step) = plan else {
+        panic!("expected a step, got {plan:?}")
+    };
+    step.run(connection).await.unwrap()
 }
 
 #[test]
