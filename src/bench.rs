@@ -114,13 +114,26 @@ pub async fn run(context: &Context, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-async fn measure(context: &Context, args: &BenchArgs, connection: &mut Connection) -> Result<Report> {
+async fn measure(
+    context: &Context,
+    args: &BenchArgs,
+    connection: &mut Connection,
+) -> Result<Report> {
     let memory_start = used_memory(connection).await?;
     let progress = progress_bar(args.posts as u64, "posts");
     let mut post_ids = Vec::with_capacity(args.posts);
     for n in 0..args.posts {
         let title = format!("Bench post {n}");
-        let post: Post = call(connection, &context.keys, posts::NAME, CREATE_POST, &CreatePost { title }, &request_id(None)?, context.timeout).await?;
+        let post: Post = call(
+            connection,
+            &context.keys,
+            posts::NAME,
+            CREATE_POST,
+            &CreatePost { title },
+            &request_id(None)?,
+            context.timeout,
+        )
+        .await?;
         post_ids.push(post.id);
         progress.inc(1);
     }
@@ -135,8 +148,13 @@ async fn measure(context: &Context, args: &BenchArgs, connection: &mut Connectio
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..args.in_flight.min(args.comments.max(1)) {
-        let (context, next, post_ids, progress, total) =
-            (context.clone(), next.clone(), post_ids.clone(), progress.clone(), args.comments);
+        let (context, next, post_ids, progress, total) = (
+            context.clone(),
+            next.clone(),
+            post_ids.clone(),
+            progress.clone(),
+            args.comments,
+        );
         clients.spawn(async move {
             let mut connection = context.connect().await?;
             loop {
@@ -162,7 +180,10 @@ async fn measure(context: &Context, args: &BenchArgs, connection: &mut Connectio
         final_comments += post.comments.iter().filter(|c| c.status.is_final()).count();
     }
     if final_comments != args.comments {
-        bail!("the view shows {final_comments} final comments, not {}", args.comments);
+        bail!(
+            "the view shows {final_comments} final comments, not {}",
+            args.comments
+        );
     }
 
     // Latency: one comment at a time, from the request to its final status in the view.
@@ -173,9 +194,15 @@ async fn measure(context: &Context, args: &BenchArgs, connection: &mut Connectio
         let started = Instant::now();
         let comment = create_comment(context, connection, post, args.comments + n).await?;
         let deadline = started + context.timeout;
-        while !matches!(view.comment_status(connection, post, comment.id).await?, Some(status) if status.is_final()) {
+        while !matches!(view.comment_status(connection, post, comment.id).await?, Some(status) if status.is_final())
+        {
             if Instant::now() > deadline {
-                return Err(Failure::service_timeout("query", "show a final status", context.timeout).into());
+                return Err(Failure::service_timeout(
+                    "query",
+                    "show a final status",
+                    context.timeout,
+                )
+                .into());
             }
         }
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -190,14 +217,33 @@ async fn measure(context: &Context, args: &BenchArgs, connection: &mut Connectio
         comments_per_second: args.comments as f64 / elapsed.as_secs_f64(),
         latency_ms: latency(samples),
         redis_bytes_per_post: (memory_posts - memory_start) as f64 / args.posts as f64,
-        redis_bytes_per_comment: (memory_comments - memory_posts) as f64 / args.comments.max(1) as f64,
+        redis_bytes_per_comment: (memory_comments - memory_posts) as f64
+            / args.comments.max(1) as f64,
         resident_kib: resident_memory(context, connection, args.embedded).await?,
     })
 }
 
-async fn create_comment(context: &Context, connection: &mut Connection, post_id: Uuid, n: usize) -> Result<Comment> {
-    let content = if n % 10 == 0 { format!("comment {n} about an orange") } else { format!("comment {n}") };
-    call(connection, &context.keys, comments::NAME, CREATE_COMMENT, &CreateComment { post_id, content }, &request_id(None)?, context.timeout).await
+async fn create_comment(
+    context: &Context,
+    connection: &mut Connection,
+    post_id: Uuid,
+    n: usize,
+) -> Result<Comment> {
+    let content = if n % 10 == 0 {
+        format!("comment {n} about an orange")
+    } else {
+        format!("comment {n}")
+    };
+    call(
+        connection,
+        &context.keys,
+        comments::NAME,
+        CREATE_COMMENT,
+        &CreateComment { post_id, content },
+        &request_id(None)?,
+        context.timeout,
+    )
+    .await
 }
 
 /// Waits until every group has read and acknowledged everything: the pipeline is idle.
@@ -206,7 +252,10 @@ async fn wait_until_idle(context: &Context, connection: &mut Connection) -> Resu
     loop {
         let groups: StreamInfoGroupsReply = connection.xinfo_groups(context.keys.events()).await?;
         let idle = groups.groups.len() >= 3
-            && groups.groups.iter().all(|group| group.pending == 0 && group.lag == Some(0));
+            && groups
+                .groups
+                .iter()
+                .all(|group| group.pending == 0 && group.lag == Some(0));
         if idle {
             return Ok(());
         }
@@ -218,7 +267,10 @@ async fn wait_until_idle(context: &Context, connection: &mut Connection) -> Resu
 }
 
 async fn used_memory(connection: &mut Connection) -> Result<i64> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(connection).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(connection)
+        .await?;
     info.lines()
         .find_map(|line| line.strip_prefix("used_memory:"))
         .and_then(|value| value.trim().parse().ok())
@@ -227,9 +279,16 @@ async fn used_memory(connection: &mut Connection) -> Result<i64> {
 
 /// RSS of the service processes: this process when embedded, else the local processes named by
 /// the consumers (`<host>-<pid>`) of each group.
-async fn resident_memory(context: &Context, connection: &mut Connection, embedded: bool) -> Result<Vec<(String, u64)>> {
+async fn resident_memory(
+    context: &Context,
+    connection: &mut Connection,
+    embedded: bool,
+) -> Result<Vec<(String, u64)>> {
     if embedded {
-        return Ok(vec![("all (embedded, with the bench client)".to_owned(), rss_kib(std::process::id()).unwrap_or(0))]);
+        return Ok(vec![(
+            "all (embedded, with the bench client)".to_owned(),
+            rss_kib(std::process::id()).unwrap_or(0),
+        )]);
     }
     let mut found = Vec::new();
     for (service, stream) in [
@@ -238,10 +297,16 @@ async fn resident_memory(context: &Context, connection: &mut Connection, embedde
         ("moderation", context.keys.events()),
         ("query", context.keys.events()),
     ] {
-        let consumers: redis::streams::StreamInfoConsumersReply =
-            connection.xinfo_consumers(&stream, service).await.unwrap_or_default();
+        let consumers: redis::streams::StreamInfoConsumersReply = connection
+            .xinfo_consumers(&stream, service)
+            .await
+            .unwrap_or_default();
         for consumer in consumers.consumers {
-            let pid = consumer.name.rsplit('-').next().and_then(|pid| pid.parse::<u32>().ok());
+            let pid = consumer
+                .name
+                .rsplit('-')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok());
             if let Some(kib) = pid.and_then(rss_kib) {
                 found.push((format!("{service} ({})", consumer.name), kib));
             }
@@ -252,19 +317,36 @@ async fn resident_memory(context: &Context, connection: &mut Connection, embedde
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| line.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn latency(mut samples: Vec<f64>) -> Latency {
     samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples.get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1))).copied().unwrap_or(0.0);
-    Latency { samples: samples.len(), p50: at(0.50), p95: at(0.95), p99: at(0.99), max: samples.last().copied().unwrap_or(0.0) }
+    let at = |q: f64| {
+        samples
+            .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Latency {
+        samples: samples.len(),
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: samples.last().copied().unwrap_or(0.0),
+    }
 }
 
 fn progress_bar(length: u64, what: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(length);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_style(ProgressStyle::with_template("{msg:>9} {wide_bar} {pos}/{len} {per_sec}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>9} {wide_bar} {pos}/{len} {per_sec}")
+                .expect("valid template"),
+        );
         bar.set_message(what);
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -275,15 +357,27 @@ fn progress_bar(length: u64, what: &'static str) -> ProgressBar {
 fn print_report(report: &Report) -> std::io::Result<()> {
     let latency = &report.latency_ms;
     print_line(&format!("posts                     {}", report.posts))?;
-    print_line(&format!("comments                  {} ({} in flight)", report.comments, report.in_flight))?;
-    print_line(&format!("throughput                {:.0} comments/s, create to final in the view", report.comments_per_second))?;
+    print_line(&format!(
+        "comments                  {} ({} in flight)",
+        report.comments, report.in_flight
+    ))?;
+    print_line(&format!(
+        "throughput                {:.0} comments/s, create to final in the view",
+        report.comments_per_second
+    ))?;
     print_line(&format!(
         "latency (ms, {} samples)  p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}",
         latency.samples, latency.p50, latency.p95, latency.p99, latency.max
     ))?;
-    print_line(&format!("redis memory              {:.0} B/post  {:.0} B/comment", report.redis_bytes_per_post, report.redis_bytes_per_comment))?;
+    print_line(&format!(
+        "redis memory              {:.0} B/post  {:.0} B/comment",
+        report.redis_bytes_per_post, report.redis_bytes_per_comment
+    ))?;
     for (service, kib) in &report.resident_kib {
-        print_line(&format!("resident                  {:.1} MiB  {service}", *kib as f64 / 1024.0))?;
+        print_line(&format!(
+            "resident                  {:.1} MiB  {service}",
+            *kib as f64 / 1024.0
+        ))?;
     }
     Ok(())
 }
