@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use color_eyre::Result;
 use color_eyre::eyre::{WrapErr, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use redis::AsyncCommands;
 use redis::streams::StreamInfoGroupsReply;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::client::{Context, print_line};
+use crate::client::{Context, print_line, progress_bar};
 use crate::connection::Connection;
 use crate::error::Failure;
 use crate::events::{Comment, Post};
@@ -338,20 +337,6 @@ fn latency(mut samples: Vec<f64>) -> Latency {
         p99: at(0.99),
         max: samples.last().copied().unwrap_or(0.0),
     }
-}
-
-fn progress_bar(length: u64, what: &'static str) -> ProgressBar {
-    let bar = ProgressBar::new(length);
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_style(
-            ProgressStyle::with_template("{msg:>9} {wide_bar} {pos}/{len} {per_sec}")
-                .expect("valid template"),
-        );
-        bar.set_message(what);
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar
 }
 
 fn print_report(report: &Report) -> std::io::Result<()> {

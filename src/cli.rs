@@ -11,6 +11,7 @@ use crate::client::{self, Context};
 use crate::connection::Redis;
 use crate::error::Failure;
 use crate::keys::Keys;
+use crate::rebuild::{self, RebuildArgs};
 use crate::services::{self, ServeArgs, parse_seconds};
 
 const EXAMPLES: &str = "\
@@ -64,6 +65,10 @@ pub enum Command {
     /// Comment on posts.
     #[command(subcommand)]
     Comment(CommentCommand),
+    /// Rebuild the query view or the comments state from the whole log, then switch to it.
+    ///
+    /// Example: blogctl rebuild query --archive events.ndjson
+    Rebuild(RebuildArgs),
     /// Measure throughput, latency and memory of the whole pipeline, in a fresh namespace.
     ///
     /// Example: blogctl --namespace bench-1 bench --embedded --comments 100000
@@ -91,6 +96,7 @@ pub async fn run(
         Command::Serve(args) => services::run(&context.redis, &context.keys, args, shutdown).await,
         Command::Post(command) => client::post::run(&context, command).await,
         Command::Comment(command) => client::comment::run(&context, command).await,
+        Command::Rebuild(args) => rebuild::run(&context, args).await,
         Command::Bench(args) => bench::run(&context, args).await,
     }
 }

@@ -8,6 +8,8 @@
 //! - [`bench`]: `blogctl bench`, throughput, latency and memory of the whole pipeline.
 //! - [`bus`]: everything about Redis Streams: groups, the envelope, the consumer loop,
 //!   atomic exactly-once steps, retries, take-over of stuck entries, dead letters.
+//! - [`rebuild`]: `blogctl rebuild`, and the generations that let a service's state be rebuilt
+//!   beside the live one.
 //! - [`request`]: commands from the client to a service's inbox, and their replies.
 //! - [`events`]: the events (the wire contract) and pure rules (moderation, validation).
 //! - [`keys`]: every Redis key name.
@@ -23,6 +25,7 @@ pub mod connection;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod rebuild;
 pub mod request;
 pub mod services;
 pub mod shutdown;

@@ -62,3 +62,18 @@ impl Poll {
         true
     }
 }
+
+/// A progress bar on stderr when it is a terminal (and nothing otherwise): `what` names it.
+pub fn progress_bar(length: u64, what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(length);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let style =
+            indicatif::ProgressStyle::with_template("{msg:>9} {wide_bar} {pos}/{len} {per_sec}")
+                .expect("the template is valid");
+        bar.set_style(style);
+        bar.set_message(what);
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}

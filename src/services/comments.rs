@@ -1,8 +1,10 @@
 //! The comments service: creates comments ("pending") on request, learns which posts exist from
 //! `PostCreated`, and records moderation verdicts, announcing each with `CommentUpdated`.
 //!
-//! Keys: `<ns>:comments:{<ns>.0}:comment:<id>` (hash: id, postId, content, status),
-//! `...:posts` (set of the post ids it has seen), `...:requests`, `...:inbox`.
+//! Keys: its rebuildable state lives under `<ns>:comments:{<ns>.0}:<generation>:` (see
+//! [`crate::rebuild`]): `comment:<id>` (hash: id, postId, content, status) and `posts` (set of
+//! the post ids it has seen). Outside it: `...:generation`, `...:requests` (answered request
+//! ids) and `...:inbox`.
 
 use std::sync::LazyLock;
 
@@ -14,6 +16,7 @@ use crate::bus::{Delivery, Handler, Outcome, Plan, Step, applied_up_to, step_scr
 use crate::connection::Connection;
 use crate::events::{Comment, Event, Status, validate_content};
 use crate::keys::Keys;
+use crate::rebuild::{Generations, lua_base};
 use crate::request::{Inbox, Incoming, Reply, request_script};
 
 pub const NAME: &str = "comments";
@@ -28,57 +31,97 @@ pub struct CreateComment {
     pub content: String,
 }
 
-/// KEYS[5]: known posts, KEYS[6]: the comment's hash. ARGV[5]: post id, ARGV[6]: comment id,
-/// ARGV[7]: content, ARGV[8]: event data, ARGV[9]: answer. An unknown post changes nothing and
-/// leaves the request pending: see [`Comments::settle`].
+/// KEYS[5]: the generation pointer. ARGV[5]: the service's prefix, ARGV[6]: post id, ARGV[7]:
+/// comment id, ARGV[8]: content, ARGV[9]: event data, ARGV[10]: answer. An unknown post changes
+/// nothing and leaves the request pending: see [`Comments::unknown_post`].
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    request_script(
+    request_script(&format!(
+        "{}{}",
+        lua_base(5, 5),
         r#"
-if redis.call('SISMEMBER', KEYS[5], ARGV[5]) == 0 then
+if redis.call('SISMEMBER', base .. 'posts', ARGV[6]) == 0 then
   return 'unknown_post'
 end
-redis.call('HSET', KEYS[6], 'id', ARGV[6], 'postId', ARGV[5], 'content', ARGV[7], 'status', 'pending')
-publish('CommentCreated', ARGV[8])
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[9])
-answer(ARGV[9])
+redis.call('HSET', base .. 'comment:' .. ARGV[7], 'id', ARGV[7], 'postId', ARGV[6],
+  'content', ARGV[8], 'status', 'pending')
+publish('CommentCreated', ARGV[9])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[10])
+answer(ARGV[10])
 return 'applied'
-"#,
-    )
+"#
+    ))
 });
 
-/// KEYS[3]: known posts. ARGV[4]: the post id.
+/// KEYS[3]: the generation pointer. ARGV[4]: the service's prefix, ARGV[5]: the post id.
 static LEARN_POST: LazyLock<Script> = LazyLock::new(|| {
-    step_script(
+    step_script(&format!(
+        "{}{}",
+        lua_base(3, 4),
         r#"
-redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('SADD', base .. 'posts', ARGV[5])
 settle()
 return 'applied'
-"#,
-    )
+"#
+    ))
 });
 
-/// KEYS[3]: the comment's hash. ARGV[4]: the verdict, ARGV[5]: the `CommentUpdated` data.
-/// A verdict for a comment already decided changes nothing: one `CommentUpdated` per comment.
+/// KEYS[3]: the generation pointer. ARGV[4]: the service's prefix, ARGV[5]: the comment id,
+/// ARGV[6]: the verdict, ARGV[7]: the `CommentUpdated` data. A verdict for a comment already
+/// decided changes nothing: one `CommentUpdated` per comment.
 static RECORD_VERDICT: LazyLock<Script> = LazyLock::new(|| {
-    step_script(
+    step_script(&format!(
+        "{}{}",
+        lua_base(3, 4),
         r#"
-local status = redis.call('HGET', KEYS[3], 'status')
+local comment = base .. 'comment:' .. ARGV[5]
+local status = redis.call('HGET', comment, 'status')
 if not status then
   return 'unknown_comment'
 end
 if status == 'pending' then
-  redis.call('HSET', KEYS[3], 'status', ARGV[4])
-  publish('CommentUpdated', ARGV[5])
+  redis.call('HSET', comment, 'status', ARGV[6])
+  publish('CommentUpdated', ARGV[7])
 end
 settle()
 return 'applied'
-"#,
-    )
+"#
+    ))
 });
+
+/// The writes that apply one event to the state in generation `base`, for a rebuild (which
+/// applies the log in order into a generation the service does not use yet).
+pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &str, event: &Event) {
+    match event {
+        Event::PostCreated(post) => {
+            pipe.sadd(format!("{base}posts"), post.id.to_string())
+                .ignore();
+        }
+        Event::CommentCreated(comment) => {
+            let (id, post_id) = (comment.id.to_string(), comment.post_id.to_string());
+            let fields = [
+                ("id", id.as_str()),
+                ("postId", post_id.as_str()),
+                ("content", comment.content.as_str()),
+                ("status", comment.status.as_str()),
+            ];
+            pipe.hset_multiple(format!("{base}comment:{id}"), &fields)
+                .ignore();
+        }
+        Event::CommentUpdated(comment) => {
+            pipe.hset(
+                format!("{base}comment:{}", comment.id),
+                "status",
+                comment.status.as_str(),
+            )
+            .ignore();
+        }
+        Event::CommentModerated(_) => {}
+    }
+}
 
 pub struct Comments {
     events: String,
-    prefix: String,
+    generations: Generations,
     inbox: Inbox,
 }
 
@@ -86,7 +129,7 @@ impl Comments {
     pub fn new(keys: &Keys) -> Comments {
         Comments {
             events: keys.events(),
-            prefix: keys.service_prefix(NAME),
+            generations: Generations::new(keys.service_prefix(NAME)),
             inbox: Inbox::new(keys, NAME),
         }
     }
@@ -96,30 +139,22 @@ impl Comments {
         vec![keys.events(), keys.inbox(NAME)]
     }
 
-    fn known_posts(&self) -> String {
-        format!("{}posts", self.prefix)
-    }
-
-    fn comment_key(&self, id: Uuid) -> String {
-        format!("{}comment:{id}", self.prefix)
-    }
-
     fn plan_event(&self, delivery: &Delivery) -> Plan {
         let envelope = match delivery.event() {
             Ok(Some(envelope)) => envelope,
             Ok(None) => return Plan::Skip,
             Err(reason) => return Plan::Dead(reason),
         };
-        let step = |script| Step::new(script, delivery, NAME, &self.events, &envelope.request_id);
+        let step = |script| {
+            Step::new(script, delivery, NAME, &self.events, &envelope.request_id)
+                .key(self.generations.pointer())
+                .arg(self.generations.prefix())
+        };
         match &envelope.event {
-            Event::PostCreated(post) => Plan::Run(
-                step(&LEARN_POST)
-                    .key(self.known_posts())
-                    .arg(post.id.to_string()),
-            ),
+            Event::PostCreated(post) => Plan::Run(step(&LEARN_POST).arg(post.id.to_string())),
             Event::CommentModerated(verdict) => Plan::Run(
                 step(&RECORD_VERDICT)
-                    .key(self.comment_key(verdict.id))
+                    .arg(verdict.id.to_string())
                     .arg(verdict.status.as_str())
                     .arg(serde_json::to_string(verdict).expect("comments serialize")),
             ),
@@ -150,8 +185,8 @@ impl Comments {
         let step = self
             .inbox
             .step(&CREATE, delivery, &request)
-            .key(self.known_posts())
-            .key(self.comment_key(comment.id))
+            .key(self.generations.pointer())
+            .arg(self.generations.prefix())
             .arg(comment.post_id.to_string())
             .arg(comment.id.to_string())
             .arg(&comment.content)

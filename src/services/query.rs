@@ -1,9 +1,13 @@
 //! The query service: keeps a ready-to-read view of posts with their comments, built from
 //! `PostCreated`, `CommentCreated` and `CommentUpdated`; and the reads clients make of it.
 //!
-//! Keys: `<ns>:query:{<ns>.0}:posts` (sorted set of post ids, all with score 0, so ordered by id:
-//! UUIDv7 ids sort oldest first), `...:post:<id>` (hash: id, title), `...:comments:<post id>`
-//! (hash: comment id -> `{"id","content","status"}`).
+//! Keys: `<ns>:query:{<ns>.0}:generation` (the generation the view lives in, `0` until the first
+//! `blogctl rebuild query`), and under `<ns>:query:{<ns>.0}:<generation>:` the view itself:
+//! `posts` (sorted set of post ids, all with score 0, so ordered by id: UUIDv7 ids sort oldest
+//! first), `post:<id>` (hash: id, title), `comments:<post id>` (hash: comment id ->
+//! `{"id","content","status"}`). A rebuild fills a new generation while this one serves, then
+//! switches the pointer in one step; reads resolve the pointer in the same script, so a reader
+//! never sees half of each.
 //!
 //! Events may be applied out of order when two instances share the work, so each write
 //! commutes: a pending comment never overwrites a final status, and comments that arrive
@@ -11,7 +15,7 @@
 
 use std::sync::LazyLock;
 
-use redis::{AsyncCommands, RedisResult, Script};
+use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -19,33 +23,75 @@ use crate::bus::{Delivery, Handler, Plan, Step, step_script};
 use crate::connection::Connection;
 use crate::events::{Event, Status};
 use crate::keys::Keys;
+use crate::rebuild::{Generations, lua_base};
 
 pub const NAME: &str = "query";
 
-/// KEYS[3]: the post index, KEYS[4]: the post's hash. ARGV[4]: id, ARGV[5]: title.
+/// ARGV[5]: post id, ARGV[6]: title.
 static ADD_POST: LazyLock<Script> = LazyLock::new(|| {
-    step_script(
+    step_script(&format!(
+        "{}{}",
+        lua_base(3, 4),
         r#"
-redis.call('HSET', KEYS[4], 'id', ARGV[4], 'title', ARGV[5])
-redis.call('ZADD', KEYS[3], 0, ARGV[4])
+redis.call('HSET', base .. 'post:' .. ARGV[5], 'id', ARGV[5], 'title', ARGV[6])
+redis.call('ZADD', base .. 'posts', 0, ARGV[5])
 settle()
 return 'applied'
+"#
+    ))
+});
+
+/// ARGV[5]: post id, ARGV[6]: comment id, ARGV[7]: its view, ARGV[8]: '1' when the status is
+/// final (it then replaces whatever is there; a pending one never does).
+static PUT_COMMENT: LazyLock<Script> = LazyLock::new(|| {
+    step_script(&format!(
+        "{}{}",
+        lua_base(3, 4),
+        r#"
+local comments = base .. 'comments:' .. ARGV[5]
+if ARGV[8] == '1' then
+  redis.call('HSET', comments, ARGV[6], ARGV[7])
+else
+  redis.call('HSETNX', comments, ARGV[6], ARGV[7])
+end
+settle()
+return 'applied'
+"#
+    ))
+});
+
+/// Reads posts with their comments from the current generation. KEYS[1]: the generation
+/// pointer; ARGV[1]: the prefix; ARGV[2]: `ids` to read the posts ARGV[4..], else the start of a
+/// ZRANGE BYLEX (`-` or `(<id>`) with ARGV[3] the most to read (-1: all).
+static READ_POSTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua flags=no-writes
+local base = ARGV[1] .. (redis.call('GET', KEYS[1]) or '0') .. ':'
+local ids
+if ARGV[2] == 'ids' then
+  ids = {unpack(ARGV, 4)}
+else
+  ids = redis.call('ZRANGE', base .. 'posts', ARGV[2], '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[3]))
+end
+local posts = {}
+for _, id in ipairs(ids) do
+  local title = redis.call('HGET', base .. 'post:' .. id, 'title')
+  if title then
+    posts[#posts + 1] = {id, title, redis.call('HVALS', base .. 'comments:' .. id)}
+  end
+end
+return posts
 "#,
     )
 });
 
-/// KEYS[3]: the post's comments. ARGV[4]: comment id, ARGV[5]: its view, ARGV[6]: '1' when the
-/// status is final (it then replaces whatever is there; a pending one never does).
-static PUT_COMMENT: LazyLock<Script> = LazyLock::new(|| {
-    step_script(
-        r#"
-if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
-else
-  redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5])
-end
-settle()
-return 'applied'
+/// One comment's view in the current generation. KEYS[1]: the generation pointer; ARGV[1]: the
+/// prefix, ARGV[2]: post id, ARGV[3]: comment id.
+static READ_COMMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua flags=no-writes
+local base = ARGV[1] .. (redis.call('GET', KEYS[1]) or '0') .. ':'
+return redis.call('HGET', base .. 'comments:' .. ARGV[2], ARGV[3])
 "#,
     )
 });
@@ -69,26 +115,14 @@ pub struct CommentView {
 /// The query keyspace, for the service that writes it and the clients that read it.
 #[derive(Debug, Clone)]
 pub struct View {
-    prefix: String,
+    generations: Generations,
 }
 
 impl View {
     pub fn new(keys: &Keys) -> View {
         View {
-            prefix: keys.service_prefix(NAME),
+            generations: Generations::new(keys.service_prefix(NAME)),
         }
-    }
-
-    fn index(&self) -> String {
-        format!("{}posts", self.prefix)
-    }
-
-    fn post_key(&self, id: Uuid) -> String {
-        format!("{}post:{id}", self.prefix)
-    }
-
-    fn comments_key(&self, post_id: Uuid) -> String {
-        format!("{}comments:{post_id}", self.prefix)
     }
 
     /// Posts oldest first, with their comments: `limit` posts after the post `after`.
@@ -99,19 +133,15 @@ impl View {
         limit: Option<usize>,
     ) -> RedisResult<Vec<PostView>> {
         let start = after.map_or("-".to_owned(), |id| format!("({id}"));
-        let mut command = redis::cmd("ZRANGE");
-        command.arg(self.index()).arg(start).arg("+").arg("BYLEX");
-        if let Some(limit) = limit {
-            command.arg("LIMIT").arg(0).arg(limit);
-        }
-        let ids: Vec<String> = command.query_async(connection).await?;
-        let ids: Vec<Uuid> = ids
-            .iter()
-            .filter_map(|id| Uuid::parse_str(id).ok())
-            .collect();
-        self.read_posts(connection, &ids)
-            .await
-            .map(|posts| posts.into_iter().flatten().collect())
+        let limit = limit.map_or(-1, |limit| limit as i64);
+        let posts: Vec<(String, String, Vec<String>)> = READ_POSTS
+            .key(self.generations.pointer())
+            .arg(self.generations.prefix())
+            .arg(start)
+            .arg(limit)
+            .invoke_async(connection)
+            .await?;
+        Ok(posts.into_iter().filter_map(post_view).collect())
     }
 
     /// One post with its comments, if the view has it.
@@ -120,7 +150,15 @@ impl View {
         connection: &mut Connection,
         id: Uuid,
     ) -> RedisResult<Option<PostView>> {
-        Ok(self.read_posts(connection, &[id]).await?.pop().flatten())
+        let posts: Vec<(String, String, Vec<String>)> = READ_POSTS
+            .key(self.generations.pointer())
+            .arg(self.generations.prefix())
+            .arg("ids")
+            .arg(0)
+            .arg(id.to_string())
+            .invoke_async(connection)
+            .await?;
+        Ok(posts.into_iter().find_map(post_view))
     }
 
     /// A comment's status in the view, if the view has it.
@@ -130,47 +168,62 @@ impl View {
         post_id: Uuid,
         comment_id: Uuid,
     ) -> RedisResult<Option<Status>> {
-        let view: Option<String> = connection
-            .hget(self.comments_key(post_id), comment_id.to_string())
+        let view: Option<String> = READ_COMMENT
+            .key(self.generations.pointer())
+            .arg(self.generations.prefix())
+            .arg(post_id.to_string())
+            .arg(comment_id.to_string())
+            .invoke_async(connection)
             .await?;
         Ok(view
             .and_then(|view| serde_json::from_str::<CommentView>(&view).ok())
             .map(|c| c.status))
     }
+}
 
-    /// Reads posts in one round trip.
-    async fn read_posts(
-        &self,
-        connection: &mut Connection,
-        ids: &[Uuid],
-    ) -> RedisResult<Vec<Option<PostView>>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+/// A post as the read script returns it, comments in id (creation) order.
+fn post_view((id, title, comments): (String, String, Vec<String>)) -> Option<PostView> {
+    let mut comments: Vec<CommentView> = comments
+        .iter()
+        .filter_map(|view| serde_json::from_str(view).ok())
+        .collect();
+    comments.sort_by_key(|comment| comment.id);
+    Some(PostView {
+        id: Uuid::parse_str(&id).ok()?,
+        title,
+        comments,
+    })
+}
+
+/// The writes that apply one event to the view in a given generation, for a rebuild (which
+/// applies the log in order into a generation no reader sees yet). The same rules as the
+/// service's steps: a pending comment never replaces a final one.
+pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &str, event: &Event) {
+    match event {
+        Event::PostCreated(post) => {
+            let id = post.id.to_string();
+            pipe.hset_multiple(
+                format!("{base}post:{id}"),
+                &[("id", id.as_str()), ("title", post.title.as_str())],
+            )
+            .ignore();
+            pipe.zadd(format!("{base}posts"), &id, 0).ignore();
         }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.hget(self.post_key(*id), "title")
-                .hvals(self.comments_key(*id));
+        Event::CommentCreated(comment) | Event::CommentUpdated(comment) => {
+            let key = format!("{base}comments:{}", comment.post_id);
+            let view = CommentView {
+                id: comment.id,
+                content: comment.content.clone(),
+                status: comment.status,
+            };
+            let view = serde_json::to_string(&view).expect("comments serialize");
+            if comment.status.is_final() {
+                pipe.hset(key, comment.id.to_string(), view).ignore();
+            } else {
+                pipe.hset_nx(key, comment.id.to_string(), view).ignore();
+            }
         }
-        let replies: Vec<(Option<String>, Vec<String>)> = pipe.query_async(connection).await?;
-        let posts = ids
-            .iter()
-            .zip(replies)
-            .map(|(id, (title, comments))| {
-                let title = title?;
-                let mut comments: Vec<CommentView> = comments
-                    .iter()
-                    .filter_map(|view| serde_json::from_str(view).ok())
-                    .collect();
-                comments.sort_by_key(|comment| comment.id);
-                Some(PostView {
-                    id: *id,
-                    title,
-                    comments,
-                })
-            })
-            .collect();
-        Ok(posts)
+        Event::CommentModerated(_) => {}
     }
 }
 
@@ -199,15 +252,15 @@ impl Handler for Query {
             Ok(None) => return Plan::Skip,
             Err(reason) => return Plan::Dead(reason),
         };
-        let step = |script| Step::new(script, delivery, NAME, &self.events, &envelope.request_id);
+        let step = |script| {
+            Step::new(script, delivery, NAME, &self.events, &envelope.request_id)
+                .key(self.view.generations.pointer())
+                .arg(self.view.generations.prefix())
+        };
         match &envelope.event {
-            Event::PostCreated(post) => Plan::Run(
-                step(&ADD_POST)
-                    .key(self.view.index())
-                    .key(self.view.post_key(post.id))
-                    .arg(post.id.to_string())
-                    .arg(&post.title),
-            ),
+            Event::PostCreated(post) => {
+                Plan::Run(step(&ADD_POST).arg(post.id.to_string()).arg(&post.title))
+            }
             Event::CommentCreated(comment) | Event::CommentUpdated(comment) => {
                 let view = CommentView {
                     id: comment.id,
@@ -216,7 +269,7 @@ impl Handler for Query {
                 };
                 Plan::Run(
                     step(&PUT_COMMENT)
-                        .key(self.view.comments_key(comment.post_id))
+                        .arg(comment.post_id.to_string())
                         .arg(comment.id.to_string())
                         .arg(serde_json::to_string(&view).expect("comments serialize"))
                         .arg(if comment.status.is_final() { "1" } else { "0" }),

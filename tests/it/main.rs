@@ -5,5 +5,6 @@ mod compose;
 mod delivery;
 mod faults;
 mod outages;
+mod rebuild;
 mod story;
 mod support;

@@ -1,0 +1,353 @@
+//! `blogctl rebuild query|comments`: rebuilds a service's state from the whole log (archives
+//! written by `blogctl trim` first, then the stream) into a fresh generation of its keyspace while
+//! the live one keeps serving, switches to it in one atomic step, then drops the old one.
+//!
+//! A service's rebuildable keys live under `<prefix><generation>:`, and `<prefix>generation`
+//! names the live generation (`0` until the first rebuild). Every step of the service and every
+//! read resolves that pointer inside its own script, so each sees one generation, whole.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use color_eyre::Result;
+use color_eyre::eyre::WrapErr;
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, Script, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::bus::Delivery;
+use crate::client::{Context, print_line, progress_bar};
+use crate::connection::Connection;
+use crate::error::Failure;
+use crate::keys::Keys;
+use crate::services::{comments, query};
+
+/// Entries read from the stream per round trip.
+const CHUNK: usize = 1000;
+/// How long a rebuild holds its lock before another may assume it died.
+const LOCK_MS: u64 = 3_600_000;
+
+/// Where a service's rebuildable state lives.
+#[derive(Debug, Clone)]
+pub struct Generations {
+    prefix: String,
+}
+
+impl Generations {
+    /// For the keys under a service's prefix.
+    pub fn new(service_prefix: String) -> Generations {
+        Generations {
+            prefix: service_prefix,
+        }
+    }
+
+    /// The key naming the live generation.
+    pub fn pointer(&self) -> String {
+        format!("{}generation", self.prefix)
+    }
+
+    /// The service's prefix, which the Lua of [`lua_base`] extends with the generation.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The prefix of every key of `generation`.
+    pub fn base(&self, generation: u64) -> String {
+        format!("{}{generation}:", self.prefix)
+    }
+}
+
+/// Lua that sets `base` to the live generation's prefix: KEYS[`pointer`] is the pointer key,
+/// ARGV[`prefix`] the service's prefix.
+pub fn lua_base(pointer: usize, prefix: usize) -> String {
+    format!("local base = ARGV[{prefix}] .. (redis.call('GET', KEYS[{pointer}]) or '0') .. ':'\n")
+}
+
+/// Switches to the new generation if the log has not grown since the rebuild read it.
+/// KEYS[1]: the events stream, KEYS[2]: the pointer. ARGV[1]: the last id applied, ARGV[2]: the
+/// new generation.
+static SWITCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local last_id = '0-0'
+if last[1] then last_id = last[1][1] end
+if last_id ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// What to rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// The query view (posts with their comments).
+    Query,
+    /// The comments service's own state: known posts and comments with their status.
+    Comments,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// What to rebuild.
+    #[arg(value_enum)]
+    pub target: Target,
+    /// An NDJSON archive written by `blogctl trim`, read before the stream (repeat for several,
+    /// oldest first).
+    #[arg(long = "archive", value_name = "FILE")]
+    pub archives: Vec<PathBuf>,
+}
+
+/// What a rebuild did.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub events: u64,
+    pub from_archives: u64,
+    pub skipped: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub generation: u64,
+}
+
+/// One archived entry, as `blogctl trim` writes it.
+#[derive(Debug, Deserialize)]
+struct Archived {
+    id: String,
+    fields: std::collections::HashMap<String, String>,
+}
+
+pub async fn run(context: &Context, args: &RebuildArgs) -> Result<()> {
+    for archive in &args.archives {
+        if !archive.is_file() {
+            return Err(Failure::invalid(format!(
+                "archive {} is not a readable file",
+                archive.display()
+            ))
+            .into());
+        }
+    }
+    let mut connection = context.connect().await?;
+    let report = rebuild(&mut connection, &context.keys, args.target, &args.archives).await?;
+    if context.json {
+        print_line(&serde_json::to_string(&report)?)?;
+    } else {
+        print_line(&format!(
+            "rebuilt {}: {} events ({} from archives, {} skipped) in {:.2}s, {:.0} events/s; now generation {}",
+            report.target,
+            report.events,
+            report.from_archives,
+            report.skipped,
+            report.seconds,
+            report.events_per_second,
+            report.generation
+        ))?;
+    }
+    Ok(())
+}
+
+/// Rebuilds `target` and switches to the result; the old generation is dropped.
+pub async fn rebuild(
+    connection: &mut Connection,
+    keys: &Keys,
+    target: Target,
+    archives: &[PathBuf],
+) -> Result<Report> {
+    let service = match target {
+        Target::Query => query::NAME,
+        Target::Comments => comments::NAME,
+    };
+    let generations = Generations::new(keys.service_prefix(service));
+    let lock = format!("{}rebuilding", keys.service_prefix(service));
+    let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7());
+    let locked: Option<String> = redis::cmd("SET")
+        .arg(&lock)
+        .arg(&owner)
+        .arg("NX")
+        .arg("PX")
+        .arg(LOCK_MS)
+        .query_async(connection)
+        .await?;
+    if locked.is_none() {
+        return Err(Failure::invalid(format!(
+            "another rebuild of {service} is running (lock {lock}); wait for it, or delete the key if it died"
+        ))
+        .into());
+    }
+    let result = rebuild_locked(connection, keys, target, &generations, archives).await;
+    // Release only our own lock.
+    let _: redis::RedisResult<i64> = Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+        .key(&lock)
+        .arg(&owner)
+        .invoke_async(connection)
+        .await;
+    result
+}
+
+async fn rebuild_locked(
+    connection: &mut Connection,
+    keys: &Keys,
+    target: Target,
+    generations: &Generations,
+    archives: &[PathBuf],
+) -> Result<Report> {
+    let started = Instant::now();
+    let live: Option<u64> = connection.get(generations.pointer()).await?;
+    let live = live.unwrap_or(0);
+    let counter = format!("{}generations", generations.prefix());
+    let mut next: u64 = connection.incr(&counter, 1).await?;
+    if next <= live {
+        let _: () = connection.set(&counter, live + 1).await?;
+        next = live + 1;
+    }
+    let base = generations.base(next);
+    drop_generation(connection, &base).await?;
+
+    let events = keys.events();
+    let length: u64 = connection.xlen(&events).await?;
+    let progress = progress_bar(length, "rebuild");
+    let mut counts = Counts::default();
+    let mut last = "0-0".to_owned();
+    for archive in archives {
+        let file = std::fs::File::open(archive)
+            .wrap_err_with(|| format!("opening {}", archive.display()))?;
+        let mut pipe = redis::pipe();
+        for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.wrap_err_with(|| format!("reading {}", archive.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let entry: Archived = serde_json::from_str(&line).map_err(|error| {
+                Failure::invalid(format!(
+                    "{} line {}: not an archived entry: {error}",
+                    archive.display(),
+                    number + 1
+                ))
+            })?;
+            let fields = entry
+                .fields
+                .into_iter()
+                .map(|(k, v)| (k, Value::BulkString(v.into_bytes())))
+                .collect();
+            let delivery = Delivery {
+                stream: events.clone(),
+                id: entry.id,
+                fields,
+                deliveries: 1,
+            };
+            counts.add(target, &mut pipe, &base, &delivery);
+            counts.from_archives += 1;
+            last = delivery.id;
+            if pipe.len() >= CHUNK * 2 {
+                let _: () = pipe.query_async(connection).await?;
+                pipe = redis::pipe();
+            }
+        }
+        let _: () = pipe.query_async(connection).await?;
+    }
+    // The stream, from where the archives stopped; again until nothing new came meanwhile.
+    loop {
+        loop {
+            let chunk: StreamRangeReply = connection
+                .xrange_count(&events, format!("({last}"), "+", CHUNK)
+                .await?;
+            let Some(end) = chunk.ids.last().map(|entry| entry.id.clone()) else {
+                break;
+            };
+            let mut pipe = redis::pipe();
+            for entry in chunk.ids {
+                let delivery = Delivery {
+                    stream: events.clone(),
+                    id: entry.id,
+                    fields: entry.map,
+                    deliveries: 1,
+                };
+                counts.add(target, &mut pipe, &base, &delivery);
+                progress.inc(1);
+            }
+            let _: () = pipe.query_async(connection).await?;
+            last = end;
+        }
+        let switched: i64 = SWITCH
+            .key(&events)
+            .key(generations.pointer())
+            .arg(&last)
+            .arg(next)
+            .invoke_async(connection)
+            .await?;
+        if switched == 1 {
+            break;
+        }
+    }
+    progress.finish_and_clear();
+    drop_generation(connection, &generations.base(live)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Report {
+        target: format!("{target:?}").to_lowercase(),
+        events: counts.applied + counts.skipped,
+        from_archives: counts.from_archives,
+        skipped: counts.skipped,
+        seconds,
+        events_per_second: (counts.applied + counts.skipped) as f64 / seconds.max(1e-9),
+        generation: next,
+    })
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    applied: u64,
+    skipped: u64,
+    from_archives: u64,
+}
+
+impl Counts {
+    /// Adds the writes of one entry; malformed and unknown entries are skipped, as the services
+    /// skip them (they are in the dead letters).
+    fn add(&mut self, target: Target, pipe: &mut redis::Pipeline, base: &str, delivery: &Delivery) {
+        match delivery.event() {
+            Ok(Some(envelope)) => {
+                match target {
+                    Target::Query => query::rebuild_commands(pipe, base, &envelope.event),
+                    Target::Comments => comments::rebuild_commands(pipe, base, &envelope.event),
+                }
+                self.applied += 1;
+            }
+            _ => self.skipped += 1,
+        }
+    }
+}
+
+/// Deletes every key of one generation, a batch at a time.
+async fn drop_generation(connection: &mut Connection, base: &str) -> Result<()> {
+    let pattern = format!(
+        "{}*",
+        base.replace('[', "\\[")
+            .replace('?', "\\?")
+            .replace('*', "\\*")
+    );
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(connection)
+            .await?;
+        if !found.is_empty() {
+            let _: () = redis::cmd("UNLINK")
+                .arg(&found)
+                .query_async(connection)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
