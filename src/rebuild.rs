@@ -247,7 +247,9 @@ async fn rebuild_locked(
                 pipe = redis::pipe();
             }
         }
-        let _: () = pipe.query_async(connection).await?;
+        if !pipe.is_empty() {
+            let _: () = pipe.query_async(connection).await?;
+        }
     }
     // The stream, from where the archives stopped; again until nothing new came meanwhile.
     loop {
@@ -269,7 +271,9 @@ async fn rebuild_locked(
                 counts.add(target, &mut pipe, &base, &delivery);
                 progress.inc(1);
             }
-            let _: () = pipe.query_async(connection).await?;
+            if !pipe.is_empty() {
+                let _: () = pipe.query_async(connection).await?;
+            }
             last = end;
         }
         let switched: i64 = SWITCH
