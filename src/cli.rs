@@ -11,6 +11,7 @@ use crate::client::{self, Context};
 use crate::connection::Redis;
 use crate::error::Failure;
 use crate::keys::Keys;
+use crate::ops;
 use crate::rebuild::{self, RebuildArgs};
 use crate::services::{self, ServeArgs, parse_seconds};
 
@@ -65,6 +66,28 @@ pub enum Command {
     /// Comment on posts.
     #[command(subcommand)]
     Comment(CommentCommand),
+    /// Show each consumer group: lag, pending entries, consumers, dead letters (--check: health).
+    ///
+    /// Example: blogctl status --check --max-lag 100
+    Status(ops::status::StatusArgs),
+    /// List or follow the events on the stream.
+    ///
+    /// Example: blogctl events list --type PostCreated
+    #[command(subcommand)]
+    Events(ops::events::EventsCommand),
+    /// Inspect dead letters, retry them for their service, or drop them.
+    ///
+    /// Example: blogctl dead list
+    #[command(subcommand)]
+    Dead(ops::dead::DeadCommand),
+    /// Archive, then remove, the events every group has acknowledged.
+    ///
+    /// Example: blogctl trim --archive events.ndjson --yes
+    Trim(ops::trim::TrimArgs),
+    /// Print a shell completion script.
+    ///
+    /// Example: blogctl completions bash > /etc/bash_completion.d/blogctl
+    Completions(ops::completions::CompletionsArgs),
     /// Rebuild the query view or the comments state from the whole log, then switch to it.
     ///
     /// Example: blogctl rebuild query --archive events.ndjson
@@ -86,7 +109,7 @@ impl Global {
     }
 }
 
-/// Runs a parsed command line; `shutdown` stops `serve`.
+/// Runs a parsed command line; `shutdown` stops `serve` and `events tail`.
 pub async fn run(
     cli: Cli,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -96,6 +119,11 @@ pub async fn run(
         Command::Serve(args) => services::run(&context.redis, &context.keys, args, shutdown).await,
         Command::Post(command) => client::post::run(&context, command).await,
         Command::Comment(command) => client::comment::run(&context, command).await,
+        Command::Status(args) => ops::status::run(&context, args).await,
+        Command::Events(command) => ops::events::run(&context, command, shutdown).await,
+        Command::Dead(command) => ops::dead::run(&context, command).await,
+        Command::Trim(args) => ops::trim::run(&context, args).await,
+        Command::Completions(args) => ops::completions::run(args),
         Command::Rebuild(args) => rebuild::run(&context, args).await,
         Command::Bench(args) => bench::run(&context, args).await,
     }

@@ -16,6 +16,8 @@ pub enum ExitCode {
     RedisUnreachable = 4,
     /// 5: a service did not answer within `--timeout`.
     ServiceTimeout = 5,
+    /// 6: `blogctl status --check` found a group missing, too far behind or stuck.
+    Unhealthy = 6,
 }
 
 /// An expected failure: a one-line message for stderr and the exit code that goes with it.

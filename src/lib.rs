@@ -5,6 +5,7 @@
 //! - [`services`]: `blogctl serve`; one module per service (posts, comments, moderation, query),
 //!   each holding its business rules and its own keyspace.
 //! - [`client`]: the shell client commands (`post ...`, `comment ...`).
+//! - [`ops`]: operator commands: `status`, `events`, `dead`, `trim`, `completions`.
 //! - [`bench`]: `blogctl bench`, throughput, latency and memory of the whole pipeline.
 //! - [`bus`]: everything about Redis Streams: groups, the envelope, the consumer loop,
 //!   atomic exactly-once steps, retries, take-over of stuck entries, dead letters.
@@ -25,6 +26,7 @@ pub mod connection;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod ops;
 pub mod rebuild;
 pub mod request;
 pub mod services;

@@ -4,6 +4,7 @@ mod bad_input;
 mod compose;
 mod delivery;
 mod faults;
+mod ops;
 mod outages;
 mod rebuild;
 mod story;

@@ -1,0 +1,462 @@
+//! `blogctl trim`: removes from the events stream only what every group has acknowledged, after
+//! appending it to an NDJSON archive, so the log stays bounded and a rebuild stays possible.
+//!
+//! The boundary is the first entry any group may still need: the minimum over groups of their
+//! oldest pending entry, or the entry after their last delivered one when nothing is pending.
+//! Everything before it is appended to the archive (one [`ArchiveLine`] per line), the file is
+//! fsynced, then the stream is trimmed with `XTRIM MINID <boundary>` in a script that first
+//! checks the groups did not change meanwhile. Entries the archive already holds (a trim that
+//! stopped between the fsync and the XTRIM) are not written twice. Inboxes and dead letters are
+//! never trimmed.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use clap::Args;
+use color_eyre::Result;
+use color_eyre::eyre::{WrapErr, eyre};
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use super::status::inspect_stream;
+use super::{Entry, FIRST_ENTRY, count_of, expected_groups, page_through, read_range};
+use crate::bus::compare_ids;
+use crate::client::{Context, print_line};
+use crate::error::Failure;
+
+/// KEYS[1]: the events stream. ARGV[1]: the boundary; ARGV[2..]: the groups it was computed
+/// from. Trims only if the stream still has exactly those groups and none has an entry before
+/// the boundary pending: {'trimmed', count}, else {'changed'}.
+const TRIM: &str = r#"
+local expected = {}
+for i = 2, #ARGV do expected[ARGV[i]] = true end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups ~= #ARGV - 1 then return {'changed'} end
+for _, info in ipairs(groups) do
+  local name
+  for i = 1, #info, 2 do
+    if info[i] == 'name' then name = info[i + 1] end
+  end
+  if not expected[name] then return {'changed'} end
+  if #redis.call('XPENDING', KEYS[1], name, '-', '(' .. ARGV[1], 1) > 0 then
+    return {'changed'}
+  end
+end
+return {'trimmed', redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])}
+"#;
+
+/// How far back from the end of an archive to look for its last line, per read.
+const TAIL_CHUNK: u64 = 64 * 1024;
+
+/// Arguments of `blogctl trim`.
+#[derive(Debug, Args)]
+pub struct TrimArgs {
+    /// NDJSON file the removed entries are appended to first, one `{"id","fields"}` object per
+    /// line; `blogctl rebuild` reads it before the stream.
+    #[arg(long, value_name = "FILE")]
+    pub archive: PathBuf,
+    /// Trim without asking (needed when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Refuse when a group has more than this many entries left to read.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_lag: u64,
+}
+
+/// One line of an archive: an entry of the events stream, its fields as text (bytes that are
+/// not UTF-8 replaced). Ids increase from line to line, across trims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveLine {
+    pub id: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl ArchiveLine {
+    fn from_entry(entry: &Entry) -> ArchiveLine {
+        ArchiveLine {
+            id: entry.id.clone(),
+            fields: entry.fields.iter().cloned().collect(),
+        }
+    }
+}
+
+/// What `trim --json` prints.
+#[derive(Debug, Serialize)]
+struct Trimmed {
+    stream: String,
+    archive: PathBuf,
+    /// Entries before it were removed.
+    boundary: String,
+    archived: u64,
+    /// Entries the archive held already (from a trim that stopped before removing them).
+    already_archived: u64,
+    removed: u64,
+}
+
+pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
+    let stream = context.keys.events();
+    let mut connection = context.connect().await?;
+    let expected: Vec<_> = expected_groups(&context.keys)
+        .into_iter()
+        .filter(|expected| expected.stream == stream)
+        .collect();
+    let status = inspect_stream(&mut connection, &stream, &expected).await?;
+    let missing: Vec<&str> = status
+        .groups
+        .iter()
+        .filter(|group| group.missing)
+        .map(|group| group.group.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure::invalid(format!(
+            "refusing to trim {stream}: group {} is missing, and a service that never ran needs \
+             the whole log (start it once: `blogctl serve {}`)",
+            missing.join(", "),
+            missing.join(" ")
+        ))
+        .into());
+    }
+    for group in &status.groups {
+        if let Some(lag) = group.lag.filter(|lag| *lag > args.max_lag) {
+            return Err(Failure::invalid(format!(
+                "refusing to trim {stream}: group {} lags {} (more than --max-lag {}); \
+                 let it catch up first",
+                group.group,
+                count_of(lag, "entry", "entries"),
+                args.max_lag
+            ))
+            .into());
+        }
+    }
+    let boundary = status
+        .groups
+        .iter()
+        .filter_map(|group| group.first_needed())
+        .min_by(|a, b| compare_ids(a, b))
+        .ok_or_else(|| eyre!("{stream} has no consumer group"))?;
+    let groups: Vec<String> = status.groups.iter().map(|g| g.group.clone()).collect();
+    let before_boundary = format!("({boundary}");
+    let first = read_range(&mut connection, &stream, FIRST_ENTRY, &before_boundary, 1).await?;
+    if first.is_empty() {
+        return report(
+            context,
+            Trimmed {
+                stream,
+                archive: args.archive.clone(),
+                boundary,
+                archived: 0,
+                already_archived: 0,
+                removed: 0,
+            },
+        );
+    }
+    if !args.yes {
+        confirm(&stream, &boundary, &args.archive).await?;
+    }
+
+    let mut archive = Archive::open(&args.archive)?;
+    let mut archived = 0u64;
+    let mut already_archived = 0u64;
+    let written = page_through(
+        &mut connection,
+        &stream,
+        FIRST_ENTRY,
+        &before_boundary,
+        |page| {
+            for entry in &page {
+                let seen = archive
+                    .last_id
+                    .as_deref()
+                    .is_some_and(|last| compare_ids(&entry.id, last).is_le());
+                if seen {
+                    already_archived += 1;
+                } else {
+                    archive.append(&ArchiveLine::from_entry(entry))?;
+                    archived += 1;
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await;
+    if let Err(error) = written.and_then(|()| archive.sync()) {
+        archive.undo();
+        return Err(error.wrap_err(format!(
+            "archiving to {}; nothing was trimmed",
+            args.archive.display()
+        )));
+    }
+
+    static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TRIM));
+    let mut invocation = SCRIPT.key(&stream);
+    invocation.arg(&boundary);
+    for group in &groups {
+        invocation.arg(group);
+    }
+    let reply: (String, Option<u64>) = invocation
+        .invoke_async(&mut connection)
+        .await
+        .wrap_err_with(|| {
+            format!(
+                "trimming {stream} (the archive {} holds the entries; a later trim will not \
+                 write them again)",
+                args.archive.display()
+            )
+        })?;
+    let (outcome, removed) = reply;
+    if outcome != "trimmed" {
+        archive.undo();
+        return Err(eyre!(
+            "the consumer groups of {stream} changed while trimming; nothing was trimmed \
+             (run it again)"
+        ));
+    }
+    report(
+        context,
+        Trimmed {
+            stream,
+            archive: args.archive.clone(),
+            boundary,
+            archived,
+            already_archived,
+            removed: removed.unwrap_or(0),
+        },
+    )
+}
+
+fn report(context: &Context, trimmed: Trimmed) -> Result<()> {
+    if context.json {
+        print_line(&serde_json::to_string(&trimmed)?)?;
+    } else if trimmed.removed == 0 && trimmed.archived == 0 {
+        print_line(&format!(
+            "nothing to trim: {} has no entry before {}, the first one a group still needs",
+            trimmed.stream, trimmed.boundary
+        ))?;
+    } else {
+        let already = if trimmed.already_archived > 0 {
+            format!(
+                " ({} already there)",
+                count_of(trimmed.already_archived, "entry was", "entries were")
+            )
+        } else {
+            String::new()
+        };
+        print_line(&format!(
+            "archived {} to {}{already}",
+            count_of(trimmed.archived, "entry", "entries"),
+            trimmed.archive.display()
+        ))?;
+        print_line(&format!(
+            "removed {} from {} (every entry before {})",
+            count_of(trimmed.removed, "entry", "entries"),
+            trimmed.stream,
+            trimmed.boundary
+        ))?;
+    }
+    Ok(())
+}
+
+/// Asks on the terminal; without one, refuses (exit code 2) and says to pass --yes.
+async fn confirm(stream: &str, boundary: &str, archive: &Path) -> Result<()> {
+    let plan = format!(
+        "archive to {} and remove every entry of {stream} before {boundary}",
+        archive.display()
+    );
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::invalid(format!(
+            "trim would {plan}: pass --yes to do it (stdin is not a terminal to ask)"
+        ))
+        .into());
+    }
+    let question = format!("{plan}?");
+    let answer = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        eprint!("{question} [y/N] ");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        Ok(answer)
+    })
+    .await??;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(Failure::invalid("trim cancelled; nothing was changed").into())
+    }
+}
+
+/// An archive file being appended to; [`Archive::undo`] takes it back to how it was found.
+struct Archive {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    /// The length of its complete lines when opened: what `undo` truncates to.
+    kept_len: u64,
+    /// Whether it was created, so its directory entry must be synced too.
+    created: bool,
+    /// The id of its last line, if any: entries up to it are archived already.
+    last_id: Option<String>,
+}
+
+impl Archive {
+    fn open(path: &Path) -> Result<Archive> {
+        let created = !path.exists();
+        let context = || format!("opening the archive {}", path.display());
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .wrap_err_with(context)?;
+        let (kept_len, last_id) = last_line(&mut file, path).wrap_err_with(context)?;
+        let len = file.metadata().wrap_err_with(context)?.len();
+        if kept_len < len {
+            // A line cut short by a crash: its entries were never trimmed, so they are
+            // still on the stream and get written again below.
+            tracing::warn!(path = %path.display(), bytes = len - kept_len,
+                "dropping an incomplete last line from the archive");
+            file.set_len(kept_len).wrap_err_with(context)?;
+        }
+        Ok(Archive {
+            path: path.to_owned(),
+            writer: BufWriter::new(file),
+            kept_len,
+            created,
+            last_id,
+        })
+    }
+
+    fn append(&mut self, line: &ArchiveLine) -> Result<()> {
+        serde_json::to_writer(&mut self.writer, line)?;
+        self.writer.write_all(b"\n")?;
+        Ok(())
+    }
+
+    /// Flushes and fsyncs the file (and, for a new file, its directory).
+    fn sync(&mut self) -> Result<()> {
+        let context = || format!("writing the archive {}", self.path.display());
+        self.writer.flush().wrap_err_with(context)?;
+        self.writer.get_ref().sync_all().wrap_err_with(context)?;
+        if self.created {
+            let directory = match self.path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            File::open(directory)
+                .and_then(|directory| directory.sync_all())
+                .wrap_err_with(context)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the file back to its length when opened (best effort: it is already failing).
+    fn undo(self) {
+        let file = match self.writer.into_inner() {
+            Ok(file) => file,
+            Err(error) => error.into_parts().1.into_parts().0,
+        };
+        let _ = file.set_len(self.kept_len).and_then(|()| file.sync_all());
+    }
+}
+
+/// The length of `file` up to the end of its last complete line, and that line's id. Exit code
+/// 2 when the file does not end with an archive line (it is something else).
+fn last_line(file: &mut File, path: &Path) -> Result<(u64, Option<String>)> {
+    let len = file.metadata()?.len();
+    // `tail` holds the bytes from `start` to the end of the file.
+    let mut tail: Vec<u8> = Vec::new();
+    let mut start = len;
+    loop {
+        if let Some(end) = tail.iter().rposition(|byte| *byte == b'\n') {
+            let line_start = tail[..end].iter().rposition(|byte| *byte == b'\n');
+            if line_start.is_some() || start == 0 {
+                let line = &tail[line_start.map_or(0, |at| at + 1)..end];
+                let kept_len = start + end as u64 + 1;
+                return match serde_json::from_slice::<ArchiveLine>(line) {
+                    Ok(line) => Ok((kept_len, Some(line.id))),
+                    Err(_) => Err(not_an_archive(path).into()),
+                };
+            }
+        } else if start == 0 {
+            // No complete line: empty, or only a line cut short by a crash.
+            if tail.is_empty() || tail.starts_with(br#"{"id":"#) {
+                return Ok((0, None));
+            }
+            return Err(not_an_archive(path).into());
+        }
+        let chunk = TAIL_CHUNK.min(start);
+        start -= chunk;
+        let mut bytes = vec![0; chunk as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut bytes)?;
+        bytes.extend_from_slice(&tail);
+        tail = bytes;
+    }
+}
+
+fn not_an_archive(path: &Path) -> Failure {
+    Failure::invalid(format!(
+        "{} is not a blogctl archive (its last line is not {{\"id\":...,\"fields\":...}}): \
+         refusing to append to it",
+        path.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str) -> String {
+        let line = ArchiveLine {
+            id: id.to_owned(),
+            fields: BTreeMap::from([("type".to_owned(), "PostCreated".to_owned())]),
+        };
+        format!("{}\n", serde_json::to_string(&line).unwrap())
+    }
+
+    fn last_of(content: &[u8]) -> Result<(u64, Option<String>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("archive.ndjson");
+        std::fs::write(&path, content).unwrap();
+        let mut file = File::open(&path).unwrap();
+        last_line(&mut file, &path)
+    }
+
+    #[test]
+    fn the_archive_format_is_one_object_per_line() {
+        assert_eq!(
+            line("1-0"),
+            "{\"id\":\"1-0\",\"fields\":{\"type\":\"PostCreated\"}}\n"
+        );
+    }
+
+    #[test]
+    fn the_last_archived_id_is_found_and_a_cut_line_is_dropped() {
+        assert_eq!(last_of(b"").unwrap(), (0, None));
+        let two = format!("{}{}", line("1-0"), line("2-5"));
+        assert_eq!(
+            last_of(two.as_bytes()).unwrap(),
+            (two.len() as u64, Some("2-5".into()))
+        );
+        let cut = format!("{two}{{\"id\":\"3-");
+        assert_eq!(
+            last_of(cut.as_bytes()).unwrap(),
+            (two.len() as u64, Some("2-5".into()))
+        );
+        assert_eq!(last_of(b"{\"id\":\"3-").unwrap(), (0, None));
+        // Lines longer than one read from the end.
+        let long = format!(
+            "{}{{\"id\":\"9-9\",\"fields\":{{\"data\":\"{}\"}}}}\n",
+            line("1-0"),
+            "x".repeat(200_000)
+        );
+        assert_eq!(last_of(long.as_bytes()).unwrap().1, Some("9-9".into()));
+    }
+
+    #[test]
+    fn other_files_are_not_appended_to() {
+        assert!(last_of(b"hello\nworld\n").is_err());
+        assert!(last_of(b"no newline at all").is_err());
+    }
+}

@@ -1,0 +1,766 @@
+//! Operator commands (`status`, `events`, `dead`, `trim`, `completions`) through the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Blog, PATIENCE, signal, wait_until};
+
+/// The groups the services read with: (stream, group).
+fn expected_groups(blog: &Blog) -> Vec<(String, &'static str)> {
+    let events = blog.key("events");
+    vec![
+        (events.clone(), "comments"),
+        (events.clone(), "moderation"),
+        (events, "query"),
+        (format!("{}inbox", blog.key("posts")), "posts"),
+        (format!("{}inbox", blog.key("comments")), "comments"),
+    ]
+}
+
+fn status_json(blog: &Blog) -> Value {
+    serde_json::from_str(&blog.ok(&["status", "--json"])).unwrap()
+}
+
+/// One group of `status --json`.
+fn group<'a>(status: &'a Value, stream: &str, name: &str) -> &'a Value {
+    status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == stream)
+        .and_then(|s| {
+            s["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["group"] == name)
+        })
+        .unwrap_or_else(|| panic!("no group {name} on {stream} in {status}"))
+}
+
+/// Waits until every group of every service has read and acknowledged everything.
+fn wait_until_caught_up(blog: &Blog) -> Value {
+    let mut last = Value::Null;
+    let caught_up = wait_until(PATIENCE, || {
+        last = status_json(blog);
+        expected_groups(blog).iter().all(|(stream, name)| {
+            let group = group(&last, stream, name);
+            group["missing"] == false && group["lag"] == 0 && group["pending"] == 0
+        })
+    });
+    assert!(caught_up, "groups did not catch up: {last}");
+    last
+}
+
+fn xadd(blog: &Blog, stream: &str, fields: &[(&str, &[u8])]) -> String {
+    let mut command = redis::cmd("XADD");
+    command.arg(stream).arg("*");
+    for (name, value) in fields {
+        command.arg(*name).arg(*value);
+    }
+    command.query(&mut blog.redis.connection()).unwrap()
+}
+
+/// Adds a well-formed event, as if `producer` had published it.
+fn add_event(blog: &Blog, kind: &str, producer: &str, data: &str) -> String {
+    xadd(
+        blog,
+        &blog.key("events"),
+        &[
+            ("type", kind.as_bytes()),
+            ("version", b"1"),
+            ("request_id", b"test-request"),
+            ("producer", producer.as_bytes()),
+            ("data", data.as_bytes()),
+        ],
+    )
+}
+
+fn create_group(blog: &Blog, stream: &str, group: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+}
+
+/// Delivers up to `count` new entries of the events stream to `group` (consumer "operator"),
+/// without acknowledging them; returns their ids.
+fn deliver(blog: &Blog, group: &str, count: usize) -> Vec<String> {
+    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg("operator")
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(blog.key("events"))
+        .arg(">")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    reply
+        .keys
+        .into_iter()
+        .flat_map(|key| key.ids)
+        .map(|entry| entry.id)
+        .collect()
+}
+
+fn ack(blog: &Blog, group: &str, ids: &[String]) {
+    let _: u64 = redis::cmd("XACK")
+        .arg(blog.key("events"))
+        .arg(group)
+        .arg(ids)
+        .query(&mut blog.redis.connection())
+        .unwrap();
+}
+
+fn ndjson(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn ids_of(stream_entries: &[(String, Vec<(String, String)>)]) -> Vec<String> {
+    stream_entries.iter().map(|(id, _)| id.clone()).collect()
+}
+
+#[test]
+fn status_shows_every_group_caught_up_after_a_story_and_check_passes() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let post = blog.ok(&["post", "create", "--wait", "Status"]);
+    blog.ok(&["comment", "create", "--wait", &post, "fine"]);
+    blog.ok(&["comment", "create", "--wait", &post, "orange"]);
+
+    let status = wait_until_caught_up(&blog);
+    let events = &status["streams"][0];
+    assert_eq!(events["stream"], blog.key("events"));
+    assert_eq!(events["length"], 7, "{status}");
+    assert!(events["memory_bytes"].as_u64().unwrap() > 0);
+    for (stream, name) in expected_groups(&blog) {
+        let group = group(&status, &stream, name);
+        assert_eq!(group["expected"], true);
+        assert_eq!(group["dead_letters"], 0);
+        assert_eq!(group["consumers"].as_array().unwrap().len(), 1, "{group}");
+        assert!(group["oldest_pending_id"].is_null());
+        let stream_last = status["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stream"] == stream)
+            .unwrap()["last_id"]
+            .clone();
+        assert_eq!(group["last_delivered_id"], stream_last, "{group}");
+    }
+    assert_eq!(status["dead_letters"]["count"], 0);
+    assert_eq!(status["problems"], serde_json::json!([]));
+
+    let human = blog.ok(&["status"]);
+    for name in ["comments", "moderation", "query", "posts"] {
+        assert!(human.contains(name), "{human}");
+    }
+    assert!(!human.contains("MISSING"), "{human}");
+
+    let check = blog.run(&["status", "--check"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    assert_eq!(check.stderr, "");
+}
+
+#[test]
+fn check_exits_6_when_a_stopped_service_falls_behind() {
+    let blog = Blog::new();
+    let all = blog.serve(&["all"]);
+    blog.ok(&["post", "create", "--wait", "Before"]);
+    wait_until_caught_up(&blog);
+    assert_eq!(all.terminate().0, 0);
+
+    // Query is down while posts are created: its lag grows, the others keep up.
+    let _others = blog.serve(&["posts", "comments", "moderation"]);
+    for title in ["One", "Two", "Three"] {
+        blog.ok(&["post", "create", title]);
+    }
+    let events = blog.key("events");
+    let others_caught_up = wait_until(PATIENCE, || {
+        let status = status_json(&blog);
+        group(&status, &events, "comments")["lag"] == 0
+            && group(&status, &events, "moderation")["lag"] == 0
+    });
+    assert!(others_caught_up);
+    let status = status_json(&blog);
+    assert_eq!(group(&status, &events, "query")["lag"], 3, "{status}");
+
+    let check = blog.run(&["status", "--check", "--max-lag", "0"]);
+    assert_eq!(check.code, 6, "{check:?}");
+    let problems: Vec<&str> = check
+        .stderr
+        .lines()
+        .filter(|line| line.contains("unhealthy"))
+        .collect();
+    assert_eq!(problems.len(), 1, "{}", check.stderr);
+    assert!(problems[0].contains("group query") && problems[0].contains("lags 3 entries"));
+    assert!(
+        check.stdout.contains("query"),
+        "the report is still printed"
+    );
+
+    // Each service's own check only looks at its groups.
+    let posts = blog.run(&["status", "--check", "--max-lag", "0", "--service", "posts"]);
+    assert_eq!(posts.code, 0, "{posts:?}");
+    assert!(!posts.stdout.contains("moderation"), "{}", posts.stdout);
+    let query = blog.run(&["status", "--check", "--max-lag", "0", "--service", "query"]);
+    assert_eq!(query.code, 6, "{query:?}");
+    // The default threshold tolerates a short lag.
+    assert_eq!(blog.run(&["status", "--check"]).code, 0);
+}
+
+#[test]
+fn check_exits_6_for_missing_groups_and_old_pending_entries() {
+    let blog = Blog::new();
+    let missing = blog.run(&["status", "--check"]);
+    assert_eq!(missing.code, 6, "{missing:?}");
+    for (stream, name) in expected_groups(&blog) {
+        assert!(
+            missing
+                .stderr
+                .lines()
+                .any(|line| line.contains(&format!("group {name} on {stream} is missing"))),
+            "{}",
+            missing.stderr
+        );
+    }
+    assert!(missing.stdout.contains("MISSING"), "{}", missing.stdout);
+    let status = status_json(&blog);
+    assert_eq!(
+        group(&status, &blog.key("events"), "query")["missing"],
+        true
+    );
+
+    // Every group there, and an entry delivered to query that nobody acknowledges.
+    for (stream, name) in expected_groups(&blog) {
+        create_group(&blog, &stream, name);
+    }
+    let stuck = add_event(&blog, "Unknown", "test", "{}");
+    assert_eq!(deliver(&blog, "query", 10), std::slice::from_ref(&stuck));
+    let check = |age: &str| blog.run(&["status", "--check", "--max-pending-age", age]);
+    assert_eq!(check("600").code, 0);
+    let mut run = check("0.05");
+    assert!(
+        wait_until(PATIENCE, || {
+            run = check("0.05");
+            run.code == 6
+        }),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "group query on {} has had entry {stuck} pending for",
+            blog.key("events")
+        )),
+        "{}",
+        run.stderr
+    );
+    let status = status_json(&blog);
+    let query = group(&status, &blog.key("events"), "query");
+    assert_eq!(query["pending"], 1);
+    assert_eq!(query["oldest_pending_id"], stuck.as_str());
+    assert_eq!(query["consumers"][0]["name"], "operator");
+    assert_eq!(query["consumers"][0]["pending"], 1);
+    assert_eq!(group(&status, &blog.key("events"), "comments")["lag"], 1);
+}
+
+#[test]
+fn events_list_filters_counts_and_prints_ndjson() {
+    let blog = Blog::new();
+    let post = r#"{"id":"01a215bb-4e3f-7046-934b-202e71f70de3","title":"Listed"}"#;
+    let first = add_event(&blog, "PostCreated", "posts", post);
+    let second = add_event(&blog, "CommentCreated", "comments", r#"{"id":"x"}"#);
+    let third = add_event(&blog, "PostCreated", "posts", "not json");
+    let events = blog.key("events");
+    let odd = xadd(
+        &blog,
+        &events,
+        &[("type", b"Odd"), ("data", b"bytes \xff\xfe here")],
+    );
+
+    let human = blog.ok(&["events", "list"]);
+    let lines: Vec<&str> = human.lines().collect();
+    assert_eq!(lines.len(), 4, "{human}");
+    assert!(lines[0].starts_with(&first) && lines[0].contains("PostCreated"));
+    assert!(lines[0].contains("posts") && lines[0].contains("test-request"));
+    assert!(lines[0].contains(post));
+    assert!(
+        lines[3].contains("bytes \u{fffd}\u{fffd} here"),
+        "{}",
+        lines[3]
+    );
+
+    let all = ndjson(&blog.ok(&["events", "list", "--json"]));
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0]["id"], first.as_str());
+    assert_eq!(all[0]["type"], "PostCreated");
+    assert_eq!(all[0]["version"], "1");
+    assert_eq!(all[0]["request_id"], "test-request");
+    assert_eq!(all[0]["producer"], "posts");
+    assert_eq!(all[0]["data"]["title"], "Listed", "data is parsed JSON");
+    assert_eq!(
+        all[2]["data"], "not json",
+        "data that is not JSON stays text"
+    );
+    assert_eq!(all[3]["id"], odd.as_str());
+    assert!(all[3]["producer"].is_null());
+
+    let posts = ndjson(&blog.ok(&["events", "list", "--json", "--type", "PostCreated"]));
+    let ids: Vec<&str> = posts.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [first.as_str(), third.as_str()]);
+    let one = ndjson(&blog.ok(&[
+        "events",
+        "list",
+        "--json",
+        "--type",
+        "PostCreated",
+        "--count",
+        "1",
+    ]));
+    assert_eq!(one.len(), 1);
+    let from = ndjson(&blog.ok(&[
+        "events", "list", "--json", "--from", &second, "--count", "2",
+    ]));
+    let ids: Vec<&str> = from.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [second.as_str(), third.as_str()]);
+
+    let bad = blog.run(&["events", "list", "--from", "yesterday"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert_eq!(bad.stderr.lines().count(), 1, "{}", bad.stderr);
+    assert_eq!(blog.run(&["events", "list", "--count", "0"]).code, 2);
+    assert_eq!(blog.ok(&["--namespace", "empty", "events", "list"]), "");
+}
+
+#[test]
+fn events_tail_prints_new_events_and_stops_on_sigterm() {
+    let blog = Blog::new();
+    add_event(&blog, "PostCreated", "posts", r#"{"title":"old"}"#);
+    let mut tail = blog
+        .command()
+        .args(["events", "tail", "--json", "--type", "PostCreated"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = |limit: Duration| received.recv_timeout(limit).ok();
+
+    // Tail starts after the entries already there: add probes until one shows up.
+    let deadline = Instant::now() + PATIENCE;
+    let first = loop {
+        assert!(Instant::now() < deadline, "tail printed nothing");
+        add_event(&blog, "PostCreated", "posts", r#"{"title":"probe"}"#);
+        if let Some(line) = next_line(Duration::from_millis(200)) {
+            break line;
+        }
+    };
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(
+        first["data"]["title"], "probe",
+        "the old entry is not printed"
+    );
+
+    add_event(
+        &blog,
+        "CommentCreated",
+        "comments",
+        r#"{"title":"filtered out"}"#,
+    );
+    let last = add_event(&blog, "PostCreated", "posts", r#"{"title":"last"}"#);
+    loop {
+        let line = next_line(PATIENCE).expect("tail printed the last event");
+        let event: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(event["type"], "PostCreated", "{line}");
+        if event["id"] == last.as_str() {
+            assert_eq!(event["data"]["title"], "last");
+            break;
+        }
+        assert_eq!(event["data"]["title"], "probe", "{line}");
+    }
+
+    signal(tail.id(), "TERM");
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = tail.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "tail ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut tail.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+}
+
+#[test]
+fn dead_letters_are_listed_dropped_all_or_nothing_and_ids_checked() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    blog.ok(&["post", "create", "--wait", "Dead letters"]);
+    let events = blog.key("events");
+    let bad = add_event(&blog, "PostCreated", "test", "not json");
+
+    let mut letters = Vec::new();
+    assert!(wait_until(PATIENCE, || {
+        letters = ndjson(&blog.ok(&["dead", "list", "--json"]));
+        letters.len() == 3
+    }));
+    let mut services: Vec<&str> = letters
+        .iter()
+        .map(|letter| letter["service"].as_str().unwrap())
+        .collect();
+    services.sort();
+    assert_eq!(services, ["comments", "moderation", "query"]);
+    for letter in &letters {
+        assert_eq!(letter["stream"], events.as_str());
+        assert_eq!(letter["id"], bad.as_str());
+        assert!(
+            letter["reason"]
+                .as_str()
+                .unwrap()
+                .contains("PostCreated data is invalid")
+        );
+        assert!(letter["deliveries"].as_u64().unwrap() >= 1);
+        assert_eq!(letter["entry"]["data"], "not json");
+        assert_eq!(letter["entry"]["producer"], "test");
+    }
+    let dead_ids: Vec<String> = letters
+        .iter()
+        .map(|letter| letter["dead_id"].as_str().unwrap().to_owned())
+        .collect();
+    let human = blog.ok(&["dead", "list"]);
+    assert_eq!(human.lines().count(), 4, "a header and three rows: {human}");
+    assert!(human.lines().nth(1).unwrap().starts_with(&dead_ids[0]));
+
+    // An unknown id among known ones: exit 3, nothing dropped.
+    let partly = blog.run(&["dead", "drop", &dead_ids[0], "1-1"]);
+    assert_eq!(partly.code, 3, "{partly:?}");
+    assert!(partly.stderr.contains("1-1"));
+    assert_eq!(blog.entries(&blog.key("dead")).len(), 3);
+    let retry_unknown = blog.run(&["dead", "retry", &dead_ids[0], "1-1"]);
+    assert_eq!(retry_unknown.code, 3, "{retry_unknown:?}");
+    assert_eq!(blog.entries(&blog.key("dead")).len(), 3);
+    assert_eq!(blog.run(&["dead", "drop", "not-an-id"]).code, 2);
+    assert_eq!(blog.run(&["dead", "retry"]).code, 2);
+
+    assert_eq!(
+        blog.ok(&["dead", "drop", &dead_ids[0], &dead_ids[1], &dead_ids[0]]),
+        format!("dropped {}\ndropped {}", dead_ids[0], dead_ids[1])
+    );
+    let left = ids_of(&blog.entries(&blog.key("dead")));
+    assert_eq!(left, [dead_ids[2].clone()]);
+    assert_eq!(blog.run(&["dead", "drop", &dead_ids[0]]).code, 3);
+
+    // Retried, the malformed entry fails again for its one service only.
+    let retried = blog.ok(&["--json", "dead", "retry", &dead_ids[2]]);
+    let retried: Value = serde_json::from_str(&retried).unwrap();
+    let service = letters[2]["service"].as_str().unwrap();
+    assert_eq!(retried["service"], service);
+    assert_eq!(retried["stream"], events.as_str());
+    let mut again = Vec::new();
+    assert!(
+        wait_until(PATIENCE, || {
+            again = ndjson(&blog.ok(&["dead", "list", "--json"]));
+            again.len() == 1 && again[0]["id"] == retried["id"]
+        }),
+        "{again:?}"
+    );
+    assert_eq!(again[0]["service"], service);
+    assert_eq!(again[0]["entry"]["for_service"], service);
+    wait_until_caught_up(&blog);
+}
+
+#[test]
+fn dead_retry_puts_an_event_back_for_its_service_only() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    blog.ok(&["post", "create", "--wait", "Alive"]);
+    let events = blog.key("events");
+    wait_until_caught_up(&blog);
+
+    // A PostCreated that query failed on: it only ever reached the dead letters.
+    let post_id = "01a215bb-0000-7000-8000-00000000abcd";
+    let data = format!(r#"{{"id":"{post_id}","title":"Revived"}}"#);
+    let entry = serde_json::json!({
+        "type": "PostCreated", "version": "1", "request_id": "revival",
+        "producer": "posts", "data": data,
+    })
+    .to_string();
+    let dead_id = xadd(
+        &blog,
+        &blog.key("dead"),
+        &[
+            ("stream", events.as_bytes()),
+            ("id", b"1-1"),
+            ("service", b"query"),
+            ("reason", b"failed 5 times; last error: test"),
+            ("deliveries", b"5"),
+            ("entry", entry.as_bytes()),
+        ],
+    );
+    let listed = ndjson(&blog.ok(&["dead", "list", "--json"]));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["dead_id"], dead_id.as_str());
+    assert_eq!(listed[0]["deliveries"], 5);
+
+    let out = blog.ok(&["dead", "retry", &dead_id]);
+    assert!(
+        out.starts_with(&format!("retried {dead_id}: back on {events} as ")),
+        "{out}"
+    );
+    assert!(
+        blog.entries(&blog.key("dead")).is_empty(),
+        "the dead letter is gone"
+    );
+
+    let view = blog.wait_for_view(2, 0);
+    assert!(
+        view.as_array()
+            .unwrap()
+            .iter()
+            .any(|post| post["title"] == "Revived")
+    );
+    wait_until_caught_up(&blog);
+    // Comments skipped it: it never learnt the post, so a comment on it is refused.
+    let comment = blog.run(&["comment", "create", post_id, "hello?"]);
+    assert_eq!(comment.code, 3, "{comment:?}");
+
+    let put_back = ndjson(&blog.ok(&["events", "list", "--json", "--type", "PostCreated"]));
+    let put_back = put_back.last().unwrap();
+    assert_eq!(put_back["for_service"], "query");
+    assert_eq!(put_back["request_id"], "revival");
+    assert_eq!(put_back["data"]["title"], "Revived");
+    assert!(blog.ok(&["dead", "list"]).contains("no dead letters"));
+    assert_eq!(blog.run(&["dead", "retry", &dead_id]).code, 3);
+}
+
+#[test]
+fn trim_archives_exactly_the_acknowledged_entries() {
+    let blog = Blog::new();
+    let services = blog.serve(&["all"]);
+    let post = blog.ok(&["post", "create", "--wait", "Trimmed"]);
+    blog.ok(&["comment", "create", "--wait", &post, "old news"]);
+    wait_until_caught_up(&blog);
+    assert_eq!(services.terminate().0, 0);
+    let events = blog.key("events");
+    let story = blog.entries(&events);
+    assert_eq!(story.len(), 4);
+
+    // Two more events: every group reads both; query acknowledges only the second.
+    let newer = [
+        add_event(&blog, "Unknown", "test", "{}"),
+        add_event(&blog, "Unknown", "test", "{}"),
+    ];
+    for group in ["comments", "moderation", "query"] {
+        assert_eq!(deliver(&blog, group, 10), newer);
+    }
+    ack(&blog, "comments", &newer);
+    ack(&blog, "moderation", &newer);
+    ack(&blog, "query", &newer[1..]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("events.ndjson");
+    let archive_arg = archive.to_str().unwrap();
+    // A first trim that stopped after archiving one entry, mid-way through the second line.
+    let fields: serde_json::Map<String, Value> = story[0]
+        .1
+        .iter()
+        .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+        .collect();
+    let first_line = serde_json::json!({ "id": story[0].0, "fields": fields });
+    std::fs::write(&archive, format!("{first_line}\n{{\"id\":\"{}", story[1].0)).unwrap();
+
+    let no = blog.run(&["trim", "--archive", archive_arg]);
+    assert_eq!(no.code, 2, "without --yes and no terminal: {no:?}");
+    assert!(no.stderr.contains("--yes"));
+    assert_eq!(blog.entries(&events).len(), 6);
+
+    let out = blog.ok(&["trim", "--archive", archive_arg, "--yes"]);
+    assert_eq!(
+        out,
+        format!(
+            "archived 3 entries to {archive_arg} (1 entry was already there)\n\
+             removed 4 entries from {events} (every entry before {})",
+            newer[0]
+        )
+    );
+    assert_eq!(
+        ids_of(&blog.entries(&events)),
+        newer,
+        "what query still needs stays"
+    );
+    let archived = ndjson(&std::fs::read_to_string(&archive).unwrap());
+    let archived_ids: Vec<&str> = archived.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(archived_ids, ids_of(&story), "each entry once, in order");
+    for (line, (id, fields)) in archived.iter().zip(&story) {
+        assert_eq!(line["id"], id.as_str());
+        let object = line["fields"].as_object().unwrap();
+        assert_eq!(object.len(), fields.len());
+        for (name, value) in fields {
+            assert_eq!(object[name], value.as_str());
+        }
+    }
+
+    // Nothing more to trim until query acknowledges its pending entry.
+    let again: Value =
+        serde_json::from_str(&blog.ok(&["--json", "trim", "--archive", archive_arg, "--yes"]))
+            .unwrap();
+    assert_eq!(again["removed"], 0);
+    assert_eq!(again["archived"], 0);
+    ack(&blog, "query", &newer[..1]);
+    let last: Value =
+        serde_json::from_str(&blog.ok(&["--json", "trim", "--archive", archive_arg, "--yes"]))
+            .unwrap();
+    assert_eq!(
+        (last["archived"].as_u64(), last["removed"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert!(blog.entries(&events).is_empty());
+    let archived = ndjson(&std::fs::read_to_string(&archive).unwrap());
+    assert_eq!(archived.len(), 6);
+    assert_eq!(archived[4]["id"], newer[0].as_str());
+    assert_eq!(archived[5]["fields"]["type"], "Unknown");
+    // Inboxes and dead letters are never touched.
+    assert_eq!(
+        blog.entries(&format!("{}inbox", blog.key("posts"))).len(),
+        0
+    );
+}
+
+#[test]
+fn trim_refuses_when_a_group_is_missing_or_behind() {
+    let blog = Blog::new();
+    let events = blog.key("events");
+    create_group(&blog, &events, "comments");
+    create_group(&blog, &events, "moderation");
+    for _ in 0..3 {
+        add_event(&blog, "Unknown", "test", "{}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("events.ndjson");
+    let archive_arg = archive.to_str().unwrap();
+
+    let missing = blog.run(&["trim", "--archive", archive_arg, "--yes"]);
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert_eq!(missing.stderr.lines().count(), 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("query is missing"),
+        "{}",
+        missing.stderr
+    );
+    assert_eq!(blog.entries(&events).len(), 3);
+    assert!(!archive.exists());
+
+    create_group(&blog, &events, "query");
+    for group in ["comments", "moderation", "query"] {
+        let ids = deliver(&blog, group, 10);
+        ack(&blog, group, &ids);
+    }
+    add_event(&blog, "Unknown", "test", "{}");
+    let behind = blog.run(&["trim", "--archive", archive_arg, "--yes", "--max-lag", "0"]);
+    assert_eq!(behind.code, 2, "{behind:?}");
+    assert!(behind.stderr.contains("lags 1 entry"), "{}", behind.stderr);
+    assert_eq!(blog.entries(&events).len(), 4);
+    assert!(!archive.exists());
+
+    // A file that is not an archive is not appended to.
+    std::fs::write(&archive, "my notes\n").unwrap();
+    let other = blog.run(&["trim", "--archive", archive_arg, "--yes"]);
+    assert_eq!(other.code, 2, "{other:?}");
+    assert_eq!(std::fs::read_to_string(&archive).unwrap(), "my notes\n");
+    assert_eq!(blog.entries(&events).len(), 4);
+}
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    let blog = Blog::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = blog.ok(&["completions", shell]);
+        assert!(script.contains("blogctl"), "{shell}: {script}");
+        assert!(script.contains("trim"), "{shell} completes the subcommands");
+    }
+    assert_eq!(blog.run(&["completions", "tcsh"]).code, 2);
+}
+
+/// The healthcheck of each service in docker-compose.yml: `blogctl` arguments.
+fn compose_healthchecks() -> Vec<Vec<String>> {
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+            .unwrap();
+    compose
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("test:"))
+        .filter_map(|list| serde_json::from_str::<Vec<String>>(list.trim()).ok())
+        .filter(|test| test.get(1).is_some_and(|program| program == "blogctl"))
+        .map(|test| test[2..].to_vec())
+        .collect()
+}
+
+#[test]
+fn compose_healthchecks_fail_until_the_services_run_then_pass() {
+    let checks = compose_healthchecks();
+    assert_eq!(checks.len(), 4, "one healthcheck per service: {checks:?}");
+    let blog = Blog::new();
+    for check in &checks {
+        let args: Vec<&str> = check.iter().map(String::as_str).collect();
+        assert_eq!(blog.run(&args).code, 6, "{check:?} before the service ran");
+    }
+    let _services = blog.serve(&["all"]);
+    blog.ok(&["post", "create", "--wait", "Healthy"]);
+    wait_until_caught_up(&blog);
+    for check in &checks {
+        let args: Vec<&str> = check.iter().map(String::as_str).collect();
+        let run = blog.run(&args);
+        assert_eq!(run.code, 0, "{check:?}: {run:?}");
+    }
+}
+
+#[test]
+fn a_rebuild_reads_the_trim_archive_then_the_rest_of_the_log() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    for title in ["First", "Second"] {
+        let post = blog.ok(&["post", "create", "--wait", title]);
+        blog.ok(&["comment", "create", "--wait", &post, "an orange"]);
+    }
+    wait_until_caught_up(&blog);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("events.ndjson");
+    let archive_arg = archive.to_str().unwrap();
+    let trimmed: Value =
+        serde_json::from_str(&blog.ok(&["--json", "trim", "--archive", archive_arg, "--yes"]))
+            .unwrap();
+    assert_eq!(trimmed["removed"], 8);
+    let post = blog.ok(&["post", "create", "--wait", "Third"]);
+    blog.ok(&["comment", "create", "--wait", &post, "fine"]);
+    wait_until_caught_up(&blog);
+    let live = blog.view();
+    assert_eq!(live.as_array().unwrap().len(), 3);
+
+    let rebuilt: Value =
+        serde_json::from_str(&blog.ok(&["--json", "rebuild", "query", "--archive", archive_arg]))
+            .unwrap();
+    assert_eq!(rebuilt["from_archives"], 8, "{rebuilt}");
+    assert_eq!(blog.view(), live);
+}
