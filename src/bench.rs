@@ -17,6 +17,7 @@ use crate::client::{Context, print_line, progress_bar};
 use crate::connection::Connection;
 use crate::error::Failure;
 use crate::events::{Comment, Post};
+use crate::rebuild::{self, Target};
 use crate::request::{call, request_id};
 use crate::services::comments::{self, CREATE_COMMENT, CreateComment};
 use crate::services::posts::{self, CREATE_POST, CreatePost};
@@ -56,6 +57,9 @@ pub struct Report {
     /// Redis's used memory per post and per comment, in bytes.
     pub redis_bytes_per_post: f64,
     pub redis_bytes_per_comment: f64,
+    /// `rebuild query` over the whole log at the end.
+    pub rebuild_events: u64,
+    pub rebuild_events_per_second: f64,
     /// Resident memory of each service process found, in KiB (embedded: this whole process).
     pub resident_kib: Vec<(String, u64)>,
 }
@@ -208,6 +212,8 @@ async fn measure(
         progress.inc(1);
     }
     progress.finish_and_clear();
+    let resident_kib = resident_memory(context, connection, args.embedded).await?;
+    let rebuilt = rebuild::rebuild(connection, &context.keys, Target::Query, &[]).await?;
 
     Ok(Report {
         posts: args.posts,
@@ -218,7 +224,9 @@ async fn measure(
         redis_bytes_per_post: (memory_posts - memory_start) as f64 / args.posts as f64,
         redis_bytes_per_comment: (memory_comments - memory_posts) as f64
             / args.comments.max(1) as f64,
-        resident_kib: resident_memory(context, connection, args.embedded).await?,
+        rebuild_events: rebuilt.events,
+        rebuild_events_per_second: rebuilt.events_per_second,
+        resident_kib,
     })
 }
 
@@ -357,6 +365,10 @@ fn print_report(report: &Report) -> std::io::Result<()> {
     print_line(&format!(
         "redis memory              {:.0} B/post  {:.0} B/comment",
         report.redis_bytes_per_post, report.redis_bytes_per_comment
+    ))?;
+    print_line(&format!(
+        "rebuild query             {:.0} events/s over {} events",
+        report.rebuild_events_per_second, report.rebuild_events
     ))?;
     for (service, kib) in &report.resident_kib {
         print_line(&format!(

@@ -26,7 +26,7 @@ use crate::keys::Keys;
 use crate::services::{comments, query};
 
 /// Entries read from the stream per round trip.
-const CHUNK: usize = 1000;
+const CHUNK: usize = 2000;
 /// How long a rebuild holds its lock before another may assume it died.
 const LOCK_MS: u64 = 3_600_000;
 
@@ -253,13 +253,10 @@ async fn rebuild_locked(
     }
     // The stream, from where the archives stopped; again until nothing new came meanwhile.
     loop {
-        loop {
-            let chunk: StreamRangeReply = connection
-                .xrange_count(&events, format!("({last}"), "+", CHUNK)
-                .await?;
-            let Some(end) = chunk.ids.last().map(|entry| entry.id.clone()) else {
-                break;
-            };
+        let mut chunk: StreamRangeReply = connection
+            .xrange_count(&events, format!("({last}"), "+", CHUNK)
+            .await?;
+        while let Some(end) = chunk.ids.last().map(|entry| entry.id.clone()) {
             let mut pipe = redis::pipe();
             for entry in chunk.ids {
                 let delivery = Delivery {
@@ -271,9 +268,15 @@ async fn rebuild_locked(
                 counts.add(target, &mut pipe, &base, &delivery);
                 progress.inc(1);
             }
-            if !pipe.is_empty() {
-                let _: () = pipe.query_async(connection).await?;
-            }
+            // The next chunk comes back with this one's writes: one round trip per chunk.
+            pipe.cmd("XRANGE")
+                .arg(&events)
+                .arg(format!("({end}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(CHUNK);
+            let (next,): (StreamRangeReply,) = pipe.query_async(connection).await?;
+            chunk = next;
             last = end;
         }
         let switched: i64 = SWITCH
