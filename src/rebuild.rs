@@ -207,27 +207,82 @@ async fn rebuild_locked(
     let base = generations.base(next);
     drop_generation(connection, &base).await?;
 
+    let mut counts = Counts::default();
+    let filled = fill(
+        connection,
+        keys,
+        target,
+        generations,
+        next,
+        archives,
+        &mut counts,
+    )
+    .await;
+    if let Err(error) = filled {
+        // Leave nothing half-built behind: the live generation was never touched.
+        let _ = drop_generation(connection, &base).await;
+        return Err(error);
+    }
+    drop_generation(connection, &generations.base(live)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Report {
+        target: format!("{target:?}").to_lowercase(),
+        events: counts.applied + counts.skipped,
+        from_archives: counts.from_archives,
+        skipped: counts.skipped,
+        seconds,
+        events_per_second: (counts.applied + counts.skipped) as f64 / seconds.max(1e-9),
+        generation: next,
+    })
+}
+
+/// Applies the archives and the log to generation `next`, then switches to it once it has
+/// caught up with the stream.
+async fn fill(
+    connection: &mut Connection,
+    keys: &Keys,
+    target: Target,
+    generations: &Generations,
+    next: u64,
+    archives: &[PathBuf],
+    counts: &mut Counts,
+) -> Result<()> {
+    let base = generations.base(next);
     let events = keys.events();
     let length: u64 = connection.xlen(&events).await?;
     let progress = progress_bar(length, "rebuild");
-    let mut counts = Counts::default();
     let mut last = "0-0".to_owned();
     for archive in archives {
         let file = std::fs::File::open(archive)
             .wrap_err_with(|| format!("opening {}", archive.display()))?;
         let mut pipe = redis::pipe();
-        for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line.wrap_err_with(|| format!("reading {}", archive.display()))?;
+        let mut reader = std::io::BufReader::new(file);
+        let mut number = 0;
+        loop {
+            let mut line = String::new();
+            let read = reader
+                .read_line(&mut line)
+                .wrap_err_with(|| format!("reading {}", archive.display()))?;
+            if read == 0 {
+                break;
+            }
+            number += 1;
             if line.trim().is_empty() {
                 continue;
             }
-            let entry: Archived = serde_json::from_str(&line).map_err(|error| {
-                Failure::invalid(format!(
-                    "{} line {}: not an archived entry: {error}",
-                    archive.display(),
-                    number + 1
-                ))
-            })?;
+            let entry: Archived = match serde_json::from_str(&line) {
+                Ok(entry) => entry,
+                // A last line without its newline was cut short by a crash while `trim` wrote
+                // it; `trim` had not removed that entry from the stream yet, so it is read there.
+                Err(_) if !line.ends_with('\n') => break,
+                Err(error) => {
+                    let place = format!("{} line {number}", archive.display());
+                    return Err(Failure::invalid(format!(
+                        "{place}: not an archived entry: {error}"
+                    ))
+                    .into());
+                }
+            };
             let fields = entry
                 .fields
                 .into_iter()
@@ -291,17 +346,7 @@ async fn rebuild_locked(
         }
     }
     progress.finish_and_clear();
-    drop_generation(connection, &generations.base(live)).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(Report {
-        target: format!("{target:?}").to_lowercase(),
-        events: counts.applied + counts.skipped,
-        from_archives: counts.from_archives,
-        skipped: counts.skipped,
-        seconds,
-        events_per_second: (counts.applied + counts.skipped) as f64 / seconds.max(1e-9),
-        generation: next,
-    })
+    Ok(())
 }
 
 #[derive(Debug, Default)]

@@ -167,3 +167,28 @@ fn a_missing_archive_is_refused() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_last_archive_line_cut_short_is_ignored_but_a_bad_one_inside_is_refused() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let before = story(&blog);
+    let dir = tempfile::tempdir().unwrap();
+    let torn = dir.path().join("torn.ndjson");
+    std::fs::write(&torn, r#"{"id":"1-1","fields":{"type":"PostCr"#).unwrap();
+    blog.ok(&["rebuild", "query", "--archive", torn.to_str().unwrap()]);
+    assert_eq!(blog.view(), before);
+
+    let broken = dir.path().join("broken.ndjson");
+    std::fs::write(&broken, "not an entry\n{}\n").unwrap();
+    let run = blog.run(&["rebuild", "query", "--archive", broken.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("line 1"), "{run:?}");
+    assert_eq!(blog.view(), before, "a refused rebuild changed the view");
+    // The refused rebuild was filling generation 2: nothing of it is left.
+    let half_built = dump(&blog, &format!("{}2:", blog.key("query")));
+    assert!(
+        half_built.is_empty(),
+        "half-built keys left: {half_built:?}"
+    );
+}
