@@ -66,16 +66,15 @@ pub fn lua_base(pointer: usize, prefix: usize) -> String {
     format!("local base = ARGV[{prefix}] .. (redis.call('GET', KEYS[{pointer}]) or '0') .. ':'\n")
 }
 
-/// Switches to the new generation if the log has not grown since the rebuild read it.
-/// KEYS[1]: the events stream, KEYS[2]: the pointer. ARGV[1]: the last id applied, ARGV[2]: the
-/// new generation.
+/// Switches to the new generation if the log holds nothing after what the rebuild applied.
+/// KEYS[1]: the events stream, KEYS[2]: the pointer. ARGV[1]: the last id applied (`0-0` for
+/// none), ARGV[2]: the new generation.
 static SWITCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local last_id = '0-0'
-if last[1] then last_id = last[1][1] end
-if last_id ~= ARGV[1] then return 0 end
+if #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', 1) > 0 then
+  return 0
+end
 redis.call('SET', KEYS[2], ARGV[2])
 return 1
 "#,

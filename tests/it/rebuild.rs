@@ -192,3 +192,36 @@ fn a_last_archive_line_cut_short_is_ignored_but_a_bad_one_inside_is_refused() {
         "half-built keys left: {half_built:?}"
     );
 }
+
+#[test]
+fn a_log_trimmed_to_nothing_is_rebuilt_from_its_archive() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let before = story(&blog);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("events.ndjson");
+    let archive = archive.to_str().unwrap();
+    blog.ok(&["trim", "--archive", archive, "--yes"]);
+    assert!(
+        blog.entries(&blog.key("events")).is_empty(),
+        "trim left entries"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&blog.ok(&["rebuild", "query", "--archive", archive, "--json"]))
+            .unwrap();
+    assert_eq!(report["from_archives"], report["events"]);
+    assert_eq!(blog.view(), before);
+    blog.ok(&["rebuild", "comments", "--archive", archive]);
+    let post = before[0]["id"].as_str().unwrap();
+    assert!(
+        blog.ok(&[
+            "comment",
+            "create",
+            "--wait",
+            post,
+            "after trim and rebuild"
+        ])
+        .ends_with(" approved")
+    );
+}
