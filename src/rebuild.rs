@@ -18,7 +18,7 @@ use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::bus::Delivery;
+use crate::bus::{Delivery, step_script};
 use crate::client::{Context, print_line, progress_bar};
 use crate::connection::Connection;
 use crate::error::Failure;
@@ -64,6 +64,12 @@ impl Generations {
 /// ARGV[`prefix`] the service's prefix.
 pub fn lua_base(pointer: usize, prefix: usize) -> String {
     format!("local base = ARGV[{prefix}] .. (redis.call('GET', KEYS[{pointer}]) or '0') .. ':'\n")
+}
+
+/// A step script for an event that touches a service's rebuildable state: `body` starts with
+/// `base` set from KEYS[3] (the pointer) and ARGV[4] (the service's prefix).
+pub fn event_step_script(body: &str) -> Script {
+    step_script(&format!("{}{body}", lua_base(3, 4)))
 }
 
 /// Switches to the new generation if the log holds nothing after what the rebuild applied.

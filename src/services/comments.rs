@@ -12,11 +12,11 @@ use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::bus::{Delivery, Handler, Outcome, Plan, Step, applied_up_to, step_script};
+use crate::bus::{Delivery, Handler, Outcome, Plan, Step, applied_up_to};
 use crate::connection::Connection;
 use crate::events::{Comment, Event, Status, validate_content};
 use crate::keys::Keys;
-use crate::rebuild::{Generations, lua_base};
+use crate::rebuild::{Generations, event_step_script, lua_base};
 use crate::request::{Inbox, Incoming, Reply, request_script};
 
 pub const NAME: &str = "comments";
@@ -54,24 +54,20 @@ return 'applied'
 
 /// KEYS[3]: the generation pointer. ARGV[4]: the service's prefix, ARGV[5]: the post id.
 static LEARN_POST: LazyLock<Script> = LazyLock::new(|| {
-    step_script(&format!(
-        "{}{}",
-        lua_base(3, 4),
+    event_step_script(
         r#"
 redis.call('SADD', base .. 'posts', ARGV[5])
 settle()
 return 'applied'
-"#
-    ))
+"#,
+    )
 });
 
 /// KEYS[3]: the generation pointer. ARGV[4]: the service's prefix, ARGV[5]: the comment id,
 /// ARGV[6]: the verdict, ARGV[7]: the `CommentUpdated` data. A verdict for a comment already
 /// decided changes nothing: one `CommentUpdated` per comment.
 static RECORD_VERDICT: LazyLock<Script> = LazyLock::new(|| {
-    step_script(&format!(
-        "{}{}",
-        lua_base(3, 4),
+    event_step_script(
         r#"
 local comment = base .. 'comment:' .. ARGV[5]
 local status = redis.call('HGET', comment, 'status')
@@ -84,8 +80,8 @@ if status == 'pending' then
 end
 settle()
 return 'applied'
-"#
-    ))
+"#,
+    )
 });
 
 /// The writes that apply one event to the state in generation `base`, for a rebuild (which

@@ -19,34 +19,30 @@ use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::bus::{Delivery, Handler, Plan, Step, step_script};
+use crate::bus::{Delivery, Handler, Plan, Step};
 use crate::connection::Connection;
 use crate::events::{Event, Status};
 use crate::keys::Keys;
-use crate::rebuild::{Generations, lua_base};
+use crate::rebuild::{Generations, event_step_script};
 
 pub const NAME: &str = "query";
 
 /// ARGV[5]: post id, ARGV[6]: title.
 static ADD_POST: LazyLock<Script> = LazyLock::new(|| {
-    step_script(&format!(
-        "{}{}",
-        lua_base(3, 4),
+    event_step_script(
         r#"
 redis.call('HSET', base .. 'post:' .. ARGV[5], 'id', ARGV[5], 'title', ARGV[6])
 redis.call('ZADD', base .. 'posts', 0, ARGV[5])
 settle()
 return 'applied'
-"#
-    ))
+"#,
+    )
 });
 
 /// ARGV[5]: post id, ARGV[6]: comment id, ARGV[7]: its view, ARGV[8]: '1' when the status is
 /// final (it then replaces whatever is there; a pending one never does).
 static PUT_COMMENT: LazyLock<Script> = LazyLock::new(|| {
-    step_script(&format!(
-        "{}{}",
-        lua_base(3, 4),
+    event_step_script(
         r#"
 local comments = base .. 'comments:' .. ARGV[5]
 if ARGV[8] == '1' then
@@ -56,8 +52,8 @@ else
 end
 settle()
 return 'applied'
-"#
-    ))
+"#,
+    )
 });
 
 /// Reads posts with their comments from the current generation. KEYS[1]: the generation
