@@ -236,7 +236,7 @@ async fn create_comment(
     post_id: Uuid,
     n: usize,
 ) -> Result<Comment> {
-    let content = if n % 10 == 0 {
+    let content = if n.is_multiple_of(10) {
         format!("comment {n} about an orange")
     } else {
         format!("comment {n}")

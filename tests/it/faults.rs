@@ -164,7 +164,7 @@ fn nothing_lost_nothing_doubled_under_kills_restarts_and_poison() {
                         let post = post_ids.lock().unwrap()[&n].clone();
                         for m in 0..COMMENTS_PER_POST {
                             let index = n * COMMENTS_PER_POST + m;
-                            let orange = index % 10 == 0;
+                            let orange = index.is_multiple_of(10);
                             let text = if orange {
                                 format!("c {index} orange")
                             } else {

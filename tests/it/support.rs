@@ -176,6 +176,9 @@ impl From<Output> for Run {
     }
 }
 
+/// A stream entry as XRANGE returns it: id, then field names and values as bytes.
+type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// A blog under test: one Redis, one namespace, the services started by the test.
 pub struct Blog {
     pub redis: RedisServer,
@@ -240,7 +243,7 @@ impl Blog {
     /// All entries of a stream, as (id, fields).
     pub fn entries(&self, stream: &str) -> Vec<(String, Vec<(String, String)>)> {
         let mut connection = self.redis.connection();
-        let reply: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let reply: Vec<RawEntry> = redis::cmd("XRANGE")
             .arg(stream)
             .arg("-")
             .arg("+")
@@ -365,11 +368,6 @@ impl Service {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-
-    /// Whether it is still running.
-    pub fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
     }
 
     /// What it logged so far.
