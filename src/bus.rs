@@ -20,7 +20,7 @@ use redis::{
 use tracing::{debug, error, info, warn};
 
 use crate::connection::{Connection, Redis};
-use crate::error::is_connection_error;
+use crate::error::is_unavailable;
 use crate::events::{ENVELOPE_VERSION, Event};
 use crate::shutdown::Shutdown;
 
@@ -327,6 +327,7 @@ pub async fn consume(
                     handler,
                     connection,
                     shutdown: shutdown.clone(),
+                    deferred: Vec::new(),
                 };
                 consumer.run(&mut trouble, &mut backoff).await
             }
@@ -354,6 +355,8 @@ struct Consumer<'a, H> {
     handler: &'a mut H,
     connection: Connection,
     shutdown: Shutdown,
+    /// Entries that could not be decided yet ([`Outcome::Later`]), tried again after each read.
+    deferred: Vec<Delivery>,
 }
 
 impl<H: Handler> Consumer<'_, H> {
@@ -374,13 +377,12 @@ impl<H: Handler> Consumer<'_, H> {
         self.resume_own_pending().await?;
         let claim_every = (self.config.claim_idle / 2).max(Duration::from_millis(100));
         let mut last_claim: Option<Instant> = None;
-        let mut deferred: Vec<Delivery> = Vec::new();
         while !self.shutdown.requested() {
             if last_claim.is_none_or(|at| at.elapsed() >= claim_every) {
                 self.take_over_stuck().await?;
                 last_claim = Some(Instant::now());
             }
-            let block = if deferred.is_empty() {
+            let block = if self.deferred.is_empty() {
                 BLOCK
             } else {
                 BLOCK_WHILE_DEFERRED
@@ -395,14 +397,15 @@ impl<H: Handler> Consumer<'_, H> {
                         .map(move |entry| Delivery::new(&stream, entry, 1))
                 })
                 .collect();
-            let retry = std::mem::take(&mut deferred);
-            deferred = self.process_batch(deliveries).await?;
+            let retry = std::mem::take(&mut self.deferred);
+            let later = self.process_batch(deliveries).await?;
+            self.deferred.extend(later);
             for delivery in retry {
                 if self.shutdown.requested() {
                     break;
                 }
                 if self.process(&delivery).await? == Outcome::Later {
-                    deferred.push(delivery);
+                    self.deferred.push(delivery);
                 }
             }
         }
@@ -482,8 +485,9 @@ impl<H: Handler> Consumer<'_, H> {
         for entry in entries {
             let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
             let delivery = Delivery::new(stream, entry, deliveries);
-            // An entry still undecided after a restart is simply tried again on the next pass.
-            self.process(&delivery).await?;
+            if self.process(&delivery).await? == Outcome::Later {
+                self.deferred.push(delivery);
+            }
             if self.shutdown.requested() {
                 break;
             }
@@ -540,7 +544,7 @@ impl<H: Handler> Consumer<'_, H> {
                             self.dead_letter(&delivery, &reason, 1).await?;
                         }
                     },
-                    Err(error) if is_connection_error(&error) => return Err(error),
+                    Err(error) if is_unavailable(&error) => return Err(error),
                     // Retried, with backoff and counting, on its own.
                     Err(_) => alone.push(delivery),
                 }
@@ -598,7 +602,7 @@ impl<H: Handler> Consumer<'_, H> {
                     }
                     return Ok(outcome);
                 }
-                Err(error) if is_connection_error(&error) => return Err(error),
+                Err(error) if is_unavailable(&error) => return Err(error),
                 Err(error) if tries >= max => {
                     let reason = format!("failed {tries} times; last error: {error}");
                     error!(service = %self.config.group, id = %delivery.id, %reason, "giving up on an entry");

@@ -72,7 +72,7 @@ pub fn exit_code(report: &color_eyre::Report) -> i32 {
             return failure.code as i32;
         }
         if let Some(error) = cause.downcast_ref::<redis::RedisError>()
-            && (is_connection_error(error) || refusal_hint(error).is_some())
+            && is_unavailable(error)
         {
             return ExitCode::RedisUnreachable as i32;
         }
@@ -102,6 +102,12 @@ fn refusal_hint(error: &redis::RedisError) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// Whether Redis is gone or refuses to work for now (full, read-only, loading): a condition to
+/// wait out, not a failure of the command itself.
+pub fn is_unavailable(error: &redis::RedisError) -> bool {
+    is_connection_error(error) || refusal_hint(error).is_some()
 }
 
 /// Whether a Redis error means the connection is gone (as opposed to a command that failed).

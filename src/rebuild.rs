@@ -96,6 +96,16 @@ pub enum Target {
     Comments,
 }
 
+impl Target {
+    /// The service whose state this is.
+    pub fn service(self) -> &'static str {
+        match self {
+            Target::Query => query::NAME,
+            Target::Comments => comments::NAME,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
     /// What to rebuild.
@@ -162,10 +172,7 @@ pub async fn rebuild(
     target: Target,
     archives: &[PathBuf],
 ) -> Result<Report> {
-    let service = match target {
-        Target::Query => query::NAME,
-        Target::Comments => comments::NAME,
-    };
+    let service = target.service();
     let generations = Generations::new(keys.service_prefix(service));
     let lock = format!("{}rebuilding", keys.service_prefix(service));
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7());
@@ -311,6 +318,7 @@ async fn fill(
             let _: () = pipe.query_async(connection).await?;
         }
     }
+    refuse_a_gap(connection, &events, counts.from_archives).await?;
     // The stream, from where the archives stopped; again until nothing new came meanwhile.
     loop {
         let mut chunk: StreamRangeReply = connection
@@ -354,6 +362,58 @@ async fn fill(
     Ok(())
 }
 
+/// Refuses to rebuild from a log trimmed beyond what the archives hold: the result would miss
+/// the trimmed events and replace a complete state with a partial one. Entries leave the events
+/// stream only through `blogctl trim`, which archives each exactly once, so the archives must
+/// hold as many entries as the stream has lost.
+async fn refuse_a_gap(connection: &mut Connection, events: &str, archived: u64) -> Result<()> {
+    let info: redis::RedisResult<Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(events)
+        .query_async(connection)
+        .await;
+    let Ok(info) = info else {
+        // No stream at all: nothing was trimmed from it.
+        return Ok(());
+    };
+    let number = |name| {
+        field_of(&info, name)
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let removed = number("entries-added").saturating_sub(number("length"));
+    if removed > archived {
+        return Err(Failure::invalid(format!(
+            "{removed} entries were trimmed from {events} and the archives given hold {archived}: \
+             give every archive `blogctl trim` wrote (--archive FILE, oldest first), or the \
+             rebuilt state would miss events"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A field of a reply that is a map (RESP3) or a flat list of names and values (RESP2).
+fn field_of(reply: &Value, name: &str) -> Option<String> {
+    let text = |value: &Value| match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::Int(number) => Some(number.to_string()),
+        _ => None,
+    };
+    match reply {
+        Value::Map(pairs) => pairs
+            .iter()
+            .find(|(key, _)| text(key).as_deref() == Some(name))
+            .and_then(|(_, v)| text(v)),
+        Value::Array(items) => items
+            .chunks(2)
+            .find(|pair| text(&pair[0]).as_deref() == Some(name))
+            .and_then(|pair| pair.get(1).and_then(text)),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counts {
     applied: u64,
@@ -366,6 +426,8 @@ impl Counts {
     /// skip them (they are in the dead letters).
     fn add(&mut self, target: Target, pipe: &mut redis::Pipeline, base: &str, delivery: &Delivery) {
         match delivery.event() {
+            // An entry `dead retry` put back for another service is that service's alone.
+            Ok(Some(_)) if !delivery.is_for(target.service()) => self.skipped += 1,
             Ok(Some(envelope)) => {
                 match target {
                     Target::Query => query::rebuild_commands(pipe, base, &envelope.event),

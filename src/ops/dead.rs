@@ -241,6 +241,14 @@ async fn retry(context: &Context, args: &IdsArgs) -> Result<()> {
             ))
             .into());
         };
+        if *stream == context.keys.inbox(service) {
+            return Err(Failure::invalid(format!(
+                "dead letter {} is a request to {service}: requests are not retried, as the \
+                 client that sent it has given up on it; send it again (drop this one)",
+                letter.id
+            ))
+            .into());
+        }
         if !streams.iter().any(|known| known == stream) {
             return Err(Failure::invalid(format!(
                 "dead letter {} came from {stream}, which no service of namespace {} reads: \

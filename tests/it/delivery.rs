@@ -298,4 +298,12 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
             "{group} has pending entries"
         );
     }
+    // A dead request is not put back: its client has given up on it.
+    let (dead_request, _) = dead
+        .iter()
+        .find(|(_, fields)| fields.iter().any(|(k, v)| k == "service" && v == "posts"))
+        .unwrap();
+    let run = blog.run(&["dead", "retry", dead_request]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("not retried"), "{run:?}");
 }

@@ -206,6 +206,11 @@ fn a_log_trimmed_to_nothing_is_rebuilt_from_its_archive() {
         blog.entries(&blog.key("events")).is_empty(),
         "trim left entries"
     );
+    // Without the archive the rebuilt view would miss every trimmed event: refused.
+    let run = blog.run(&["rebuild", "query"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--archive"), "{run:?}");
+    assert_eq!(blog.view(), before);
 
     let report: serde_json::Value =
         serde_json::from_str(&blog.ok(&["rebuild", "query", "--archive", archive, "--json"]))
