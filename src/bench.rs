@@ -20,8 +20,9 @@ use crate::events::{Comment, Post};
 use crate::rebuild::{self, Target};
 use crate::request::{call, request_id};
 use crate::services::comments::{self, CREATE_COMMENT, CreateComment};
+use crate::services::moderation;
 use crate::services::posts::{self, CREATE_POST, CreatePost};
-use crate::services::query::View;
+use crate::services::query::{self, View};
 use crate::services::{self, ServeArgs, ServiceName};
 use crate::shutdown;
 
@@ -201,7 +202,7 @@ async fn measure(
         {
             if Instant::now() > deadline {
                 return Err(Failure::service_timeout(
-                    "query",
+                    query::NAME,
                     "show a final status",
                     context.timeout,
                 )
@@ -301,8 +302,8 @@ async fn resident_memory(
     for (service, stream) in [
         (posts::NAME, context.keys.inbox(posts::NAME)),
         (comments::NAME, context.keys.events()),
-        ("moderation", context.keys.events()),
-        ("query", context.keys.events()),
+        (moderation::NAME, context.keys.events()),
+        (query::NAME, context.keys.events()),
     ] {
         let consumers: redis::streams::StreamInfoConsumersReply = connection
             .xinfo_consumers(&stream, service)

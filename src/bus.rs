@@ -320,7 +320,11 @@ pub async fn consume(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut trouble: Option<String> = None;
     while !shutdown.requested() {
-        let result = match redis.try_connect(Some(SERVICE_RESPONSE_TIMEOUT)).await {
+        let connected = tokio::select! {
+            connected = redis.try_connect(Some(SERVICE_RESPONSE_TIMEOUT)) => connected,
+            () = shutdown.wait() => break,
+        };
+        let result = match connected {
             Ok(connection) => {
                 let mut consumer = Consumer {
                     config,
@@ -680,7 +684,13 @@ impl<H: Handler> Consumer<'_, H> {
             command.arg("BLOCK").arg(block.as_millis() as u64);
         }
         command.arg("STREAMS").arg(&self.config.streams).arg(ids);
-        let reply: Option<StreamReadReply> = command.query_async(&mut self.connection).await?;
+        // A read holds nothing in hand yet: a shutdown does not wait for it (entries Redis
+        // delivered meanwhile stay pending for this consumer, or another takes them over).
+        let mut shutdown = self.shutdown.clone();
+        let reply: Option<StreamReadReply> = tokio::select! {
+            reply = command.query_async(&mut self.connection) => reply?,
+            () = shutdown.wait() => None,
+        };
         let mut batch: Vec<(String, Vec<StreamId>)> = reply
             .map(|reply| {
                 reply

@@ -87,6 +87,13 @@ return 1
     )
 });
 
+/// Deletes the lock KEYS[1] if it still holds ARGV[1] (it may have expired and been taken).
+static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
+
 /// What to rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -192,11 +199,7 @@ pub async fn rebuild(
     }
     let result = rebuild_locked(connection, keys, target, &generations, archives).await;
     // Release only our own lock.
-    let _: redis::RedisResult<i64> = Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
-        .key(&lock)
-        .arg(&owner)
-        .invoke_async(connection)
-        .await;
+    let _: redis::RedisResult<i64> = UNLOCK.key(&lock).arg(&owner).invoke_async(connection).await;
     result
 }
 

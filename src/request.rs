@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::{AUTO_ID, Delivery, Step, step_script};
 use crate::connection::Connection;
-use crate::error::Failure;
+use crate::error::{ExitCode, Failure, is_unavailable};
 use crate::keys::Keys;
 
 /// Version of the request envelope.
@@ -169,6 +169,44 @@ impl Inbox {
     }
 }
 
+enum AnswerError {
+    Redis(redis::RedisError),
+    /// No answer in time, and the request is now marked given up: it will never be applied.
+    GaveUp,
+}
+
+impl From<redis::RedisError> for AnswerError {
+    fn from(error: redis::RedisError) -> Self {
+        AnswerError::Redis(error)
+    }
+}
+
+/// Waits for the answer in `reply_key`; when none comes in time, marks the request given up.
+async fn await_answer(
+    connection: &mut Connection,
+    reply_key: &str,
+    wait: Duration,
+) -> Result<String, AnswerError> {
+    let popped: Option<(String, String)> = connection.blpop(reply_key, wait.as_secs_f64()).await?;
+    if let Some((_, body)) = popped {
+        return Ok(body);
+    }
+    let gave_up: Option<String> = redis::cmd("SET")
+        .arg(reply_key)
+        .arg("abandoned")
+        .arg("NX")
+        .arg("PX")
+        .arg(GAVE_UP_TTL_MS)
+        .query_async(connection)
+        .await?;
+    if gave_up.is_some() {
+        return Err(AnswerError::GaveUp);
+    }
+    // The answer arrived between the timeout and the mark: the request was applied.
+    let body: Option<String> = connection.lpop(reply_key, None).await?;
+    body.ok_or(AnswerError::GaveUp)
+}
+
 /// A request id given by the user (`--request-id`), checked, or a new one.
 pub fn request_id(given: Option<&str>) -> Result<String, Failure> {
     match given {
@@ -223,31 +261,24 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     let left = timeout
         .saturating_sub(started.elapsed())
         .max(Duration::from_millis(1));
-    let popped: Option<(String, String)> = connection
-        .blpop(&reply_key, left.as_secs_f64())
+    let body = await_answer(connection, &reply_key, left)
         .await
-        .wrap_err_with(|| {
-        format!("waiting for the {service} service's answer on {reply_key}")
-    })?;
-    let body = match popped {
-        Some((_, body)) => body,
-        None => {
-            let gave_up: Option<String> = redis::cmd("SET")
-                .arg(&reply_key)
-                .arg("abandoned")
-                .arg("NX")
-                .arg("PX")
-                .arg(GAVE_UP_TTL_MS)
-                .query_async(connection)
-                .await?;
-            if gave_up.is_some() {
-                return Err(Failure::service_timeout(service, "answer", timeout).into());
-            }
-            // The answer arrived between the timeout and the mark: the request was applied.
-            let body: Option<String> = connection.lpop(&reply_key, None).await?;
-            body.ok_or_else(|| Failure::service_timeout(service, "answer", timeout))?
-        }
-    };
+        .map_err(|error| match error {
+            // Sent, but the answer is lost with the connection: the request may yet be applied.
+            AnswerError::Redis(error) if is_unavailable(&error) => Failure::new(
+                ExitCode::RedisUnreachable,
+                format!(
+                    "lost Redis while waiting for the {service} service's answer ({error}); the \
+                     request may still be applied: run the same command with --request-id \
+                     {request_id} to get its answer without applying it twice"
+                ),
+            )
+            .into(),
+            AnswerError::Redis(error) => color_eyre::Report::new(error).wrap_err(format!(
+                "waiting for the {service} service's answer on {reply_key}"
+            )),
+            AnswerError::GaveUp => Failure::service_timeout(service, "answer", timeout).into(),
+        })?;
     let reply: Reply<T> = serde_json::from_str(&body)
         .wrap_err_with(|| format!("reading the {service} service's answer {body:?}"))?;
     match reply {

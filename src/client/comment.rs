@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use color_eyre::Result;
+use uuid::Uuid;
 
 use super::{Context, Poll, print_line};
 use crate::error::{ExitCode, Failure};
@@ -62,6 +63,8 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
         context.timeout,
     )
     .await?;
+    // On a `--wait` that runs out, the comment exists all the same: print it, then say so.
+    let mut not_final = None;
     if args.wait {
         let view = View::new(&context.keys);
         let mut poll = Poll::until(started + context.timeout);
@@ -76,7 +79,9 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
                 }
                 seen => {
                     if !poll.pause().await {
-                        return Err(still_pending(seen.is_some(), context.timeout).into());
+                        not_final =
+                            Some(still_pending(comment.id, seen.is_some(), context.timeout));
+                        break;
                     }
                 }
             }
@@ -84,24 +89,29 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
     }
     if context.json {
         print_line(&serde_json::to_string(&comment)?)?;
-    } else if args.wait {
+    } else if args.wait && not_final.is_none() {
         print_line(&format!("{} {}", comment.id, comment.status.as_str()))?;
     } else {
         print_line(&comment.id.to_string())?;
     }
-    Ok(())
+    match not_final {
+        Some(failure) => Err(failure.into()),
+        None => Ok(()),
+    }
 }
 
 /// The timeout failure of `--wait`, naming the services the comment is waiting for.
-fn still_pending(in_view: bool, timeout: std::time::Duration) -> Failure {
+fn still_pending(id: Uuid, in_view: bool, timeout: std::time::Duration) -> Failure {
     if !in_view {
-        return Failure::service_timeout(query::NAME, "show the comment", timeout);
+        let what = format!("show comment {id} (it was created)");
+        return Failure::service_timeout(query::NAME, &what, timeout);
     }
     Failure::new(
         ExitCode::ServiceTimeout,
         format!(
-            "the comment is still pending after {:.1}s; are the moderation, comments and query \
-             services running? Start them with `blogctl serve moderation comments query`",
+            "comment {id} was created but is still pending after {:.1}s; are the moderation, \
+             comments and query services running? Start them with `blogctl serve moderation \
+             comments query`",
             timeout.as_secs_f64()
         ),
     )

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::{Context, Poll, print_line};
 use crate::error::Failure;
 use crate::events::{Post, parse_id, validate_title};
+use crate::ops::one_line;
 use crate::request::{call, request_id};
 use crate::services::posts::{self, CREATE_POST, CreatePost};
 use crate::services::query::{self, PostView, View};
@@ -43,9 +44,9 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Show at most this many posts.
-    #[arg(long)]
-    pub limit: Option<usize>,
+    /// Show at most this many posts (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
     /// Start after this post id (the last one of the previous page).
     #[arg(long)]
     pub after: Option<String>,
@@ -80,17 +81,20 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
         context.timeout,
     )
     .await?;
+    // On a `--wait` that runs out, the post exists all the same: print it, then say so.
+    let mut not_shown = None;
     if args.wait {
         let view = View::new(&context.keys);
         let mut poll = Poll::until(started + context.timeout);
         while view.get(&mut connection, post.id).await?.is_none() {
             if !poll.pause().await {
-                return Err(Failure::service_timeout(
+                let what = format!("show post {} (it was created)", post.id);
+                not_shown = Some(Failure::service_timeout(
                     query::NAME,
-                    "show the post",
+                    &what,
                     context.timeout,
-                )
-                .into());
+                ));
+                break;
             }
         }
     }
@@ -99,7 +103,10 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
     } else {
         print_line(&post.id.to_string())?;
     }
-    Ok(())
+    match not_shown {
+        Some(failure) => Err(failure.into()),
+        None => Ok(()),
+    }
 }
 
 async fn list(context: &Context, args: &ListArgs) -> Result<()> {
@@ -110,7 +117,11 @@ async fn list(context: &Context, args: &ListArgs) -> Result<()> {
         .transpose()?;
     let mut connection = context.connect().await?;
     let posts = View::new(&context.keys)
-        .list(&mut connection, after, args.limit)
+        .list(
+            &mut connection,
+            after,
+            args.limit.map(|limit| limit as usize),
+        )
         .await?;
     if context.json {
         print_line(&serde_json::to_string(&posts)?)?;
@@ -150,9 +161,4 @@ fn print_post(post: &PostView) -> std::io::Result<()> {
         ))?;
     }
     Ok(())
-}
-
-/// Text on a single line, so each table row stays one line.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

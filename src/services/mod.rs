@@ -169,7 +169,8 @@ pub async fn run(
             .and_then(|result| result);
         if let Err(report) = outcome {
             error!("{report:#}");
-            // One service failing stops the others: a half-running process would hide it.
+            // A service that died (a panic: Redis trouble is waited out, never an error) stops
+            // the others: a half-running process would hide it.
             trigger.fire();
             failure.get_or_insert(report);
         }

@@ -29,6 +29,12 @@ pub struct Moderation {
 
 impl Moderation {
     pub fn new(keys: &Keys, banned_words: Vec<String>) -> Moderation {
+        // An empty word would be "contained" in every comment.
+        let banned_words = banned_words
+            .into_iter()
+            .map(|word| word.trim().to_owned())
+            .filter(|word| !word.is_empty())
+            .collect();
         Moderation {
             events: keys.events(),
             banned_words,

@@ -140,12 +140,18 @@ fn a_service_that_is_not_running_exits_5_naming_it() {
         5,
         "blogctl serve comments",
     );
-    let moderation_down = blog.serve(&["comments"]);
-    fails(
-        &blog,
-        &["--timeout", "1", "comment", "create", "--wait", &post, "hi"],
-        5,
-        "still pending",
+    // With moderation down the comment is created but never decided: --wait prints its id (it
+    // exists), then fails with exit code 5 naming what to start.
+    let _comments = blog.serve(&["comments"]);
+    let run = blog.run(&["--timeout", "1", "comment", "create", "--wait", &post, "hi"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    let id = run.stdout.trim();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("comment {id} was created but is still pending")),
+        "{run:?}"
     );
-    drop(moderation_down);
+    assert!(run.stderr.contains("blogctl serve moderation"), "{run:?}");
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{run:?}");
 }

@@ -161,3 +161,32 @@ fn non_utf8_input_is_refused_with_exit_2() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("not UTF-8"));
     assert!(blog.events_of("CommentCreated").is_empty());
 }
+
+#[test]
+fn losing_redis_while_waiting_for_an_answer_says_how_to_retry_safely() {
+    let blog = Blog::new();
+    let client = blog
+        .command()
+        .args([
+            "--timeout",
+            "20",
+            "post",
+            "create",
+            "--request-id",
+            "lost-1",
+            "In flight",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // No posts service runs: the request waits in the inbox until Redis goes away.
+    let inbox = format!("{}inbox", blog.key("posts"));
+    assert!(wait_until(PATIENCE, || blog.entries(&inbox).len() == 1));
+    blog.redis.stop();
+    let output = client.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("--request-id lost-1"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
