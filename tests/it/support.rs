@@ -217,6 +217,13 @@ impl Blog {
         run.stdout.trim().to_owned()
     }
 
+    /// Comments with `--wait` and returns the final status it printed.
+    pub fn verdict(&self, post: &str, content: &str) -> String {
+        let printed = self.ok(&["comment", "create", "--wait", post, content]);
+        let (_, status) = printed.split_once(' ').expect("an id and a status");
+        status.to_owned()
+    }
+
     /// Starts `blogctl serve <args>` (stopped on drop).
     pub fn serve(&self, args: &[&str]) -> Service {
         let log = tempfile::NamedTempFile::new().unwrap();
