@@ -332,6 +332,7 @@ pub async fn consume(
                     connection,
                     shutdown: shutdown.clone(),
                     deferred: Vec::new(),
+                    counted: HashMap::new(),
                 };
                 consumer.run(&mut trouble, &mut backoff).await
             }
@@ -361,6 +362,8 @@ struct Consumer<'a, H> {
     shutdown: Shutdown,
     /// Entries that could not be decided yet ([`Outcome::Later`]), tried again after each read.
     deferred: Vec<Delivery>,
+    /// Tries counted so far of the redelivered entries in hand, by [`Consumer::try_field`].
+    counted: HashMap<String, u64>,
 }
 
 impl<H: Handler> Consumer<'_, H> {
@@ -631,19 +634,26 @@ impl<H: Handler> Consumer<'_, H> {
     }
 
     /// Counts one more try of a redelivered entry; returns the tries so far, this one included.
+    /// An entry tried again locally (deferred, see [`Outcome::Later`]) is counted once per
+    /// delivery, not once per local try.
     async fn count_try(&mut self, delivery: &Delivery) -> RedisResult<u64> {
+        let field = Self::try_field(delivery);
+        if let Some(&tries) = self.counted.get(&field) {
+            return Ok(tries);
+        }
         let counted: u64 = self
             .connection
-            .hincr(&self.config.attempts, Self::try_field(delivery), 1)
+            .hincr(&self.config.attempts, &field, 1)
             .await?;
         // The first delivery was tried without being counted.
+        self.counted.insert(field, counted + 1);
         Ok(counted + 1)
     }
 
     async fn forget_tries(&mut self, delivery: &Delivery) -> RedisResult<()> {
-        self.connection
-            .hdel(&self.config.attempts, Self::try_field(delivery))
-            .await
+        let field = Self::try_field(delivery);
+        self.counted.remove(&field);
+        self.connection.hdel(&self.config.attempts, field).await
     }
 
     async fn dead_letter(

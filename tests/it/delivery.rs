@@ -307,3 +307,63 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("not retried"), "{run:?}");
 }
+
+#[test]
+fn a_redelivered_request_waiting_for_its_post_is_not_dead_lettered() {
+    let blog = Blog::new();
+    let _others = blog.serve(&["posts", "moderation", "query"]);
+    let post = blog.ok(&["post", "create", "--wait", "Held back"]);
+    let (events, inbox) = (blog.key("events"), format!("{}inbox", blog.key("comments")));
+    let mut connection = blog.redis.connection();
+    for stream in [&events, &inbox] {
+        let _: () = redis::cmd("XGROUP")
+            .arg(&["CREATE", stream, "comments", "0", "MKSTREAM"])
+            .query(&mut connection)
+            .unwrap();
+    }
+    // A comments consumer that died holding the PostCreated...
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "comments", "ghost", "STREAMS", &events, ">"])
+        .query(&mut connection)
+        .unwrap();
+    let client = blog
+        .command()
+        .args(["--timeout", "15", "comment", "create", &post, "patience"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(PATIENCE, || blog.entries(&inbox).len() == 1));
+    // ...and the request, delivered once already to the consumer that restarts below.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "comments", "live", "STREAMS", &inbox, ">"])
+        .query(&mut connection)
+        .unwrap();
+
+    // The restarted consumer finds the request again (a redelivery) and must wait, trying it
+    // many times, until the ghost's PostCreated is taken over: it is not a failing entry.
+    let _comments = blog.serve(&[
+        "comments",
+        "--consumer",
+        "live",
+        "--claim-idle",
+        "1",
+        "--max-deliveries",
+        "2",
+    ]);
+    let output = client.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        blog.entries(&blog.key("dead")).is_empty(),
+        "dead letters: {:?}",
+        blog.entries(&blog.key("dead"))
+    );
+    assert_eq!(
+        blog.wait_for_view(1, 1)[0]["comments"][0]["content"],
+        "patience"
+    );
+}
