@@ -351,8 +351,51 @@ pub async fn consume(
             }
         }
     }
+    leave_groups(redis, config).await;
     info!(service = %config.group, "stopped");
     Ok(())
+}
+
+/// Deletes this consumer from its groups (KEYS: the streams; ARGV[1]: group, ARGV[2]: consumer)
+/// where it holds no pending entry, so stopped processes do not pile up in `blogctl status`.
+/// One that still holds entries stays: they are its to resume, or another's to take over.
+static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+for _, stream in ipairs(KEYS) do
+  for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', stream, ARGV[1])) do
+    local name, pending
+    for i = 1, #consumer, 2 do
+      if consumer[i] == 'name' then name = consumer[i + 1] end
+      if consumer[i] == 'pending' then pending = consumer[i + 1] end
+    end
+    if name == ARGV[2] and pending == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', stream, ARGV[1], ARGV[2])
+    end
+  end
+end
+return 'left'
+"#,
+    )
+});
+
+/// Best effort, on a graceful stop: a Redis that is away or slow is not waited for.
+async fn leave_groups(redis: &Redis, config: &ConsumerConfig) {
+    let leave = async {
+        let mut connection = redis.try_connect(Some(Duration::from_millis(500))).await?;
+        let mut invocation = LEAVE.prepare_invoke();
+        for stream in &config.streams {
+            invocation.key(stream);
+        }
+        invocation
+            .arg(&config.group)
+            .arg(&config.consumer)
+            .invoke_async::<String>(&mut connection)
+            .await
+    };
+    if let Ok(Err(error)) = tokio::time::timeout(Duration::from_millis(700), leave).await {
+        debug!(service = %config.group, %error, "could not leave the groups");
+    }
 }
 
 struct Consumer<'a, H> {

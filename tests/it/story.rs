@@ -187,6 +187,21 @@ fn sigterm_stops_a_service_promptly_with_exit_code_zero() {
     let (code, took) = services.terminate();
     assert_eq!(code, 0);
     assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    // Holding nothing, it left its groups: stopped processes do not pile up as consumers.
+    let mut connection = blog.redis.connection();
+    for (stream, group) in [
+        (blog.key("events"), "query"),
+        (blog.key("events"), "comments"),
+        (format!("{}inbox", blog.key("posts")), "posts"),
+    ] {
+        let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg(group)
+            .query(&mut connection)
+            .unwrap();
+        assert!(consumers.is_empty(), "{group} still lists {consumers:?}");
+    }
 }
 
 #[test]
