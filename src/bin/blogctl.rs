@@ -11,13 +11,11 @@ use blogctl::error::{exit_code, hint};
 
 fn main() {
     let cli = parse_command_line();
-    // Errors here are expected outcomes (exit codes 2-5), reported in one line: capturing a
-    // backtrace for each (RUST_BACKTRACE=1) would cost most of a second. RUST_LIB_BACKTRACE=1
-    // turns it back on; panics still follow RUST_BACKTRACE.
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
-        // SAFETY: nothing else runs yet: the runtime and its threads start below.
-        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
-    }
+    // Errors are reported in one line, never with a backtrace, so none is captured: with
+    // RUST_BACKTRACE=1 capturing one per error would cost most of a second. Panics still follow
+    // RUST_BACKTRACE.
+    // SAFETY: nothing else runs yet: the runtime starts below.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     if let Err(error) = color_eyre::install() {
         eprintln!("blogctl: {error}");
     }
