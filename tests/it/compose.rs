@@ -1,17 +1,12 @@
 //! docker-compose.yml: every command it gives a service is a valid `blogctl` invocation that
 //! starts and serves (no Docker engine runs here, so the commands run directly).
 
-use crate::support::Blog;
+use crate::support::{Blog, compose_lists};
 
 /// The `command: [...]` of each service in docker-compose.yml.
 fn compose_commands() -> Vec<Vec<String>> {
-    let compose =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
-            .unwrap();
-    compose
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("command:"))
-        .filter_map(|list| serde_json::from_str::<Vec<String>>(list.trim()).ok())
+    compose_lists("command:")
+        .into_iter()
         .filter(|args| args.first().is_some_and(|first| first == "serve"))
         .collect()
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Blog, PATIENCE, signal, wait_until};
+use crate::support::{Blog, PATIENCE, compose_lists, signal, wait_until};
 
 /// The groups the services read with: (stream, group).
 fn expected_groups(blog: &Blog) -> Vec<(String, &'static str)> {
@@ -705,13 +705,8 @@ fn completions_are_generated_for_each_shell() {
 
 /// The healthcheck of each service in docker-compose.yml: `blogctl` arguments.
 fn compose_healthchecks() -> Vec<Vec<String>> {
-    let compose =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
-            .unwrap();
-    compose
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("test:"))
-        .filter_map(|list| serde_json::from_str::<Vec<String>>(list.trim()).ok())
+    compose_lists("test:")
+        .into_iter()
         .filter(|test| test.get(1).is_some_and(|program| program == "blogctl"))
         .map(|test| test[2..].to_vec())
         .collect()

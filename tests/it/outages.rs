@@ -136,23 +136,9 @@ fn non_utf8_input_is_refused_with_exit_2() {
     assert_eq!(run.code, 2, "{run:?}");
     assert_eq!(run.stderr.trim_end().lines().count(), 1, "{run:?}");
 
-    let mut child = blog
-        .command()
-        .args(["comment", "create", &post, "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"\xff\xfe not text")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not UTF-8"));
+    let run = blog.run_with_stdin(&["comment", "create", &post, "-"], b"\xff\xfe not text");
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("not UTF-8"), "{run:?}");
     assert!(blog.events_of("CommentCreated").is_empty());
 }
 

@@ -68,23 +68,12 @@ fn content_from_stdin() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     let post = blog.ok(&["post", "create", "Stdin"]);
-    let mut child = blog
-        .command()
-        .args(["comment", "create", "--wait", &post, "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"from a pipe\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    assert!(String::from_utf8_lossy(&output.stdout).ends_with(" approved\n"));
+    let run = blog.run_with_stdin(
+        &["comment", "create", "--wait", &post, "-"],
+        b"from a pipe\n",
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.ends_with(" approved\n"), "{run:?}");
     assert_eq!(blog.view()[0]["comments"][0]["content"], "from a pipe");
 }
 

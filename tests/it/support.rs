@@ -210,6 +210,21 @@ impl Blog {
             .into()
     }
 
+    /// Runs a client command with `input` on its stdin.
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run blogctl");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().expect("run blogctl").into()
+    }
+
     /// Runs a client command that must succeed, and returns its stdout, trimmed.
     pub fn ok(&self, args: &[&str]) -> String {
         let run = self.run(args);
@@ -419,4 +434,16 @@ impl Rng {
     pub fn below(&mut self, bound: u64) -> u64 {
         self.next() % bound.max(1)
     }
+}
+
+/// The one-line JSON lists behind `key:` in docker-compose.yml (`command:`, `test:`), in order.
+pub fn compose_lists(key: &str) -> Vec<Vec<String>> {
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+            .unwrap();
+    compose
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix(key))
+        .filter_map(|list| serde_json::from_str::<Vec<String>>(list.trim()).ok())
+        .collect()
 }
