@@ -69,3 +69,23 @@ impl Handler for Moderation {
         Plan::Run(step)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_banned_words_are_ignored() {
+        let keys = Keys::new("blog").unwrap();
+        let words = vec![
+            "orange".to_owned(),
+            String::new(),
+            "  ".to_owned(),
+            " Kiwi ".to_owned(),
+        ];
+        assert_eq!(
+            Moderation::new(&keys, words).banned_words,
+            ["orange", "Kiwi"]
+        );
+    }
+}

@@ -215,3 +215,38 @@ fn a_log_trimmed_to_nothing_is_rebuilt_from_its_archive() {
     let post = before[0]["id"].as_str().unwrap();
     assert_eq!(blog.verdict(post, "after trim and rebuild"), "approved");
 }
+
+#[test]
+fn a_rebuild_skips_entries_put_back_for_another_service() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let before = story(&blog);
+    let prefix = blog.key("comments");
+    let live = dump(&blog, &format!("{prefix}0:"));
+    // An event `dead retry` put back for the query service only.
+    let post = before[0]["id"].as_str().unwrap();
+    let data = serde_json::json!({
+        "id": uuid::Uuid::now_v7(), "postId": post, "content": "for query only", "status": "approved"
+    });
+    let mut connection = blog.redis.connection();
+    let _: String = redis::cmd("XADD")
+        .arg(blog.key("events"))
+        .arg("*")
+        .arg(&[
+            ("type", "CommentCreated"),
+            ("version", "1"),
+            ("request_id", "r"),
+            ("producer", "comments"),
+        ])
+        .arg(&[("for_service", "query")])
+        .arg("data")
+        .arg(data.to_string())
+        .query(&mut connection)
+        .unwrap();
+    blog.ok(&["rebuild", "comments"]);
+    assert_eq!(
+        dump(&blog, &format!("{prefix}1:")),
+        live,
+        "the comments rebuild applied it"
+    );
+}
