@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use redis::streams::{
     StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply,
-    StreamRangeReply, StreamReadReply,
+    StreamRangeReply,
 };
 use redis::{
     AsyncCommands, Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value,
@@ -148,34 +148,58 @@ impl Step {
     }
 }
 
+/// A stream entry as XRANGE, XREAD and XREADGROUP return it: its id and its fields in order.
+/// Read straight from the reply, without a map per entry (this is the hot path of every service).
+pub type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// One entry handed to a service.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub stream: String,
     pub id: String,
-    pub fields: HashMap<String, Value>,
+    /// The entry's fields in stream order.
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
     /// How many times Redis has delivered it, this time included.
     pub deliveries: u64,
 }
 
 impl Delivery {
-    fn new(stream: &str, entry: StreamId, deliveries: u64) -> Delivery {
+    pub fn new(stream: &str, (id, fields): RawEntry, deliveries: u64) -> Delivery {
         Delivery {
             stream: stream.to_owned(),
-            id: entry.id,
-            fields: entry.map,
+            id,
+            fields,
             deliveries,
         }
     }
 
+    /// From an entry in redis-rs's map form (XAUTOCLAIM replies).
+    fn from_stream_id(stream: &str, entry: StreamId, deliveries: u64) -> Delivery {
+        let fields = entry
+            .map
+            .into_iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    Value::BulkString(bytes) => bytes,
+                    Value::SimpleString(text) => text.into_bytes(),
+                    other => format!("{other:?}").into_bytes(),
+                };
+                (name.into_bytes(), value)
+            })
+            .collect();
+        Delivery::new(stream, (entry.id, fields), deliveries)
+    }
+
     /// A text field; the error is the reason to dead-letter the entry.
     pub fn field(&self, name: &str) -> Result<&str, String> {
-        match self.fields.get(name) {
-            Some(Value::BulkString(bytes)) => {
+        match self
+            .fields
+            .iter()
+            .find(|(field, _)| field == name.as_bytes())
+        {
+            Some((_, bytes)) => {
                 std::str::from_utf8(bytes).map_err(|_| format!("field {name:?} is not UTF-8"))
             }
-            Some(Value::SimpleString(text)) => Ok(text),
-            Some(_) => Err(format!("field {name:?} is not a string")),
             None => Err(format!("field {name:?} is missing")),
         }
     }
@@ -205,11 +229,11 @@ impl Delivery {
             .fields
             .iter()
             .map(|(name, value)| {
-                let text = match value {
-                    Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                    other => format!("{other:?}"),
-                };
-                (name.clone(), serde_json::Value::String(text))
+                let text = String::from_utf8_lossy(value).into_owned();
+                (
+                    String::from_utf8_lossy(name).into_owned(),
+                    serde_json::Value::String(text),
+                )
             })
             .collect();
         serde_json::Value::Object(fields).to_string()
@@ -474,9 +498,13 @@ impl<H: Handler> Consumer<'_, H> {
             for (stream, entries) in batch {
                 let position = self.config.streams.iter().position(|s| *s == stream);
                 if let (Some(position), Some(last)) = (position, entries.last()) {
-                    after[position] = last.id.clone();
+                    after[position] = last.0.clone();
                 }
-                self.process_pending(&stream, entries).await?;
+                let entries = entries
+                    .into_iter()
+                    .map(|entry| Delivery::new(&stream, entry, 1))
+                    .collect();
+                self.process_pending(entries).await?;
                 if self.shutdown.requested() {
                     return Ok(());
                 }
@@ -503,7 +531,12 @@ impl<H: Handler> Consumer<'_, H> {
                 if !reply.claimed.is_empty() {
                     info!(service = %self.config.group, count = reply.claimed.len(), %stream,
                         "took over entries idle for {:?}", self.config.claim_idle);
-                    self.process_pending(&stream, reply.claimed).await?;
+                    let claimed = reply
+                        .claimed
+                        .into_iter()
+                        .map(|entry| Delivery::from_stream_id(&stream, entry, 1))
+                        .collect();
+                    self.process_pending(claimed).await?;
                 }
                 if reply.next_stream_id == FIRST_PENDING || self.shutdown.requested() {
                     break;
@@ -515,12 +548,12 @@ impl<H: Handler> Consumer<'_, H> {
     }
 
     /// Handles entries delivered before, counting their earlier deliveries.
-    async fn process_pending(&mut self, stream: &str, entries: Vec<StreamId>) -> RedisResult<()> {
+    async fn process_pending(&mut self, mut entries: Vec<Delivery>) -> RedisResult<()> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
         };
         let pending: StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(stream)
+            .arg(&first.stream)
             .arg(&self.config.group)
             .arg(&first.id)
             .arg(&last.id)
@@ -532,9 +565,10 @@ impl<H: Handler> Consumer<'_, H> {
             .into_iter()
             .map(|entry| (entry.id, entry.times_delivered as u64))
             .collect();
-        for entry in entries {
-            let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
-            let delivery = Delivery::new(stream, entry, deliveries);
+        for delivery in &mut entries {
+            delivery.deliveries = counts.get(&delivery.id).copied().unwrap_or(1);
+        }
+        for delivery in entries {
             if self.process(&delivery).await? == Outcome::Later {
                 self.deferred.push(delivery);
             }
@@ -725,7 +759,7 @@ impl<H: Handler> Consumer<'_, H> {
         &mut self,
         ids: &[&str],
         block: Option<Duration>,
-    ) -> RedisResult<Vec<(String, Vec<StreamId>)>> {
+    ) -> RedisResult<Vec<(String, Vec<RawEntry>)>> {
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
@@ -740,19 +774,11 @@ impl<H: Handler> Consumer<'_, H> {
         // A read holds nothing in hand yet: a shutdown does not wait for it (entries Redis
         // delivered meanwhile stay pending for this consumer, or another takes them over).
         let mut shutdown = self.shutdown.clone();
-        let reply: Option<StreamReadReply> = tokio::select! {
+        let reply: Option<Vec<(String, Vec<RawEntry>)>> = tokio::select! {
             reply = command.query_async(&mut self.connection) => reply?,
             () = shutdown.wait() => None,
         };
-        let mut batch: Vec<(String, Vec<StreamId>)> = reply
-            .map(|reply| {
-                reply
-                    .keys
-                    .into_iter()
-                    .map(|key| (key.key, key.ids))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut batch = reply.unwrap_or_default();
         // Handle streams in the configured order: events before requests.
         batch.sort_by_key(|(stream, _)| self.config.streams.iter().position(|s| s == stream));
         Ok(batch)

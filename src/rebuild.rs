@@ -14,11 +14,10 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use color_eyre::Result;
 use color_eyre::eyre::WrapErr;
-use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Delivery, step_script};
+use crate::bus::{Delivery, RawEntry, step_script};
 use crate::client::{Context, print_line, progress_bar};
 use crate::connection::Connection;
 use crate::error::Failure;
@@ -27,6 +26,8 @@ use crate::services::{comments, query};
 
 /// Entries read from the stream per round trip.
 const CHUNK: usize = 2000;
+/// Keys deleted (or scanned) per round trip when a generation is dropped.
+const DROP_PAGE: usize = 5000;
 /// How long a rebuild holds its lock before another may assume it died.
 const LOCK_MS: u64 = 3_600_000;
 
@@ -215,12 +216,17 @@ async fn rebuild_locked(
     let live = live.unwrap_or(0);
     let counter = format!("{}generations", generations.prefix());
     let mut next: u64 = connection.incr(&counter, 1).await?;
+    let base;
     if next <= live {
+        // The counter was lost: the number may have been used by a rebuild that died.
         let _: () = connection.set(&counter, live + 1).await?;
         next = live + 1;
+        base = generations.base(next);
+        scan_and_drop(connection, &base).await?;
+    } else {
+        // Numbers come from the counter only, so no rebuild used this one before.
+        base = generations.base(next);
     }
-    let base = generations.base(next);
-    drop_generation(connection, &base).await?;
 
     let mut counts = Counts::default();
     let filled = fill(
@@ -235,10 +241,10 @@ async fn rebuild_locked(
     .await;
     if let Err(error) = filled {
         // Leave nothing half-built behind: the live generation was never touched.
-        let _ = drop_generation(connection, &base).await;
+        let _ = scan_and_drop(connection, &base).await;
         return Err(error);
     }
-    drop_generation(connection, &generations.base(live)).await?;
+    drop_generation(connection, target, &generations.base(live)).await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(Report {
         target: format!("{target:?}").to_lowercase(),
@@ -301,7 +307,7 @@ async fn fill(
             let fields = entry
                 .fields
                 .into_iter()
-                .map(|(k, v)| (k, Value::BulkString(v.into_bytes())))
+                .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
                 .collect();
             let delivery = Delivery {
                 stream: events.clone(),
@@ -324,29 +330,25 @@ async fn fill(
     refuse_a_gap(connection, &events, counts.from_archives).await?;
     // The stream, from where the archives stopped; again until nothing new came meanwhile.
     loop {
-        let mut chunk: StreamRangeReply = connection
+        let mut chunk: Vec<RawEntry> = connection
             .xrange_count(&events, format!("({last}"), "+", CHUNK)
             .await?;
-        while let Some(end) = chunk.ids.last().map(|entry| entry.id.clone()) {
+        while let Some(end) = chunk.last().map(|(id, _)| id.clone()) {
+            // The next chunk is asked for first, in the same round trip as this one's writes:
+            // its reply is parsed here while Redis applies the writes.
             let mut pipe = redis::pipe();
-            for entry in chunk.ids {
-                let delivery = Delivery {
-                    stream: events.clone(),
-                    id: entry.id,
-                    fields: entry.map,
-                    deliveries: 1,
-                };
-                counts.add(target, &mut pipe, &base, &delivery);
-                progress.inc(1);
-            }
-            // The next chunk comes back with this one's writes: one round trip per chunk.
             pipe.cmd("XRANGE")
                 .arg(&events)
                 .arg(format!("({end}"))
                 .arg("+")
                 .arg("COUNT")
                 .arg(CHUNK);
-            let (next,): (StreamRangeReply,) = pipe.query_async(connection).await?;
+            for entry in chunk {
+                let delivery = Delivery::new(&events, entry, 1);
+                counts.add(target, &mut pipe, &base, &delivery);
+                progress.inc(1);
+            }
+            let (next,): (Vec<RawEntry>,) = pipe.query_async(connection).await?;
             chunk = next;
             last = end;
         }
@@ -444,7 +446,33 @@ impl Counts {
 }
 
 /// Deletes every key of one generation, a batch at a time.
-async fn drop_generation(connection: &mut Connection, base: &str) -> Result<()> {
+async fn drop_generation(connection: &mut Connection, target: Target, base: &str) -> Result<()> {
+    if target != Target::Query {
+        return scan_and_drop(connection, base).await;
+    }
+    // The view's keys are known from its list of posts: no need to scan the keyspace.
+    let posts = format!("{base}posts");
+    let mut start = 0;
+    loop {
+        let ids: Vec<String> = connection
+            .zrange(&posts, start, start + DROP_PAGE as isize - 1)
+            .await?;
+        if ids.is_empty() {
+            break;
+        }
+        let doomed: Vec<String> = ids
+            .iter()
+            .flat_map(|id| [format!("{base}post:{id}"), format!("{base}comments:{id}")])
+            .collect();
+        let _: () = connection.unlink(&doomed).await?;
+        start += ids.len() as isize;
+    }
+    let _: () = connection.unlink(&posts).await?;
+    Ok(())
+}
+
+/// Deletes every key under `base`, scanning the whole keyspace for them.
+async fn scan_and_drop(connection: &mut Connection, base: &str) -> Result<()> {
     let pattern = format!(
         "{}*",
         base.replace('[', "\\[")
@@ -458,7 +486,7 @@ async fn drop_generation(connection: &mut Connection, base: &str) -> Result<()> 
             .arg("MATCH")
             .arg(&pattern)
             .arg("COUNT")
-            .arg(1000)
+            .arg(DROP_PAGE)
             .query_async(connection)
             .await?;
         if !found.is_empty() {

@@ -114,3 +114,7 @@ fn is_broken_pipe(report: &color_eyre::Report) -> bool {
             .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
+
+/// mimalloc: measured to cut the client's and the services' CPU per event (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

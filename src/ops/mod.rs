@@ -36,8 +36,7 @@ pub struct Entry {
     pub fields: Vec<(String, String)>,
 }
 
-/// An entry as Redis returns it in XRANGE and XREAD replies.
-type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+pub use crate::bus::RawEntry;
 
 impl Entry {
     fn from_raw((id, fields): RawEntry) -> Entry {

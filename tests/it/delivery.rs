@@ -2,10 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use blogctl::bus::{Delivery, Handler, Plan, ensure_group};
+use blogctl::bus::{Delivery, Handler, Plan, RawEntry, ensure_group};
 use blogctl::keys::Keys;
 use blogctl::services::moderation::Moderation;
-use redis::streams::StreamReadReply;
 
 use crate::support::{Blog, PATIENCE, wait_until};
 
@@ -87,18 +86,12 @@ async fn a_redelivered_entry_has_no_second_effect() {
     ensure_group(&mut connection, &events, "moderation")
         .await
         .unwrap();
-    let read: StreamReadReply = redis::cmd("XREADGROUP")
+    let mut read: Vec<(String, Vec<RawEntry>)> = redis::cmd("XREADGROUP")
         .arg(&["GROUP", "moderation", "a", "STREAMS", &events, ">"])
         .query_async(&mut connection)
         .await
         .unwrap();
-    let entry = read.keys[0].ids[0].clone();
-    let delivery = Delivery {
-        stream: events.clone(),
-        id: entry.id,
-        fields: entry.map,
-        deliveries: 1,
-    };
+    let delivery = Delivery::new(&events, read[0].1.remove(0), 1);
 
     let mut handler = Moderation::new(&keys, vec!["orange".into()]);
     // Delivered twice: to a consumer that stalled, and again to one that took it over.
