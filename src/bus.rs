@@ -50,14 +50,16 @@ pub const SERVICE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// KEYS[1] is the stream the entry came from, KEYS[2] the events stream; ARGV[1] the group (the
 /// service's name), ARGV[2] the entry id, ARGV[3] the id of the request that caused the entry.
-/// An entry that is no longer pending was already applied, by this consumer or by another that
-/// took it over: applying it again would double its effect, so the step does nothing.
+///
+/// `claim()` acknowledges the entry and says whether it was still pending. Every path of a step
+/// that changes anything calls it once, after its reads and before its first write, and returns
+/// `'stale'` when it is false: an entry no longer pending was already applied, by this consumer
+/// or by another that took it over, and applying it again would double its effect. The
+/// acknowledgement and the writes are one atomic script, so neither happens without the other.
+/// A path that leaves the entry pending (to be tried again) does not call it.
 const PRELUDE: &str = r#"
-if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
-  return 'stale'
-end
-local function settle()
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+local function claim()
+  return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1
 end
 local function publish(kind, data)
   return redis.call('XADD', KEYS[2], '*', 'type', kind, 'version', 'ENVELOPE_VERSION',
@@ -69,9 +71,9 @@ end
 /// ARGV[4]: reason, ARGV[5]: deliveries, ARGV[6]: the entry's fields as JSON, ARGV[7]: '1' to
 /// delete the entry from its stream too (requests are deleted once answered).
 const DEAD_LETTER: &str = r#"
+if not claim() then return 'stale' end
 redis.call('XADD', KEYS[2], '*', 'stream', KEYS[1], 'id', ARGV[2], 'service', ARGV[1],
   'reason', ARGV[4], 'deliveries', ARGV[5], 'entry', ARGV[6])
-settle()
 if ARGV[7] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
 return 'dead'
 "#;
@@ -276,6 +278,13 @@ pub enum Plan {
 /// step's result to [`Handler::settle`]. A Redis error leaves the entry pending: it is retried,
 /// and dead-lettered after `max_deliveries` tries.
 pub trait Handler: Send {
+    /// Whether the service uses events of type `kind`. Events of other types are acknowledged
+    /// unread, so a service neither spends time on them nor dead-letters them when malformed.
+    fn uses(&self, kind: &str) -> bool {
+        let _ = kind;
+        true
+    }
+
     fn plan(&mut self, delivery: &Delivery) -> Plan;
 
     /// What the result of an entry's step means; a step that applied or found the entry
@@ -589,7 +598,7 @@ impl<H: Handler> Consumer<'_, H> {
         let mut skipped: HashMap<String, Vec<String>> = HashMap::new();
         let mut alone: Vec<Delivery> = Vec::new();
         for delivery in deliveries {
-            if !delivery.is_for(&group) {
+            if self.ignores(&delivery) {
                 skipped
                     .entry(delivery.stream.clone())
                     .or_default()
@@ -642,9 +651,19 @@ impl<H: Handler> Consumer<'_, H> {
         Ok(later)
     }
 
+    /// Whether the service has nothing to do with an entry: one put back by `blogctl dead retry`
+    /// for another service, or an event of a type it does not use.
+    fn ignores(&self, delivery: &Delivery) -> bool {
+        if !delivery.is_for(&self.config.group) {
+            return true;
+        }
+        let is_request = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
+        !is_request && matches!(delivery.field("type"), Ok(kind) if !self.handler.uses(kind))
+    }
+
     /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.
     async fn process(&mut self, delivery: &Delivery) -> RedisResult<Outcome> {
-        if !delivery.is_for(&self.config.group) {
+        if self.ignores(delivery) {
             return acknowledge(&mut self.connection, &self.config.group, delivery).await;
         }
         let max = self.config.max_deliveries;

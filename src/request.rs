@@ -32,29 +32,32 @@ const MAX_REQUEST_ID_CHARS: usize = 128;
 
 /// Lua run after the bus prelude in every request step. KEYS[3]: reply key, KEYS[4]: the
 /// service's hash of answered request ids; ARGV[4]: the request's timeout in milliseconds.
+/// `answer()` and `drop()` come after `claim()` (see the bus prelude); both delete the request.
 const REQUEST_PRELUDE: &str = r#"
-local function finish()
-  settle()
+local function drop()
   redis.call('XDEL', KEYS[1], ARGV[2])
 end
 local function answer(body)
   redis.call('RPUSH', KEYS[3], body)
   redis.call('PEXPIRE', KEYS[3], REPLY_TTL_MS)
-  finish()
+  drop()
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then
-  finish()
+  if not claim() then return 'stale' end
+  drop()
   return 'abandoned'
 end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local sent_ms = tonumber(string.match(ARGV[2], '^%d+'))
 if now_ms - sent_ms > tonumber(ARGV[4]) then
-  finish()
+  if not claim() then return 'stale' end
+  drop()
   return 'expired'
 end
 local earlier = redis.call('HGET', KEYS[4], ARGV[3])
 if earlier then
+  if not claim() then return 'stale' end
   answer(earlier)
   return 'repeated'
 end
@@ -62,6 +65,7 @@ end
 
 /// Answers without changing anything (the request was invalid). ARGV[5]: the answer.
 const ANSWER_ONLY: &str = r#"
+if not claim() then return 'stale' end
 answer(ARGV[5])
 return 'answered'
 "#;

@@ -42,6 +42,7 @@ static CREATE: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('SISMEMBER', base .. 'posts', ARGV[6]) == 0 then
   return 'unknown_post'
 end
+if not claim() then return 'stale' end
 redis.call('HSET', base .. 'comment:' .. ARGV[7], 'id', ARGV[7], 'postId', ARGV[6],
   'content', ARGV[8], 'status', 'pending')
 publish('CommentCreated', ARGV[9])
@@ -56,8 +57,8 @@ return 'applied'
 static LEARN_POST: LazyLock<Script> = LazyLock::new(|| {
     event_step_script(
         r#"
+if not claim() then return 'stale' end
 redis.call('SADD', base .. 'posts', ARGV[5])
-settle()
 return 'applied'
 "#,
     )
@@ -74,11 +75,11 @@ local status = redis.call('HGET', comment, 'status')
 if not status then
   return 'unknown_comment'
 end
+if not claim() then return 'stale' end
 if status == 'pending' then
   redis.call('HSET', comment, 'status', ARGV[6])
   publish('CommentUpdated', ARGV[7])
 end
-settle()
 return 'applied'
 "#,
     )
@@ -228,6 +229,10 @@ fn parse_request(delivery: &Delivery) -> Result<(Incoming, CreateComment), Strin
 }
 
 impl Handler for Comments {
+    fn uses(&self, kind: &str) -> bool {
+        matches!(kind, "PostCreated" | "CommentModerated")
+    }
+
     fn plan(&mut self, delivery: &Delivery) -> Plan {
         if delivery.stream == self.events {
             self.plan_event(delivery)

@@ -15,8 +15,8 @@ pub const NAME: &str = "moderation";
 static MODERATE: LazyLock<Script> = LazyLock::new(|| {
     step_script(
         r#"
+if not claim() then return 'stale' end
 publish('CommentModerated', ARGV[4])
-settle()
 return 'applied'
 "#,
     )
@@ -47,6 +47,10 @@ impl Moderation {
 }
 
 impl Handler for Moderation {
+    fn uses(&self, kind: &str) -> bool {
+        kind == "CommentCreated"
+    }
+
     fn plan(&mut self, delivery: &Delivery) -> Plan {
         let envelope = match delivery.event() {
             Ok(Some(envelope)) => envelope,

@@ -28,6 +28,7 @@ pub struct CreatePost {
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     request_script(
         r#"
+if not claim() then return 'stale' end
 redis.call('HSET', KEYS[5], 'id', ARGV[5], 'title', ARGV[6])
 publish('PostCreated', ARGV[7])
 redis.call('HSET', KEYS[4], ARGV[3], ARGV[8])

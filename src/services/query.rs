@@ -31,9 +31,9 @@ pub const NAME: &str = "query";
 static ADD_POST: LazyLock<Script> = LazyLock::new(|| {
     event_step_script(
         r#"
+if not claim() then return 'stale' end
 redis.call('HSET', base .. 'post:' .. ARGV[5], 'id', ARGV[5], 'title', ARGV[6])
 redis.call('ZADD', base .. 'posts', 0, ARGV[5])
-settle()
 return 'applied'
 "#,
     )
@@ -44,13 +44,13 @@ return 'applied'
 static PUT_COMMENT: LazyLock<Script> = LazyLock::new(|| {
     event_step_script(
         r#"
+if not claim() then return 'stale' end
 local comments = base .. 'comments:' .. ARGV[5]
 if ARGV[8] == '1' then
   redis.call('HSET', comments, ARGV[6], ARGV[7])
 else
   redis.call('HSETNX', comments, ARGV[6], ARGV[7])
 end
-settle()
 return 'applied'
 "#,
     )
@@ -242,6 +242,10 @@ impl Query {
 }
 
 impl Handler for Query {
+    fn uses(&self, kind: &str) -> bool {
+        matches!(kind, "PostCreated" | "CommentCreated" | "CommentUpdated")
+    }
+
     fn plan(&mut self, delivery: &Delivery) -> Plan {
         let envelope = match delivery.event() {
             Ok(Some(envelope)) => envelope,
