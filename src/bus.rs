@@ -79,9 +79,14 @@ return 'dead'
 "#;
 
 /// A script for one atomic step: the prelude, then `body`.
+///
+/// The `#!lua` line gives the script flags (none): Redis then refuses it whole, before it runs,
+/// when memory is over `maxmemory` or the server is a read-only replica. The step fails with
+/// nothing done and the entry is tried again once Redis recovers. (Without flags, Redis checks
+/// only a script's first write, and the acknowledgement would let the rest through.)
 pub fn step_script(body: &str) -> Script {
     let prelude = PRELUDE.replace("ENVELOPE_VERSION", ENVELOPE_VERSION);
-    Script::new(&format!("{prelude}{body}"))
+    Script::new(&format!("#!lua\n{prelude}{body}"))
 }
 
 /// One atomic step ready to run: a step script with its keys and arguments.

@@ -269,7 +269,11 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
     blog.ok(&["comment", "create", "--wait", &after, "still fine"]);
 
     // Each service that uses an event's type dead-letters each malformed one once.
-    let expected: usize = malformed.iter().map(|(_, readers)| readers.len()).sum::<usize>() + 1;
+    let expected: usize = malformed
+        .iter()
+        .map(|(_, readers)| readers.len())
+        .sum::<usize>()
+        + 1;
     assert!(wait_until(PATIENCE, || blog
         .entries(&blog.key("dead"))
         .len()

@@ -170,3 +170,61 @@ fn losing_redis_while_waiting_for_an_answer_says_how_to_retry_safely() {
     assert!(stderr.contains("--request-id lost-1"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_service_applies_nothing_while_redis_is_full_and_catches_up_after() {
+    let blog = Blog::new();
+    let moderation = blog.serve(&["moderation"]);
+    let events = blog.key("events");
+    let mut connection = blog.redis.connection();
+    assert!(wait_until(PATIENCE, || {
+        let groups: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+            .arg(&["GROUPS", &events])
+            .query(&mut connection);
+        format!("{groups:?}").contains("moderation")
+    }));
+
+    // A new comment reaches moderation just as Redis fills up.
+    let comment = uuid::Uuid::now_v7().to_string();
+    let data = format!(
+        r#"{{"id":"{comment}","postId":"{}","content":"while full","status":"pending"}}"#,
+        uuid::Uuid::now_v7()
+    );
+    let _: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg(&events)
+        .arg("*")
+        .arg(&[
+            ("type", "CommentCreated"),
+            ("version", "1"),
+            ("request_id", "full"),
+            ("producer", "test"),
+            ("data", &data),
+        ])
+        .cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "1"])
+        .query(&mut connection)
+        .unwrap();
+
+    // Delivered, but Redis turns the step away whole: it stays pending, unapplied.
+    assert!(
+        wait_until(PATIENCE, || moderation.log().contains("maxmemory")),
+        "{}",
+        moderation.log()
+    );
+    assert_eq!(blog.pending(&events, "moderation"), 1);
+    assert!(blog.events_of("CommentModerated").is_empty());
+    assert!(blog.entries(&blog.key("dead")).is_empty());
+
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "0"])
+        .query(&mut connection)
+        .unwrap();
+    assert!(wait_until(PATIENCE, || blog.pending(&events, "moderation") == 0));
+    let verdicts = blog.events_of("CommentModerated");
+    assert_eq!(verdicts.len(), 1);
+    assert_eq!(verdicts[0]["id"], comment.as_str());
+    assert_eq!(verdicts[0]["status"], "approved");
+    assert!(blog.entries(&blog.key("dead")).is_empty());
+}
