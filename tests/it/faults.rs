@@ -303,6 +303,9 @@ fn nothing_lost_nothing_doubled_under_kills_restarts_and_poison() {
     );
 }
 
+/// An entry's fields, as XADD takes them.
+type Fields = &'static [(&'static str, &'static [u8])];
+
 /// Adds a malformed entry (or, one time in four, an entry of an unknown type, which is skipped
 /// and not dead-lettered); returns the id of a malformed one with the number of services that
 /// use its type (each dead-letters it). None when Redis is down.
@@ -313,7 +316,7 @@ fn inject_poison(blog: &Blog, rng: &mut Rng) -> Option<(String, usize)> {
         .ok()?;
     // Readers: PostCreated is used by comments and query, CommentCreated by moderation and
     // query, CommentUpdated by query.
-    let bodies: [(&[(&str, &[u8])], usize); 4] = [
+    let bodies: [(Fields, usize); 4] = [
         (
             &[
                 ("type", b"PostCreated"),
