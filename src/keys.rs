@@ -59,14 +59,10 @@ impl Keys {
         format!("{}inbox", self.service_prefix(service))
     }
 
-    /// Where the answer to one request (named by its inbox entry id) is left for the client.
-    pub fn reply(&self, request_entry: &str) -> String {
-        format!(
-            "{}:replies:{}:{}",
-            self.namespace,
-            self.tag(),
-            request_entry
-        )
+    /// Where the answer to one request is left for the client: `name` is the request's
+    /// `reply_to` (a UUID the client picks), or its inbox entry id when it has none.
+    pub fn reply(&self, name: &str) -> String {
+        format!("{}:replies:{}:{}", self.namespace, self.tag(), name)
     }
 }
 

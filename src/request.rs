@@ -1,7 +1,8 @@
 //! Commands from the client to a service, through the service's inbox, and their replies.
 //!
 //! The client adds a request to `<ns>:<service>:{<ns>.0}:inbox` and waits (BLPOP) on the reply
-//! key named after the request's entry id. The service answers in the same atomic step that
+//! key named by the request's `reply_to`, a UUID it picks, so that both go in one round trip.
+//! The service answers in the same atomic step that
 //! applies the request. When the client gives up, it creates the reply key itself (SET NX): the
 //! service checks for that key first, so a request its client gave up on is never applied. If
 //! the SET fails, the answer got there first and the client reads it. Requests older than their
@@ -9,7 +10,7 @@
 //! the same id returns the first answer instead of applying twice.
 
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use color_eyre::eyre::WrapErr;
 use redis::{AsyncCommands, Script};
@@ -29,6 +30,8 @@ const REPLY_TTL_MS: u64 = 60_000;
 const GAVE_UP_TTL_MS: u64 = 3_600_000;
 /// Longest request id accepted.
 const MAX_REQUEST_ID_CHARS: usize = 128;
+/// Longest `reply_to` accepted (the client sends a UUID).
+const MAX_REPLY_TO_CHARS: usize = 64;
 
 /// Lua run after the bus prelude in every request step. KEYS[3]: reply key, KEYS[4]: the
 /// service's hash of answered request ids; ARGV[4]: the request's timeout in milliseconds.
@@ -97,6 +100,8 @@ impl<T: Serialize> Reply<T> {
 #[derive(Debug)]
 pub struct Incoming {
     pub request_id: String,
+    /// Names the reply key; requests without one are answered under their entry id.
+    pub reply_to: Option<String>,
     pub timeout_ms: u64,
     pub command: String,
     pub data: String,
@@ -110,7 +115,21 @@ impl Incoming {
             return Err(format!("request version {version:?} is not supported"));
         }
         let timeout_ms = delivery.field("timeout_ms")?;
+        let reply_to = match delivery.field("reply_to") {
+            Ok(name) => {
+                let valid = !name.is_empty()
+                    && name.len() <= MAX_REPLY_TO_CHARS
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !valid {
+                    return Err(format!("reply_to {name:?} is not a UUID"));
+                }
+                Some(name.to_owned())
+            }
+            Err(_) if delivery.fields.iter().all(|(name, _)| name != b"reply_to") => None,
+            Err(reason) => return Err(reason),
+        };
         Ok(Incoming {
+            reply_to,
             request_id: delivery.field("request_id")?.to_owned(),
             timeout_ms: timeout_ms
                 .parse()
@@ -156,7 +175,10 @@ impl Inbox {
             &self.keys.events(),
             &request.request_id,
         )
-        .key(self.keys.reply(&delivery.id))
+        .key(
+            self.keys
+                .reply(request.reply_to.as_deref().unwrap_or(&delivery.id)),
+        )
         .key(&self.answered)
         .arg(request.timeout_ms)
     }
@@ -174,6 +196,8 @@ impl Inbox {
 }
 
 enum AnswerError {
+    /// The request itself was refused: nothing was sent.
+    Sending(redis::RedisError),
     Redis(redis::RedisError),
     /// No answer in time, and the request is now marked given up: it will never be applied.
     GaveUp,
@@ -185,16 +209,8 @@ impl From<redis::RedisError> for AnswerError {
     }
 }
 
-/// Waits for the answer in `reply_key`; when none comes in time, marks the request given up.
-async fn await_answer(
-    connection: &mut Connection,
-    reply_key: &str,
-    wait: Duration,
-) -> Result<String, AnswerError> {
-    let popped: Option<(String, String)> = connection.blpop(reply_key, wait.as_secs_f64()).await?;
-    if let Some((_, body)) = popped {
-        return Ok(body);
-    }
+/// When no answer came in time, marks the request given up, unless the answer got there first.
+async fn give_up(connection: &mut Connection, reply_key: &str) -> Result<String, AnswerError> {
     let gave_up: Option<String> = redis::cmd("SET")
         .arg(reply_key)
         .arg("abandoned")
@@ -242,47 +258,69 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     request_id: &str,
     timeout: Duration,
 ) -> color_eyre::Result<T> {
-    let started = Instant::now();
     let data = serde_json::to_string(data)?;
     let inbox = keys.inbox(service);
-    let entry: String = redis::cmd("XADD")
-        .arg(&inbox)
+    let reply_to = uuid::Uuid::now_v7().to_string();
+    let reply_key = keys.reply(&reply_to);
+    let mut send = redis::cmd("XADD");
+    send.arg(&inbox)
         .arg(AUTO_ID)
         .arg("version")
         .arg(REQUEST_VERSION)
         .arg("request_id")
         .arg(request_id)
+        .arg("reply_to")
+        .arg(&reply_to)
         .arg("timeout_ms")
         .arg(timeout.as_millis() as u64)
         .arg("command")
         .arg(command)
         .arg("data")
-        .arg(&data)
-        .query_async(connection)
-        .await
-        .wrap_err_with(|| format!("sending {command} to {inbox}"))?;
-    let reply_key = keys.reply(&entry);
-    let left = timeout
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_millis(1));
-    let body = await_answer(connection, &reply_key, left)
-        .await
-        .map_err(|error| match error {
-            // Sent, but the answer is lost with the connection: the request may yet be applied.
-            AnswerError::Redis(error) if is_unavailable(&error) => Failure::new(
-                ExitCode::RedisUnreachable,
-                format!(
-                    "lost Redis while waiting for the {service} service's answer ({error}); the \
-                     request may still be applied: run the same command with --request-id \
-                     {request_id} to get its answer without applying it twice"
-                ),
-            )
-            .into(),
-            AnswerError::Redis(error) => color_eyre::Report::new(error).wrap_err(format!(
-                "waiting for the {service} service's answer on {reply_key}"
-            )),
-            AnswerError::GaveUp => Failure::service_timeout(service, "answer", timeout).into(),
-        })?;
+        .arg(&data);
+    let mut wait = redis::cmd("BLPOP");
+    wait.arg(&reply_key).arg(timeout.as_secs_f64());
+    // Sent together, in one round trip: the request, then the wait for its answer. A request
+    // Redis refuses fails at once, without waiting for the answer.
+    let (mut sending, mut waiting) = (connection.clone(), connection.clone());
+    let sent = send.query_async::<String>(&mut sending);
+    let answered = wait.query_async::<Option<(String, String)>>(&mut waiting);
+    tokio::pin!(sent, answered);
+    // Both are polled, so both are written at once; the request's reply comes first.
+    let popped = tokio::select! {
+        biased;
+        sent_result = &mut sent => match sent_result {
+            Ok(_) => answered.await.map_err(AnswerError::Redis),
+            Err(error) => Err(AnswerError::Sending(error)),
+        },
+        answer = &mut answered => match sent.await {
+            Ok(_) => answer.map_err(AnswerError::Redis),
+            Err(error) => Err(AnswerError::Sending(error)),
+        },
+    };
+    let body = match popped {
+        Ok(Some((_, body))) => Ok(body),
+        Ok(None) => give_up(connection, &reply_key).await,
+        Err(error) => Err(error),
+    };
+    let body = body.map_err(|error| match error {
+        AnswerError::Sending(error) => {
+            color_eyre::Report::new(error).wrap_err(format!("sending {command} to {inbox}"))
+        }
+        // Sent, but the answer is lost with the connection: the request may yet be applied.
+        AnswerError::Redis(error) if is_unavailable(&error) => Failure::new(
+            ExitCode::RedisUnreachable,
+            format!(
+                "lost Redis while waiting for the {service} service's answer ({error}); the \
+                 request may still be applied: run the same command with --request-id \
+                 {request_id} to get its answer without applying it twice"
+            ),
+        )
+        .into(),
+        AnswerError::Redis(error) => color_eyre::Report::new(error).wrap_err(format!(
+            "waiting for the {service} service's answer on {reply_key}"
+        )),
+        AnswerError::GaveUp => Failure::service_timeout(service, "answer", timeout).into(),
+    })?;
     let reply: Reply<T> = serde_json::from_str(&body)
         .wrap_err_with(|| format!("reading the {service} service's answer {body:?}"))?;
     match reply {
