@@ -105,6 +105,12 @@ pub enum Target {
 }
 
 impl Target {
+    /// Whether events of type `kind` change its state (both states are built from the posts
+    /// and the comments with their status; the verdicts reach them through `CommentUpdated`).
+    fn uses(self, kind: &str) -> bool {
+        matches!(kind, "PostCreated" | "CommentCreated" | "CommentUpdated")
+    }
+
     /// The service whose state this is.
     pub fn service(self) -> &'static str {
         match self {
@@ -427,9 +433,14 @@ struct Counts {
 }
 
 impl Counts {
-    /// Adds the writes of one entry; malformed and unknown entries are skipped, as the services
-    /// skip them (they are in the dead letters).
+    /// Adds the writes of one entry. Events of types that do not change the target are skipped
+    /// unread, and malformed and unknown entries are skipped, as the services skip them (they
+    /// are in the dead letters).
     fn add(&mut self, target: Target, pipe: &mut redis::Pipeline, base: &str, delivery: &Delivery) {
+        if matches!(delivery.field("type"), Ok(kind) if !target.uses(kind)) {
+            self.skipped += 1;
+            return;
+        }
         match delivery.event() {
             // An entry `dead retry` put back for another service is that service's alone.
             Ok(Some(_)) if !delivery.is_for(target.service()) => self.skipped += 1,
