@@ -43,6 +43,14 @@ for run in $(seq "$runs"); do
     "$blogctl" --namespace "bench-embedded-$run" bench --embedded --posts 100 --comments "$comments" --in-flight 128
 done
 
+echo "== rebuild query over a log of 1,000,000 events made by the services ($runs runs)"
+# 100 posts and 333,300 comments of three events each, plus one latency sample: 1,000,003 events.
+"$blogctl" --namespace bench-rebuild bench --embedded --posts 100 --comments 333300 --in-flight 128 \
+    --latency-samples 1 >/dev/null
+for run in $(seq "$runs"); do
+    "$blogctl" --namespace bench-rebuild rebuild query
+done
+
 echo "== blogctl bench against four service processes (RSS per service)"
 for service in posts comments moderation query; do
     "$blogctl" --namespace bench-processes serve "$service" 2>"$dir/$service.log" &
