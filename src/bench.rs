@@ -274,15 +274,27 @@ async fn wait_until_idle(context: &Context, connection: &mut Connection) -> Resu
     }
 }
 
+/// Redis's `used_memory`, once nothing deleted earlier (an earlier run's dropped generation,
+/// say) is still being freed in the background, which would make the figure drift.
 async fn used_memory(connection: &mut Connection) -> Result<i64> {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(connection)
-        .await?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("used_memory:"))
-        .and_then(|value| value.trim().parse().ok())
-        .ok_or_else(|| color_eyre::eyre::eyre!("INFO memory has no used_memory"))
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(connection)
+            .await?;
+        let field = |name: &str| -> Option<i64> {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim().parse().ok())
+        };
+        let used = field("used_memory:")
+            .ok_or_else(|| color_eyre::eyre::eyre!("INFO memory has no used_memory"))?;
+        if field("lazyfree_pending_objects:").unwrap_or(0) == 0 || Instant::now() > deadline {
+            return Ok(used);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// RSS of the service processes: this process when embedded, else the local processes named by
