@@ -209,6 +209,36 @@ impl From<redis::RedisError> for AnswerError {
     }
 }
 
+/// Sends `request` and waits up to `timeout` for its answer in `reply_key`, both in one round
+/// trip; `None` when no answer came in time. A request Redis refuses fails at once: its reply
+/// comes before the wait's.
+async fn send_and_wait(
+    connection: &Connection,
+    request: &redis::Cmd,
+    reply_key: &str,
+    timeout: Duration,
+) -> Result<Option<String>, AnswerError> {
+    let mut wait = redis::cmd("BLPOP");
+    wait.arg(reply_key).arg(timeout.as_secs_f64());
+    let (mut sending, mut waiting) = (connection.clone(), connection.clone());
+    let sent = request.query_async::<String>(&mut sending);
+    let answered = wait.query_async::<Option<(String, String)>>(&mut waiting);
+    // Polled together, so both are written at once.
+    tokio::pin!(sent, answered);
+    let popped = tokio::select! {
+        biased;
+        sent_result = &mut sent => match sent_result {
+            Ok(_) => answered.await.map_err(AnswerError::Redis),
+            Err(error) => Err(AnswerError::Sending(error)),
+        },
+        answer = &mut answered => match sent.await {
+            Ok(_) => answer.map_err(AnswerError::Redis),
+            Err(error) => Err(AnswerError::Sending(error)),
+        },
+    };
+    Ok(popped?.map(|(_, body)| body))
+}
+
 /// When no answer came in time, marks the request given up, unless the answer got there first.
 async fn give_up(connection: &mut Connection, reply_key: &str) -> Result<String, AnswerError> {
     let gave_up: Option<String> = redis::cmd("SET")
@@ -277,28 +307,8 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         .arg(command)
         .arg("data")
         .arg(&data);
-    let mut wait = redis::cmd("BLPOP");
-    wait.arg(&reply_key).arg(timeout.as_secs_f64());
-    // Sent together, in one round trip: the request, then the wait for its answer. A request
-    // Redis refuses fails at once, without waiting for the answer.
-    let (mut sending, mut waiting) = (connection.clone(), connection.clone());
-    let sent = send.query_async::<String>(&mut sending);
-    let answered = wait.query_async::<Option<(String, String)>>(&mut waiting);
-    tokio::pin!(sent, answered);
-    // Both are polled, so both are written at once; the request's reply comes first.
-    let popped = tokio::select! {
-        biased;
-        sent_result = &mut sent => match sent_result {
-            Ok(_) => answered.await.map_err(AnswerError::Redis),
-            Err(error) => Err(AnswerError::Sending(error)),
-        },
-        answer = &mut answered => match sent.await {
-            Ok(_) => answer.map_err(AnswerError::Redis),
-            Err(error) => Err(AnswerError::Sending(error)),
-        },
-    };
-    let body = match popped {
-        Ok(Some((_, body))) => Ok(body),
+    let body = match send_and_wait(connection, &send, &reply_key, timeout).await {
+        Ok(Some(body)) => Ok(body),
         Ok(None) => give_up(connection, &reply_key).await,
         Err(error) => Err(error),
     };

@@ -386,3 +386,62 @@ fn a_redelivered_request_waiting_for_its_post_is_not_dead_lettered() {
         "patience"
     );
 }
+
+#[test]
+fn requests_are_answered_under_their_reply_to_or_entry_id_and_a_bad_reply_to_is_refused() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["posts"]);
+    let inbox = format!("{}inbox", blog.key("posts"));
+    let mut connection = blog.redis.connection();
+    let mut request = |reply_to: Option<&str>, title: &str| -> String {
+        let mut command = redis::cmd("XADD");
+        command.arg(&inbox).arg("*").arg(&[
+            ("version", "1"),
+            ("request_id", title),
+            ("timeout_ms", "5000"),
+            ("command", "CreatePost"),
+        ]);
+        if let Some(reply_to) = reply_to {
+            command.arg("reply_to").arg(reply_to);
+        }
+        command
+            .arg("data")
+            .arg(format!(r#"{{"title":"{title}"}}"#))
+            .query(&mut connection)
+            .unwrap()
+    };
+    let named = uuid::Uuid::now_v7().to_string();
+    request(Some(&named), "Named");
+    let entry = request(None, "Unnamed");
+    let bad = request(Some("no/such key"), "Bad");
+
+    let mut connection = blog.redis.connection();
+    let mut answer = |name: &str| -> String {
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(format!(
+                "{}:replies:{{{}.0}}:{name}",
+                blog.namespace, blog.namespace
+            ))
+            .arg(5)
+            .query(&mut connection)
+            .unwrap();
+        popped.expect("an answer").1
+    };
+    assert!(answer(&named).contains("\"title\":\"Named\""));
+    assert!(answer(&entry).contains("\"title\":\"Unnamed\""));
+
+    assert!(wait_until(PATIENCE, || blog
+        .entries(&blog.key("dead"))
+        .len()
+        == 1));
+    let dead = &blog.entries(&blog.key("dead"))[0].1;
+    let field = |name: &str| dead.iter().find(|(k, _)| k == name).unwrap().1.clone();
+    assert_eq!(field("id"), bad);
+    assert!(field("reason").contains("reply_to"), "{dead:?}");
+    let titles: Vec<String> = blog
+        .events_of("PostCreated")
+        .iter()
+        .map(|e| e["title"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(titles, ["Named", "Unnamed"]);
+}
