@@ -6,8 +6,8 @@
 //! applies the request. When the client gives up, it creates the reply key itself (SET NX): the
 //! service checks for that key first, so a request its client gave up on is never applied. If
 //! the SET fails, the answer got there first and the client reads it. Requests older than their
-//! timeout are dropped unapplied too, and answered request ids are remembered, so a retry with
-//! the same id returns the first answer instead of applying twice.
+//! timeout are dropped unapplied too, and the answer to each request id is remembered for 24
+//! hours, so a retry with the same id returns the first answer instead of applying twice.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -28,13 +28,15 @@ const REQUEST_VERSION: &str = "1";
 const REPLY_TTL_MS: u64 = 60_000;
 /// How long the client's "gave up" mark stays; older requests are dropped by age anyway.
 const GAVE_UP_TTL_MS: u64 = 3_600_000;
+/// How long a service remembers the answer to a request id, for retries with `--request-id`.
+pub const ANSWER_MEMORY_MS: u64 = 86_400_000;
 /// Longest request id accepted.
 const MAX_REQUEST_ID_CHARS: usize = 128;
 /// Longest `reply_to` accepted (the client sends a UUID).
 const MAX_REPLY_TO_CHARS: usize = 64;
 
-/// Lua run after the bus prelude in every request step. KEYS[3]: reply key, KEYS[4]: the
-/// service's hash of answered request ids; ARGV[4]: the request's timeout in milliseconds.
+/// Lua run after the bus prelude in every request step. KEYS[3]: reply key, KEYS[4]: where the
+/// service remembers the answer to this request id; ARGV[4]: the request's timeout in milliseconds.
 /// `answer()` and `drop()` come after `claim()` (see the bus prelude); both delete the request.
 const REQUEST_PRELUDE: &str = r#"
 local function drop()
@@ -44,6 +46,9 @@ local function answer(body)
   redis.call('RPUSH', KEYS[3], body)
   redis.call('PEXPIRE', KEYS[3], REPLY_TTL_MS)
   drop()
+end
+local function remember(body)
+  redis.call('SET', KEYS[4], body, 'PX', ANSWER_MEMORY_MS)
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then
   if not claim() then return 'stale' end
@@ -58,7 +63,7 @@ if now_ms - sent_ms > tonumber(ARGV[4]) then
   drop()
   return 'expired'
 end
-local earlier = redis.call('HGET', KEYS[4], ARGV[3])
+local earlier = redis.call('GET', KEYS[4])
 if earlier then
   if not claim() then return 'stale' end
   answer(earlier)
@@ -77,7 +82,9 @@ return 'answered'
 pub fn request_script(body: &str) -> Script {
     step_script(&format!(
         "{}{body}",
-        REQUEST_PRELUDE.replace("REPLY_TTL_MS", &REPLY_TTL_MS.to_string())
+        REQUEST_PRELUDE
+            .replace("REPLY_TTL_MS", &REPLY_TTL_MS.to_string())
+            .replace("ANSWER_MEMORY_MS", &ANSWER_MEMORY_MS.to_string())
     ))
 }
 
@@ -151,7 +158,7 @@ impl Incoming {
 pub struct Inbox {
     pub keys: Keys,
     pub service: &'static str,
-    /// The service's hash of answered request ids.
+    /// The prefix of the keys remembering answers, one per request id.
     pub answered: String,
 }
 
@@ -160,7 +167,7 @@ static ANSWER_ONLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| request_script(AN
 impl Inbox {
     pub fn new(keys: &Keys, service: &'static str) -> Inbox {
         Inbox {
-            answered: format!("{}requests", keys.service_prefix(service)),
+            answered: format!("{}request:", keys.service_prefix(service)),
             keys: keys.clone(),
             service,
         }
@@ -179,7 +186,7 @@ impl Inbox {
             self.keys
                 .reply(request.reply_to.as_deref().unwrap_or(&delivery.id)),
         )
-        .key(&self.answered)
+        .key(format!("{}{}", self.answered, request.request_id))
         .arg(request.timeout_ms)
     }
 

@@ -3,8 +3,8 @@
 //!
 //! Keys: its rebuildable state lives under `<ns>:comments:{<ns>.0}:<generation>:` (see
 //! [`crate::rebuild`]): `comment:<id>` (hash: id, postId, content, status) and `posts` (set of
-//! the post ids it has seen). Outside it: `...:generation`, `...:requests` (answered request
-//! ids) and `...:inbox`.
+//! the post ids it has seen). Outside it: `...:generation`, `...:request:<request id>` (its
+//! answer, for 24 hours) and `...:inbox`.
 
 use std::sync::LazyLock;
 
@@ -46,7 +46,7 @@ if not claim() then return 'stale' end
 redis.call('HSET', base .. 'comment:' .. ARGV[7], 'id', ARGV[7], 'postId', ARGV[6],
   'content', ARGV[8], 'status', 'pending')
 publish('CommentCreated', ARGV[9])
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[10])
+remember(ARGV[10])
 answer(ARGV[10])
 return 'applied'
 "#

@@ -1,7 +1,7 @@
 //! The posts service: creates posts on request and announces them with `PostCreated`.
 //!
-//! Keys: `<ns>:posts:{<ns>.0}:post:<id>` (hash: id, title), `...:requests` (answered request
-//! ids), `...:inbox` (its request stream).
+//! Keys: `<ns>:posts:{<ns>.0}:post:<id>` (hash: id, title), `...:request:<request id>` (its
+//! answer, for 24 hours), `...:inbox` (its request stream).
 
 use std::sync::LazyLock;
 
@@ -31,7 +31,7 @@ static CREATE: LazyLock<Script> = LazyLock::new(|| {
 if not claim() then return 'stale' end
 redis.call('HSET', KEYS[5], 'id', ARGV[5], 'title', ARGV[6])
 publish('PostCreated', ARGV[7])
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[8])
+remember(ARGV[8])
 answer(ARGV[8])
 return 'applied'
 "#,

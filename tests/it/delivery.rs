@@ -139,6 +139,19 @@ fn a_retried_request_id_creates_nothing_new() {
     blog.wait_for_view(1, 1);
     assert_eq!(blog.events_of("PostCreated").len(), 1);
     assert_eq!(blog.events_of("CommentCreated").len(), 1);
+
+    // The answers are remembered for 24 hours, not for good.
+    let mut connection = blog.redis.connection();
+    for key in [
+        format!("{}request:retry-1", blog.key("posts")),
+        format!("{}request:c-1", blog.key("comments")),
+    ] {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut connection).unwrap();
+        assert!(
+            ttl > 23 * 3_600_000 && ttl <= 24 * 3_600_000,
+            "{key} expires in {ttl} ms"
+        );
+    }
 }
 
 #[test]
