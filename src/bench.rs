@@ -214,7 +214,14 @@ async fn measure(
     }
     progress.finish_and_clear();
     let resident_kib = resident_memory(context, connection, args.embedded).await?;
-    let rebuilt = rebuild::rebuild(connection, &context.keys, Target::Query, &[]).await?;
+    let rebuilt = rebuild::rebuild(
+        connection,
+        &context.redis,
+        &context.keys,
+        Target::Query,
+        &[],
+    )
+    .await?;
 
     Ok(Report {
         posts: args.posts,

@@ -35,6 +35,11 @@ impl Redis {
         &self.url
     }
 
+    /// The client, for a connection of its own on another thread (a blocking one).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     /// Connects; `response_timeout` bounds every later command (None: wait as long as it takes,
     /// for blocking reads that carry their own timeout).
     pub async fn try_connect(

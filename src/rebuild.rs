@@ -14,12 +14,13 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use color_eyre::Result;
 use color_eyre::eyre::WrapErr;
+use indicatif::ProgressBar;
 use redis::{AsyncCommands, Script, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Delivery, RawEntry, step_script};
+use crate::bus::{Delivery, RawEntry, SERVICE_RESPONSE_TIMEOUT, step_script};
 use crate::client::{Context, print_line, progress_bar};
-use crate::connection::Connection;
+use crate::connection::{CONNECT_TIMEOUT, Connection, Redis};
 use crate::error::Failure;
 use crate::keys::Keys;
 use crate::services::{comments, query};
@@ -161,7 +162,14 @@ pub async fn run(context: &Context, args: &RebuildArgs) -> Result<()> {
         }
     }
     let mut connection = context.connect().await?;
-    let report = rebuild(&mut connection, &context.keys, args.target, &args.archives).await?;
+    let report = rebuild(
+        &mut connection,
+        &context.redis,
+        &context.keys,
+        args.target,
+        &args.archives,
+    )
+    .await?;
     if context.json {
         print_line(&serde_json::to_string(&report)?)?;
     } else {
@@ -182,6 +190,7 @@ pub async fn run(context: &Context, args: &RebuildArgs) -> Result<()> {
 /// Rebuilds `target` and switches to the result; the old generation is dropped.
 pub async fn rebuild(
     connection: &mut Connection,
+    redis: &Redis,
     keys: &Keys,
     target: Target,
     archives: &[PathBuf],
@@ -204,7 +213,7 @@ pub async fn rebuild(
         ))
         .into());
     }
-    let result = rebuild_locked(connection, keys, target, &generations, archives).await;
+    let result = rebuild_locked(connection, redis, keys, target, &generations, archives).await;
     // Release only our own lock.
     let _: redis::RedisResult<i64> = UNLOCK.key(&lock).arg(&owner).invoke_async(connection).await;
     result
@@ -212,6 +221,7 @@ pub async fn rebuild(
 
 async fn rebuild_locked(
     connection: &mut Connection,
+    redis: &Redis,
     keys: &Keys,
     target: Target,
     generations: &Generations,
@@ -234,22 +244,14 @@ async fn rebuild_locked(
         base = generations.base(next);
     }
 
-    let mut counts = Counts::default();
-    let filled = fill(
-        connection,
-        keys,
-        target,
-        generations,
-        next,
-        archives,
-        &mut counts,
-    )
-    .await;
-    if let Err(error) = filled {
-        // Leave nothing half-built behind: the live generation was never touched.
-        let _ = scan_and_drop(connection, &base).await;
-        return Err(error);
-    }
+    let counts = match fill(connection, redis, keys, target, generations, next, archives).await {
+        Ok(counts) => counts,
+        Err(error) => {
+            // Leave nothing half-built behind: the live generation was never touched.
+            let _ = scan_and_drop(connection, &base).await;
+            return Err(error);
+        }
+    };
     drop_generation(connection, target, &generations.base(live)).await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(Report {
@@ -264,16 +266,18 @@ async fn rebuild_locked(
 }
 
 /// Applies the archives and the log to generation `next`, then switches to it once it has
-/// caught up with the stream.
+/// caught up with the stream; returns what it applied and skipped.
 async fn fill(
     connection: &mut Connection,
+    redis: &Redis,
     keys: &Keys,
     target: Target,
     generations: &Generations,
     next: u64,
     archives: &[PathBuf],
-    counts: &mut Counts,
-) -> Result<()> {
+) -> Result<Counts> {
+    let mut tally = Counts::default();
+    let counts = &mut tally;
     let base = generations.base(next);
     let events = keys.events();
     let length: u64 = connection.xlen(&events).await?;
@@ -336,28 +340,12 @@ async fn fill(
     refuse_a_gap(connection, &events, counts.from_archives).await?;
     // The stream, from where the archives stopped; again until nothing new came meanwhile.
     loop {
-        let mut chunk: Vec<RawEntry> = connection
-            .xrange_count(&events, format!("({last}"), "+", CHUNK)
-            .await?;
-        while let Some(end) = chunk.last().map(|(id, _)| id.clone()) {
-            // The next chunk is asked for first, in the same round trip as this one's writes:
-            // its reply is parsed here while Redis applies the writes.
-            let mut pipe = redis::pipe();
-            pipe.cmd("XRANGE")
-                .arg(&events)
-                .arg(format!("({end}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(CHUNK);
-            for entry in chunk {
-                let delivery = Delivery::new(&events, entry, 1);
-                counts.add(target, &mut pipe, &base, &delivery);
-                progress.inc(1);
-            }
-            let (next,): (Vec<RawEntry>,) = pipe.query_async(connection).await?;
-            chunk = next;
-            last = end;
-        }
+        let log = Log {
+            target,
+            events: &events,
+            base: &base,
+        };
+        last = apply_stream(connection, redis, &log, last, counts, &progress).await?;
         let switched: i64 = SWITCH
             .key(&events)
             .key(generations.pointer())
@@ -370,7 +358,121 @@ async fn fill(
         }
     }
     progress.finish_and_clear();
-    Ok(())
+    Ok(tally)
+}
+
+/// What a rebuild reads and where it writes.
+struct Log<'a> {
+    target: Target,
+    /// The events stream.
+    events: &'a str,
+    /// The prefix of the generation being filled.
+    base: &'a str,
+}
+
+/// Applies the stream after `after` to the generation being filled, up to the end the reads find; returns
+/// the id of the last entry applied (`after` when there was none).
+///
+/// Three things run at once, on the two cores: a thread of its own reads and parses the chunks
+/// ahead, this task checks a chunk and turns it into writes, and Redis applies the previous
+/// chunk's writes. The writes go one chunk after the other, in log order.
+async fn apply_stream(
+    connection: &mut Connection,
+    redis: &Redis,
+    log: &Log<'_>,
+    after: String,
+    counts: &mut Counts,
+    progress: &ProgressBar,
+) -> Result<String> {
+    let mut chunks = read_ahead(redis.client().clone(), log.events.to_owned(), after.clone());
+    let mut last = after;
+    let mut writing: Option<(redis::Pipeline, String)> = None;
+    loop {
+        let next = async {
+            let Some(chunk) = chunks.recv().await.transpose()? else {
+                return Ok::<_, redis::RedisError>(None);
+            };
+            let Some(end) = chunk.last().map(|(id, _)| id.clone()) else {
+                return Ok(None);
+            };
+            let mut pipe = redis::pipe();
+            for entry in chunk {
+                let delivery = Delivery::new(log.events, entry, 1);
+                counts.add(log.target, &mut pipe, log.base, &delivery);
+                progress.inc(1);
+            }
+            Ok(Some((pipe, end)))
+        };
+        let mut writer = connection.clone();
+        let written = async {
+            match &writing {
+                // A chunk of events that change nothing here has no writes.
+                Some((pipe, end)) if pipe.is_empty() => Ok(Some(end.clone())),
+                Some((pipe, end)) => pipe
+                    .query_async::<()>(&mut writer)
+                    .await
+                    .map(|()| Some(end.clone())),
+                None => Ok(None),
+            }
+        };
+        let (next, written) = tokio::try_join!(next, written)?;
+        if let Some(end) = written {
+            last = end;
+        }
+        writing = next;
+        if writing.is_none() {
+            return Ok(last);
+        }
+    }
+}
+
+/// Reads the stream after `after` in chunks, on a thread and connection of its own, until a
+/// read comes back empty; the receiver gets the chunks in order, or the error that ended them.
+fn read_ahead(
+    client: redis::Client,
+    events: String,
+    after: String,
+) -> tokio::sync::mpsc::Receiver<redis::RedisResult<Vec<RawEntry>>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    std::thread::spawn(move || {
+        let connected = client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .and_then(|connection| {
+                // A Redis that stops answering fails the rebuild rather than hanging it.
+                connection.set_read_timeout(Some(SERVICE_RESPONSE_TIMEOUT))?;
+                Ok(connection)
+            });
+        let mut connection = match connected {
+            Ok(connection) => connection,
+            Err(error) => {
+                let _ = sender.blocking_send(Err(error));
+                return;
+            }
+        };
+        let mut after = after;
+        loop {
+            let chunk: redis::RedisResult<Vec<RawEntry>> = redis::cmd("XRANGE")
+                .arg(&events)
+                .arg(format!("({after}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(CHUNK)
+                .query(&mut connection);
+            let last = match &chunk {
+                Ok(entries) => entries.last().map(|(id, _)| id.clone()),
+                Err(_) => None,
+            };
+            // Stops when the receiver is gone, after an error, and after the empty chunk.
+            if sender.blocking_send(chunk).is_err() {
+                return;
+            }
+            match last {
+                Some(id) => after = id,
+                None => return,
+            }
+        }
+    });
+    receiver
 }
 
 /// Refuses to rebuild from a log trimmed beyond what the archives hold: the result would miss

@@ -250,3 +250,28 @@ fn a_rebuild_skips_entries_put_back_for_another_service() {
         "the comments rebuild applied it"
     );
 }
+
+#[test]
+fn a_log_of_events_that_change_nothing_rebuilds_to_an_empty_view() {
+    let blog = Blog::new();
+    let mut connection = blog.redis.connection();
+    for kind in ["CommentModerated", "PostPinned", "CommentModerated"] {
+        let _: String = redis::cmd("XADD")
+            .arg(blog.key("events"))
+            .arg("*")
+            .arg(&[
+                ("type", kind),
+                ("version", "1"),
+                ("request_id", "x"),
+                ("producer", "test"),
+                ("data", "{}"),
+            ])
+            .query(&mut connection)
+            .unwrap();
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&blog.ok(&["rebuild", "query", "--json"])).unwrap();
+    assert_eq!(report["events"], 3);
+    assert_eq!(report["skipped"], 3);
+    assert!(dump(&blog, &format!("{}1:", blog.key("query"))).is_empty());
+}
