@@ -211,6 +211,18 @@ impl Delivery {
         }
     }
 
+    /// A text field the entry may lack; the error is the reason to dead-letter the entry.
+    pub fn optional_field(&self, name: &str) -> Result<Option<&str>, String> {
+        match self
+            .fields
+            .iter()
+            .find(|(field, _)| field == name.as_bytes())
+        {
+            Some(_) => self.field(name).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The envelope's event. `Ok(None)`: a type this build does not know, to be skipped.
     pub fn event(&self) -> Result<Option<Envelope>, String> {
         let version = self.field("version")?;

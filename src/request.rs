@@ -122,8 +122,8 @@ impl Incoming {
             return Err(format!("request version {version:?} is not supported"));
         }
         let timeout_ms = delivery.field("timeout_ms")?;
-        let reply_to = match delivery.field("reply_to") {
-            Ok(name) => {
+        let reply_to = match delivery.optional_field("reply_to")? {
+            Some(name) => {
                 let valid = !name.is_empty()
                     && name.len() <= MAX_REPLY_TO_CHARS
                     && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -132,8 +132,7 @@ impl Incoming {
                 }
                 Some(name.to_owned())
             }
-            Err(_) if delivery.fields.iter().all(|(name, _)| name != b"reply_to") => None,
-            Err(reason) => return Err(reason),
+            None => None,
         };
         Ok(Incoming {
             reply_to,
