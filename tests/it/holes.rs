@@ -1,0 +1,1 @@
+//! Tests for the holes an audit found: each failed before its fix.

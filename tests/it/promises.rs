@@ -1,0 +1,1 @@
+//! Tests of promises the README makes that no other test checked.
