@@ -34,6 +34,8 @@ pub const START_OF_STREAM: &str = "0";
 pub const AUTO_ID: &str = "*";
 /// Entry field restricting it to one service's group; other groups acknowledge and skip it.
 pub const FOR_SERVICE: &str = "for_service";
+/// The category of the error a service waits on when its group vanished while it ran.
+const GROUP_VANISHED: &str = "group vanished";
 /// XAUTOCLAIM: start scanning at the first pending entry.
 const FIRST_PENDING: &str = "0-0";
 
@@ -50,6 +52,8 @@ pub const SERVICE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// KEYS[1] is the stream the entry came from, KEYS[2] the events stream; ARGV[1] the group (the
 /// service's name), ARGV[2] the entry id, ARGV[3] the id of the request that caused the entry.
+/// The last key is the dead-letter stream and the last argument the entry's delivery count
+/// (see [`STEP_FAILED`]); [`Step`] appends both after the body's own.
 ///
 /// `claim()` acknowledges the entry and says whether it was still pending. Every path of a step
 /// that changes anything calls it once, after its reads and before its first write, and returns
@@ -58,14 +62,44 @@ pub const SERVICE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// acknowledgement and the writes are one atomic script, so neither happens without the other.
 /// A path that leaves the entry pending (to be tried again) does not call it.
 const PRELUDE: &str = r#"
+local claimed = false
 local function claim()
-  return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1
+  claimed = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1
+  return claimed
 end
 local function publish(kind, data)
   return redis.call('XADD', KEYS[2], '*', 'type', kind, 'version', 'ENVELOPE_VERSION',
     'request_id', ARGV[3], 'producer', ARGV[1], 'data', data)
 end
+local function step()
 "#;
+
+/// Lua run after the body: the body runs protected, and an error is handled here.
+///
+/// Redis does not undo a script's writes when it fails, so an error after `claim()` would leave
+/// the entry acknowledged (a retry finds it `stale`) and part-applied. Such an entry is
+/// dead-lettered by the same script, with the error, so that it is never lost silently; the
+/// step then returns [`STEP_FAILED`]. An error before `claim()` changed nothing and is raised
+/// again: the entry stays pending and is retried.
+const EPILOGUE: &str = r#"
+end
+local ok, result = pcall(step)
+if ok then return result end
+local message = type(result) == 'table' and result.err or tostring(result)
+if not claimed then return redis.error_reply(message) end
+local entry = {}
+for _, found in ipairs(redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])) do
+  for i = 1, #found[2], 2 do entry[found[2][i]] = found[2][i + 1] end
+end
+redis.call('XADD', KEYS[#KEYS], '*', 'stream', KEYS[1], 'id', ARGV[2], 'service', ARGV[1],
+  'reason', 'failed after it was acknowledged, maybe part-applied: ' .. message,
+  'deliveries', ARGV[#ARGV], 'entry', cjson.encode(entry))
+return 'STEP_FAILED'
+"#;
+
+/// The result of a step that failed after acknowledging its entry: the entry is in the
+/// dead letters, with the error.
+pub const STEP_FAILED: &str = "failed_after_claim";
 
 /// Moves an entry to the dead-letter stream (KEYS[2]) and acknowledges it, in one step.
 /// ARGV[4]: reason, ARGV[5]: deliveries, ARGV[6]: the entry's fields as JSON, ARGV[7]: '1' to
@@ -78,7 +112,7 @@ if ARGV[7] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
 return 'dead'
 "#;
 
-/// A script for one atomic step: the prelude, then `body`.
+/// A script for one atomic step: the prelude, then `body`, run protected.
 ///
 /// The `#!lua` line gives the script flags (none): Redis then refuses it whole, before it runs,
 /// when memory is over `maxmemory` or the server is a read-only replica. The step fails with
@@ -86,7 +120,8 @@ return 'dead'
 /// only a script's first write, and the acknowledgement would let the rest through.)
 pub fn step_script(body: &str) -> Script {
     let prelude = PRELUDE.replace("ENVELOPE_VERSION", ENVELOPE_VERSION);
-    Script::new(&format!("#!lua\n{prelude}{body}"))
+    let epilogue = EPILOGUE.replace("STEP_FAILED", STEP_FAILED);
+    Script::new(&format!("#!lua\n{prelude}{body}{epilogue}"))
 }
 
 /// One atomic step ready to run: a step script with its keys and arguments.
@@ -98,21 +133,29 @@ pub struct Step {
     script: &'static Script,
     keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
+    /// The dead-letter stream, passed as the last key.
+    dead: String,
+    /// The entry's delivery count, passed as the last argument.
+    deliveries: u64,
 }
 
 impl Step {
-    /// A step for `delivery` with the prelude's keys and arguments filled in.
+    /// A step for `delivery` with the prelude's keys and arguments filled in; `dead` is the
+    /// dead-letter stream, for a step that fails after acknowledging its entry.
     pub fn new(
         script: &'static Script,
         delivery: &Delivery,
         group: &str,
         events: &str,
+        dead: &str,
         request_id: &str,
     ) -> Step {
         Step {
             script,
             keys: Vec::with_capacity(6),
             args: Vec::with_capacity(10),
+            dead: dead.to_owned(),
+            deliveries: delivery.deliveries,
         }
         .key(&delivery.stream)
         .key(events)
@@ -137,9 +180,11 @@ impl Step {
         let mut command = redis::cmd("EVALSHA");
         command
             .arg(self.script.get_hash())
-            .arg(self.keys.len())
+            .arg(self.keys.len() + 1)
             .arg(&self.keys)
-            .arg(&self.args);
+            .arg(&self.dead)
+            .arg(&self.args)
+            .arg(self.deliveries);
         command
     }
 
@@ -369,6 +414,10 @@ pub async fn consume(
 ) -> color_eyre::Result<()> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut trouble: Option<String> = None;
+    // The `run_id` of the Redis server the groups were made or found on: while it is the same
+    // server, a group that vanished is not silently recreated at the start of a stream that
+    // holds entries.
+    let mut served: Option<String> = None;
     while !shutdown.requested() {
         let connected = tokio::select! {
             connected = redis.try_connect(Some(SERVICE_RESPONSE_TIMEOUT)) => connected,
@@ -384,7 +433,7 @@ pub async fn consume(
                     deferred: Vec::new(),
                     counted: HashMap::new(),
                 };
-                consumer.run(&mut trouble, &mut backoff).await
+                consumer.run(&mut trouble, &mut backoff, &mut served).await
             }
             Err(error) => Err(error),
         };
@@ -393,8 +442,12 @@ pub async fn consume(
             Err(error) => {
                 let kind = format!("{:?}", error.kind());
                 if trouble.as_deref() != Some(kind.as_str()) {
-                    warn!(service = %config.group, url = redis.url(), %error,
-                        "Redis is unavailable; retrying with backoff");
+                    if error.to_string().starts_with(GROUP_VANISHED) {
+                        error!(service = %config.group, %error, "waiting for the group");
+                    } else {
+                        warn!(service = %config.group, url = redis.url(), %error,
+                            "Redis is unavailable; retrying with backoff");
+                    }
                     trouble = Some(kind);
                 }
                 shutdown.sleep(backoff.next_delay()).await;
@@ -464,10 +517,17 @@ impl<H: Handler> Consumer<'_, H> {
         &mut self,
         trouble: &mut Option<String>,
         backoff: &mut Backoff,
+        served: &mut Option<String>,
     ) -> RedisResult<()> {
+        // A restarted Redis (a new run_id) may have come back empty: its groups are made anew.
+        let server = run_id(&mut self.connection).await?;
         for stream in &self.config.streams {
+            if served.as_deref() == Some(server.as_str()) {
+                self.refuse_a_vanished_group(stream).await?;
+            }
             ensure_group(&mut self.connection, stream, &self.config.group).await?;
         }
+        *served = Some(server);
         if trouble.take().is_some() {
             info!(service = %self.config.group, "Redis is back; resuming");
         } else {
@@ -510,6 +570,38 @@ impl<H: Handler> Consumer<'_, H> {
             }
         }
         Ok(())
+    }
+
+    /// Fails when the group vanished from `stream` while the service ran (someone destroyed
+    /// it) and the stream still holds entries: recreating it at the start of the stream would
+    /// apply the whole log again (moderation would judge every comment a second time), and
+    /// recreating it at the end would skip what the group had not read yet. An operator decides
+    /// (see the README); the service waits, retrying with backoff. On an empty stream the group
+    /// is recreated as at the first start.
+    async fn refuse_a_vanished_group(&mut self, stream: &str) -> RedisResult<()> {
+        let length: u64 = self.connection.xlen(stream).await?;
+        if length == 0 {
+            return Ok(());
+        }
+        let groups: StreamInfoGroupsReply = self.connection.xinfo_groups(stream).await?;
+        if groups
+            .groups
+            .iter()
+            .any(|info| info.name == self.config.group)
+        {
+            return Ok(());
+        }
+        let group = &self.config.group;
+        Err(redis::RedisError::from((
+            ErrorKind::Client,
+            GROUP_VANISHED,
+            format!(
+                "group {group} vanished from {stream} while the service ran, and the stream \
+                 holds {length} entries: not recreating it, which would apply them all again. \
+                 Recreate it where it was (`redis-cli XGROUP CREATE {stream} {group} <last id \
+                 it applied>`), or restart the service to apply the whole log again"
+            ),
+        )))
     }
 
     /// Handles what this consumer was given before it stopped or lost Redis.
@@ -643,11 +735,7 @@ impl<H: Handler> Consumer<'_, H> {
             let results: Vec<RedisResult<String>> = pipe.query_async(&mut self.connection).await?;
             for (delivery, result) in stepped.into_iter().zip(results) {
                 match result {
-                    Ok(result) => match self
-                        .handler
-                        .settle(&mut self.connection, &delivery, &result)
-                        .await?
-                    {
+                    Ok(result) => match self.settle(&delivery, &result).await? {
                         Outcome::Done => {}
                         Outcome::Later => later.push(delivery),
                         Outcome::Dead(reason) => {
@@ -666,6 +754,19 @@ impl<H: Handler> Consumer<'_, H> {
             }
         }
         Ok(later)
+    }
+
+    /// What a step's result means: the handler's reading of it, unless the step failed after
+    /// acknowledging its entry (the step dead-lettered it then).
+    async fn settle(&mut self, delivery: &Delivery, result: &str) -> RedisResult<Outcome> {
+        if result == STEP_FAILED {
+            error!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
+                "a step failed after acknowledging its entry; the entry is in the dead letters");
+            return Ok(Outcome::Done);
+        }
+        self.handler
+            .settle(&mut self.connection, delivery, result)
+            .await
     }
 
     /// Whether the service has nothing to do with an entry: one put back by `blogctl dead retry`
@@ -702,11 +803,7 @@ impl<H: Handler> Consumer<'_, H> {
                 Plan::Skip => acknowledge(&mut self.connection, &self.config.group, delivery).await,
                 Plan::Dead(reason) => Ok(Outcome::Dead(reason)),
                 Plan::Run(step) => match step.run(&mut self.connection).await {
-                    Ok(result) => {
-                        self.handler
-                            .settle(&mut self.connection, delivery, &result)
-                            .await
-                    }
+                    Ok(result) => self.settle(delivery, &result).await,
                     Err(error) => Err(error),
                 },
             };
@@ -778,7 +875,8 @@ impl<H: Handler> Consumer<'_, H> {
         static SCRIPT: LazyLock<Script> = LazyLock::new(|| step_script(DEAD_LETTER));
         let delete = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
         // KEYS[2] of this step is the dead-letter stream, not the events stream.
-        let result = Step::new(&SCRIPT, delivery, &self.config.group, &self.config.dead, "")
+        let dead = &self.config.dead;
+        let result = Step::new(&SCRIPT, delivery, &self.config.group, dead, dead, "")
             .arg(reason)
             .arg(deliveries)
             .arg(delivery.fields_json())
@@ -821,6 +919,20 @@ impl<H: Handler> Consumer<'_, H> {
     }
 }
 
+/// The `run_id` of the Redis server: it changes each time the server starts.
+async fn run_id(connection: &mut Connection) -> RedisResult<String> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(connection)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned())
+}
+
 /// Acknowledges an entry that needs no change (an event the service does not use).
 pub async fn acknowledge(
     connection: &mut Connection,
@@ -833,16 +945,16 @@ pub async fn acknowledge(
     Ok(Outcome::Done)
 }
 
-/// Whether `group` has applied every entry of `stream` up to and including the last one whose
-/// id is at or before `bound` (an id of any stream: both carry Redis's clock).
+/// Whether `group` has applied every entry of `stream` up to and including `position`, an id
+/// of that same stream (ids of different streams are not comparable: each stream's run ahead of
+/// the clock after the clock stepped back or an explicit-id `XADD`).
 pub async fn applied_up_to(
     connection: &mut Connection,
     stream: &str,
     group: &str,
-    bound: &str,
+    position: &str,
 ) -> RedisResult<bool> {
-    let bound_ms = bound.split('-').next().unwrap_or(bound);
-    let last: StreamRangeReply = connection.xrevrange_count(stream, bound_ms, "-", 1).await?;
+    let last: StreamRangeReply = connection.xrevrange_count(stream, position, "-", 1).await?;
     let Some(last) = last.ids.first() else {
         return Ok(true);
     };

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisResult};
 
 use crate::error::{ExitCode, Failure};
 
@@ -72,4 +72,27 @@ impl Redis {
             ),
         )
     }
+}
+
+/// What is wrong with Redis's `maxmemory-policy`, if anything. Any policy but `noeviction` lets
+/// Redis delete keys when it is full: a remembered answer (a retry would then apply twice), a
+/// generation pointer, a service's state. Read from `INFO memory`, which works where `CONFIG`
+/// is not allowed.
+pub async fn eviction_problem(connection: &mut Connection) -> RedisResult<Option<String>> {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(connection)
+        .await?;
+    let policy = info
+        .lines()
+        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+        .map(str::trim);
+    Ok(match policy {
+        None | Some("noeviction") => None,
+        Some(policy) => Some(format!(
+            "Redis's maxmemory-policy is {policy}: when full it may evict keys blogctl relies on \
+             (remembered answers, generation pointers, state); set it to noeviction \
+             (`redis-cli CONFIG SET maxmemory-policy noeviction`, and in redis.conf)"
+        )),
+    })
 }

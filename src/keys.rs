@@ -59,6 +59,11 @@ impl Keys {
         format!("{}inbox", self.service_prefix(service))
     }
 
+    /// The lock a running `blogctl rebuild` of `service` holds (`blogctl trim` waits for it).
+    pub fn rebuild_lock(&self, service: &str) -> String {
+        format!("{}rebuilding", self.service_prefix(service))
+    }
+
     /// Where the answer to one request is left for the client: `name` is the request's
     /// `reply_to` (a UUID the client picks), or its inbox entry id when it has none.
     pub fn reply(&self, name: &str) -> String {

@@ -74,12 +74,34 @@ pub fn event_step_script(body: &str) -> Script {
     step_script(&format!("{}{body}", lua_base(3, 4)))
 }
 
-/// Switches to the new generation if the log holds nothing after what the rebuild applied.
+/// Switches to the new generation if the log holds nothing after what the rebuild applied, the
+/// pointer still names the generation the rebuild started from, and no entry was removed from
+/// the stream since the rebuild checked it for a gap (a `trim` meanwhile may have removed
+/// entries before the rebuild read them).
 /// KEYS[1]: the events stream, KEYS[2]: the pointer. ARGV[1]: the last id applied (`0-0` for
-/// none), ARGV[2]: the new generation.
+/// none), ARGV[2]: the new generation, ARGV[3]: the live generation when the rebuild started,
+/// ARGV[4]: how many entries had been removed from the stream then.
+/// Returns 1 when switched, 0 when the log grew (apply the rest and try again), or
+/// `{err}` naming what changed.
 static SWITCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then
+  return {'switched'}
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  local length, added
+  for i = 1, #info, 2 do
+    if info[i] == 'length' then length = info[i + 1] end
+    if info[i] == 'entries-added' then added = info[i + 1] end
+  end
+  if added - length ~= tonumber(ARGV[4]) then
+    return {'trimmed'}
+  end
+elseif ARGV[4] ~= '0' then
+  return {'trimmed'}
+end
 if #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', 1) > 0 then
   return 0
 end
@@ -106,6 +128,8 @@ pub enum Target {
 }
 
 impl Target {
+    pub const ALL: [Target; 2] = [Target::Query, Target::Comments];
+
     /// Whether events of type `kind` change its state (both states are built from the posts
     /// and the comments with their status; the verdicts reach them through `CommentUpdated`).
     fn uses(self, kind: &str) -> bool {
@@ -197,7 +221,7 @@ pub async fn rebuild(
 ) -> Result<Report> {
     let service = target.service();
     let generations = Generations::new(keys.service_prefix(service));
-    let lock = format!("{}rebuilding", keys.service_prefix(service));
+    let lock = keys.rebuild_lock(service);
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7());
     let locked: Option<String> = redis::cmd("SET")
         .arg(&lock)
@@ -244,7 +268,14 @@ async fn rebuild_locked(
         base = generations.base(next);
     }
 
-    let counts = match fill(connection, redis, keys, target, generations, next, archives).await {
+    let fill_in = Fill {
+        target,
+        generations,
+        live,
+        next,
+        archives,
+    };
+    let counts = match fill(connection, redis, keys, &fill_in).await {
         Ok(counts) => counts,
         Err(error) => {
             // Leave nothing half-built behind: the live generation was never touched.
@@ -265,17 +296,32 @@ async fn rebuild_locked(
     })
 }
 
+/// What one rebuild fills, from where.
+struct Fill<'a> {
+    target: Target,
+    generations: &'a Generations,
+    /// The live generation when the rebuild started.
+    live: u64,
+    /// The generation being filled.
+    next: u64,
+    archives: &'a [PathBuf],
+}
+
 /// Applies the archives and the log to generation `next`, then switches to it once it has
 /// caught up with the stream; returns what it applied and skipped.
 async fn fill(
     connection: &mut Connection,
     redis: &Redis,
     keys: &Keys,
-    target: Target,
-    generations: &Generations,
-    next: u64,
-    archives: &[PathBuf],
+    fill: &Fill<'_>,
 ) -> Result<Counts> {
+    let Fill {
+        target,
+        generations,
+        live,
+        next,
+        archives,
+    } = *fill;
     let mut tally = Counts::default();
     let counts = &mut tally;
     let base = generations.base(next);
@@ -337,7 +383,7 @@ async fn fill(
             let _: () = pipe.query_async(connection).await?;
         }
     }
-    refuse_a_gap(connection, &events, counts.from_archives).await?;
+    let removed = refuse_a_gap(connection, &events, counts.from_archives).await?;
     // The stream, from where the archives stopped; again until nothing new came meanwhile.
     loop {
         let log = Log {
@@ -346,15 +392,36 @@ async fn fill(
             base: &base,
         };
         last = apply_stream(connection, redis, &log, last, counts, &progress).await?;
-        let switched: i64 = SWITCH
+        let switched: Value = SWITCH
             .key(&events)
             .key(generations.pointer())
             .arg(&last)
             .arg(next)
+            .arg(live)
+            .arg(removed)
             .invoke_async(connection)
             .await?;
-        if switched == 1 {
-            break;
+        match switched {
+            Value::Int(1) => break,
+            Value::Int(_) => continue,
+            refused => {
+                let why = match field_at(&refused, 0).as_deref() {
+                    Some("switched") => format!(
+                        "another rebuild switched {} to a new generation meanwhile",
+                        target.service()
+                    ),
+                    _ => format!(
+                        "entries were trimmed from {events} while it ran (is a `blogctl trim` \
+                         running?)"
+                    ),
+                };
+                return Err(Failure::invalid(format!(
+                    "rebuild of {} abandoned, nothing switched: {why}; run it again (with \
+                     every archive `blogctl trim` wrote)",
+                    target.service()
+                ))
+                .into());
+            }
         }
     }
     progress.finish_and_clear();
@@ -478,8 +545,8 @@ fn read_ahead(
 /// Refuses to rebuild from a log trimmed beyond what the archives hold: the result would miss
 /// the trimmed events and replace a complete state with a partial one. Entries leave the events
 /// stream only through `blogctl trim`, which archives each exactly once, so the archives must
-/// hold as many entries as the stream has lost.
-async fn refuse_a_gap(connection: &mut Connection, events: &str, archived: u64) -> Result<()> {
+/// hold as many entries as the stream has lost. Returns how many it has lost.
+async fn refuse_a_gap(connection: &mut Connection, events: &str, archived: u64) -> Result<u64> {
     let info: redis::RedisResult<Value> = redis::cmd("XINFO")
         .arg("STREAM")
         .arg(events)
@@ -487,7 +554,7 @@ async fn refuse_a_gap(connection: &mut Connection, events: &str, archived: u64) 
         .await;
     let Ok(info) = info else {
         // No stream at all: nothing was trimmed from it.
-        return Ok(());
+        return Ok(0);
     };
     let number = |name| {
         field_of(&info, name)
@@ -503,7 +570,19 @@ async fn refuse_a_gap(connection: &mut Connection, events: &str, archived: u64) 
         ))
         .into());
     }
-    Ok(())
+    Ok(removed)
+}
+
+/// The text of item `index` of an array reply.
+fn field_at(reply: &Value, index: usize) -> Option<String> {
+    match reply {
+        Value::Array(items) => match items.get(index)? {
+            Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+            Value::SimpleString(text) => Some(text.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// A field of a reply that is a map (RESP3) or a flat list of names and values (RESP2).

@@ -5,9 +5,16 @@
 //! The service answers in the same atomic step that
 //! applies the request. When the client gives up, it creates the reply key itself (SET NX): the
 //! service checks for that key first, so a request its client gave up on is never applied. If
-//! the SET fails, the answer got there first and the client reads it. Requests older than their
-//! timeout are dropped unapplied too, and the answer to each request id is remembered for 24
-//! hours, so a retry with the same id returns the first answer instead of applying twice.
+//! the SET fails, the answer got there first and the client reads it.
+//!
+//! The request is added by a script that stamps it, from Redis's own state at that instant,
+//! with its deadline (`TIME` plus the timeout) and the id of the last entry of the events stream
+//! (`after`). A request past its deadline is dropped unapplied, and "unknown post" waits until
+//! the service has applied the events up to `after`. Neither compares the ids of different
+//! streams with each other or with the clock: a stream's ids run ahead of the clock after the
+//! clock stepped back, a failover or an explicit-id `XADD`. Every answer a service gives (found,
+//! not found, invalid) is remembered for 24 hours, so a retry with the same id returns the
+//! first answer instead of applying twice.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -17,13 +24,13 @@ use redis::{AsyncCommands, Script};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{AUTO_ID, Delivery, Step, step_script};
+use crate::bus::{Delivery, Step, step_script};
 use crate::connection::Connection;
 use crate::error::{ExitCode, Failure, is_unavailable};
 use crate::keys::Keys;
 
 /// Version of the request envelope.
-const REQUEST_VERSION: &str = "1";
+const REQUEST_VERSION: &str = "2";
 /// How long an answer waits in its reply key for the client to read it.
 const REPLY_TTL_MS: u64 = 60_000;
 /// How long the client's "gave up" mark stays; older requests are dropped by age anyway.
@@ -35,8 +42,22 @@ const MAX_REQUEST_ID_CHARS: usize = 128;
 /// Longest `reply_to` accepted (the client sends a UUID).
 const MAX_REPLY_TO_CHARS: usize = 64;
 
+/// Adds a request to an inbox, stamped with its deadline and the events stream's position.
+/// KEYS[1]: the inbox, KEYS[2]: the events stream; ARGV[1]: the timeout in milliseconds,
+/// ARGV[2..]: the request's other fields, names and values. Returns the entry id.
+const ENQUEUE: &str = r#"#!lua
+local now = redis.call('TIME')
+local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local after = '0-0'
+if #last > 0 then after = last[1][1] end
+return redis.call('XADD', KEYS[1], '*', 'deadline_ms', string.format('%d', deadline),
+  'after', after, unpack(ARGV, 2))
+"#;
+
 /// Lua run after the bus prelude in every request step. KEYS[3]: reply key, KEYS[4]: where the
-/// service remembers the answer to this request id; ARGV[4]: the request's timeout in milliseconds.
+/// service remembers the answer to this request id; ARGV[4]: the request's deadline (Redis
+/// time, in milliseconds).
 /// `answer()` and `drop()` come after `claim()` (see the bus prelude); both delete the request.
 const REQUEST_PRELUDE: &str = r#"
 local function drop()
@@ -57,8 +78,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local sent_ms = tonumber(string.match(ARGV[2], '^%d+'))
-if now_ms - sent_ms > tonumber(ARGV[4]) then
+if now_ms > tonumber(ARGV[4]) then
   if not claim() then return 'stale' end
   drop()
   return 'expired'
@@ -71,9 +91,11 @@ if earlier then
 end
 "#;
 
-/// Answers without changing anything (the request was invalid). ARGV[5]: the answer.
+/// Answers without changing anything (invalid input, unknown post), and remembers the answer
+/// like any other. ARGV[5]: the answer.
 const ANSWER_ONLY: &str = r#"
 if not claim() then return 'stale' end
+remember(ARGV[5])
 answer(ARGV[5])
 return 'answered'
 "#;
@@ -109,7 +131,11 @@ pub struct Incoming {
     pub request_id: String,
     /// Names the reply key; requests without one are answered under their entry id.
     pub reply_to: Option<String>,
-    pub timeout_ms: u64,
+    /// When the request expires, by Redis's clock (`TIME`), in milliseconds.
+    pub deadline_ms: u64,
+    /// The id of the last entry of the events stream when the request was added: every event
+    /// the client could have seen before sending it is at or before this id.
+    pub after: String,
     pub command: String,
     pub data: String,
 }
@@ -121,7 +147,11 @@ impl Incoming {
         if version != REQUEST_VERSION {
             return Err(format!("request version {version:?} is not supported"));
         }
-        let timeout_ms = delivery.field("timeout_ms")?;
+        let deadline_ms = delivery.field("deadline_ms")?;
+        let after = delivery.field("after")?;
+        if !is_stream_id(after) {
+            return Err(format!("after {after:?} is not a stream id"));
+        }
         let reply_to = match delivery.optional_field("reply_to")? {
             Some(name) => {
                 let valid = !name.is_empty()
@@ -137,9 +167,10 @@ impl Incoming {
         Ok(Incoming {
             reply_to,
             request_id: delivery.field("request_id")?.to_owned(),
-            timeout_ms: timeout_ms
+            deadline_ms: deadline_ms
                 .parse()
-                .map_err(|_| format!("timeout_ms {timeout_ms:?} is not a number"))?,
+                .map_err(|_| format!("deadline_ms {deadline_ms:?} is not a number"))?,
+            after: after.to_owned(),
             command: delivery.field("command")?.to_owned(),
             data: delivery.field("data")?.to_owned(),
         })
@@ -179,6 +210,7 @@ impl Inbox {
             delivery,
             self.service,
             &self.keys.events(),
+            &self.keys.dead(),
             &request.request_id,
         )
         .key(
@@ -186,7 +218,7 @@ impl Inbox {
                 .reply(request.reply_to.as_deref().unwrap_or(&delivery.id)),
         )
         .key(format!("{}{}", self.answered, request.request_id))
-        .arg(request.timeout_ms)
+        .arg(request.deadline_ms)
     }
 
     /// A step that answers a request and changes nothing (invalid input, unknown post).
@@ -263,6 +295,15 @@ async fn give_up(connection: &mut Connection, reply_key: &str) -> Result<String,
     body.ok_or(AnswerError::GaveUp)
 }
 
+/// Whether `text` is a stream id, `<ms>-<seq>`.
+fn is_stream_id(text: &str) -> bool {
+    let digits = |part: &str| {
+        !part.is_empty() && part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit())
+    };
+    text.split_once('-')
+        .is_some_and(|(ms, seq)| digits(ms) && digits(seq))
+}
+
 /// A request id given by the user (`--request-id`), checked, or a new one.
 pub fn request_id(given: Option<&str>) -> Result<String, Failure> {
     match given {
@@ -298,17 +339,20 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     let inbox = keys.inbox(service);
     let reply_to = uuid::Uuid::now_v7().to_string();
     let reply_key = keys.reply(&reply_to);
-    let mut send = redis::cmd("XADD");
-    send.arg(&inbox)
-        .arg(AUTO_ID)
+    // EVAL, not EVALSHA: the wait goes in the same round trip, and would block the connection
+    // for the whole timeout behind a NOSCRIPT error.
+    let mut send = redis::cmd("EVAL");
+    send.arg(ENQUEUE)
+        .arg(2)
+        .arg(&inbox)
+        .arg(keys.events())
+        .arg(timeout.as_millis() as u64)
         .arg("version")
         .arg(REQUEST_VERSION)
         .arg("request_id")
         .arg(request_id)
         .arg("reply_to")
         .arg(&reply_to)
-        .arg("timeout_ms")
-        .arg(timeout.as_millis() as u64)
         .arg("command")
         .arg(command)
         .arg("data")

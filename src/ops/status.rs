@@ -20,7 +20,7 @@ use super::{
     human_bytes, human_duration, page_through, read_streams,
 };
 use crate::client::{Context, print_line};
-use crate::connection::Connection;
+use crate::connection::{Connection, eviction_problem};
 use crate::error::{ExitCode, Failure};
 use crate::services::{ServiceName, parse_seconds};
 
@@ -55,6 +55,8 @@ pub struct StatusArgs {
 pub struct Status {
     pub streams: Vec<StreamStatus>,
     pub dead_letters: DeadLetters,
+    /// What is wrong with Redis's `maxmemory-policy` (anything but `noeviction`), if anything.
+    pub eviction: Option<String>,
     /// What `--check` would complain about, with the thresholds given.
     pub problems: Vec<String>,
 }
@@ -154,6 +156,9 @@ pub async fn run(context: &Context, args: &StatusArgs) -> Result<()> {
     } else {
         print_human(&status)?;
     }
+    if let Some(problem) = status.eviction.as_ref().filter(|_| !args.check) {
+        eprintln!("blogctl: warning: {problem}");
+    }
     if args.check && !status.problems.is_empty() {
         for problem in &status.problems {
             eprintln!("blogctl: unhealthy: {problem}");
@@ -200,6 +205,7 @@ async fn gather(
     Ok(Status {
         streams,
         dead_letters: dead.summary,
+        eviction: eviction_problem(connection).await?,
         problems: Vec::new(),
     })
 }
@@ -387,7 +393,7 @@ async fn dead_letters(connection: &mut Connection, dead: &str) -> Result<DeadCou
 
 /// What `--check` complains about, one line each.
 pub fn problems(status: &Status, max_lag: u64, max_pending_age: Duration) -> Vec<String> {
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = status.eviction.iter().cloned().collect();
     for stream in &status.streams {
         for group in &stream.groups {
             let name = format!("group {} on {}", group.group, stream.stream);
@@ -601,6 +607,7 @@ mod tests {
                 memory_bytes: None,
                 by_service: None,
             },
+            eviction: None,
             problems: Vec::new(),
         };
         let problems = problems(&status, 10, Duration::from_secs(60));

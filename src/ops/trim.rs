@@ -18,19 +18,26 @@ use std::sync::LazyLock;
 use clap::Args;
 use color_eyre::Result;
 use color_eyre::eyre::{WrapErr, eyre};
-use redis::Script;
+use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
 use super::status::inspect_stream;
 use super::{Entry, FIRST_ENTRY, count_of, expected_groups, page_through, read_range};
 use crate::bus::compare_ids;
 use crate::client::{Context, print_line};
+use crate::connection::Connection;
 use crate::error::Failure;
+use crate::rebuild::Target;
 
-/// KEYS[1]: the events stream. ARGV[1]: the boundary; ARGV[2..]: the groups it was computed
-/// from. Trims only if the stream still has exactly those groups and none has an entry before
-/// the boundary pending: {'trimmed', count}, else {'changed'}.
+/// KEYS[1]: the events stream, KEYS[2..]: the locks of rebuilds. ARGV[1]: the boundary;
+/// ARGV[2..]: the groups it was computed from. Trims only if no rebuild runs (it reads the
+/// stream, and would miss what is removed before it reads it), the stream still has exactly
+/// those groups and none has an entry before the boundary pending: {'trimmed', count}, else
+/// {'rebuilding', lock} or {'changed'}.
 const TRIM: &str = r#"
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return {'rebuilding', KEYS[i]} end
+end
 local expected = {}
 for i = 2, #ARGV do expected[ARGV[i]] = true end
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
@@ -103,6 +110,11 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
         .into_iter()
         .filter(|expected| expected.stream == stream)
         .collect();
+    let locks: Vec<String> = Target::ALL
+        .iter()
+        .map(|target| context.keys.rebuild_lock(target.service()))
+        .collect();
+    refuse_while_rebuilding(&mut connection, &locks).await?;
     let status = inspect_stream(&mut connection, &stream, &expected).await?;
     let missing: Vec<&str> = status
         .groups
@@ -192,11 +204,12 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
 
     static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TRIM));
     let mut invocation = SCRIPT.key(&stream);
+    invocation.key(&locks);
     invocation.arg(&boundary);
     for group in &groups {
         invocation.arg(group);
     }
-    let reply: (String, Option<u64>) = invocation
+    let reply: (String, Option<redis::Value>) = invocation
         .invoke_async(&mut connection)
         .await
         .wrap_err_with(|| {
@@ -206,7 +219,15 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
                 args.archive.display()
             )
         })?;
-    let (outcome, removed) = reply;
+    let (outcome, detail) = reply;
+    if outcome == "rebuilding" {
+        archive.undo();
+        let lock: String = detail
+            .and_then(|value| redis::from_redis_value(value).ok())
+            .unwrap_or_default();
+        return Err(rebuilding(&lock).into());
+    }
+    let removed: Option<u64> = detail.and_then(|value| redis::from_redis_value(value).ok());
     if outcome != "trimmed" {
         archive.undo();
         return Err(eyre!(
@@ -225,6 +246,24 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
             removed: removed.unwrap_or(0),
         },
     )
+}
+
+/// Refuses (exit code 2) while a rebuild runs: it reads the stream, and entries removed before
+/// it reads them would be missing from what it builds.
+async fn refuse_while_rebuilding(connection: &mut Connection, locks: &[String]) -> Result<()> {
+    for lock in locks {
+        let held: bool = connection.exists(lock).await?;
+        if held {
+            return Err(rebuilding(lock).into());
+        }
+    }
+    Ok(())
+}
+
+fn rebuilding(lock: &str) -> Failure {
+    Failure::invalid(format!(
+        "refusing to trim while a rebuild runs (lock {lock}): trim after it finishes"
+    ))
 }
 
 fn report(context: &Context, trimmed: Trimmed) -> Result<()> {

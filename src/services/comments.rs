@@ -118,6 +118,7 @@ pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &str, event: &Event) {
 
 pub struct Comments {
     events: String,
+    dead: String,
     generations: Generations,
     inbox: Inbox,
 }
@@ -126,6 +127,7 @@ impl Comments {
     pub fn new(keys: &Keys) -> Comments {
         Comments {
             events: keys.events(),
+            dead: keys.dead(),
             generations: Generations::new(keys.service_prefix(NAME)),
             inbox: Inbox::new(keys, NAME),
         }
@@ -143,9 +145,16 @@ impl Comments {
             Err(reason) => return Plan::Dead(reason),
         };
         let step = |script| {
-            Step::new(script, delivery, NAME, &self.events, &envelope.request_id)
-                .key(self.generations.pointer())
-                .arg(self.generations.prefix())
+            Step::new(
+                script,
+                delivery,
+                NAME,
+                &self.events,
+                &self.dead,
+                &envelope.request_id,
+            )
+            .key(self.generations.pointer())
+            .arg(self.generations.prefix())
         };
         match &envelope.event {
             Event::PostCreated(post) => Plan::Run(step(&LEARN_POST).arg(post.id.to_string())),
@@ -194,20 +203,22 @@ impl Comments {
 
     /// A comment on a post this service has not heard of. The post may have been created just
     /// before the request, its `PostCreated` still on its way to this service (or to another
-    /// instance of it): only once every event older than the request is applied does "unknown"
-    /// mean "does not exist".
+    /// instance of it): only once every event up to the request's `after` (the end of the log
+    /// when it was sent) is applied does "unknown" mean "does not exist".
     async fn unknown_post(
         &mut self,
         connection: &mut Connection,
         delivery: &Delivery,
     ) -> RedisResult<Outcome> {
-        if !applied_up_to(connection, &self.events, NAME, &delivery.id).await? {
+        let Ok((request, command)) = parse_request(delivery) else {
+            return Ok(Outcome::Done);
+        };
+        if !applied_up_to(connection, &self.events, NAME, &request.after).await? {
             return Ok(Outcome::Later);
         }
         // The post may have arrived in the meantime: try once more before answering.
         if let Plan::Run(step) = self.plan_request(delivery)
             && step.run(connection).await? == "unknown_post"
-            && let Ok((request, command)) = parse_request(delivery)
         {
             let message = format!("post {} does not exist", command.post_id);
             self.inbox

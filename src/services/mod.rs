@@ -14,7 +14,8 @@ use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use crate::bus::{self, ConsumerConfig, Handler};
-use crate::connection::Redis;
+use crate::connection::{CONNECT_TIMEOUT, Redis, eviction_problem};
+use crate::error::{ExitCode, Failure};
 use crate::keys::Keys;
 use crate::shutdown::Shutdown;
 
@@ -97,8 +98,15 @@ pub async fn run(
     args: &ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> color_eyre::Result<()> {
-    // Fail fast, with exit code 4, when Redis is not there at all at start.
-    redis.connect(None).await?;
+    // Fail fast, with exit code 4, when Redis is not there at all at start, or would evict keys.
+    let mut connection = redis.connect(Some(CONNECT_TIMEOUT)).await?;
+    if let Some(problem) = eviction_problem(&mut connection)
+        .await
+        .map_err(|error| redis.unreachable(&error))?
+    {
+        return Err(Failure::new(ExitCode::RedisUnreachable, problem).into());
+    }
+    drop(connection);
     let (trigger, shutdown) = Shutdown::from_future(shutdown);
     let consumer = args.consumer.clone().unwrap_or_else(default_consumer_name);
     let mut chosen: Vec<ServiceName> = if args.services.contains(&ServiceName::All) {

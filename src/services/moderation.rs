@@ -24,6 +24,7 @@ return 'applied'
 
 pub struct Moderation {
     events: String,
+    dead: String,
     banned_words: Vec<String>,
 }
 
@@ -37,6 +38,7 @@ impl Moderation {
             .collect();
         Moderation {
             events: keys.events(),
+            dead: keys.dead(),
             banned_words,
         }
     }
@@ -67,6 +69,7 @@ impl Handler for Moderation {
             delivery,
             NAME,
             &self.events,
+            &self.dead,
             &envelope.request_id,
         )
         .arg(serde_json::to_string(&verdict).expect("comments serialize"));

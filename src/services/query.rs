@@ -225,6 +225,7 @@ pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &str, event: &Event) {
 
 pub struct Query {
     events: String,
+    dead: String,
     view: View,
 }
 
@@ -232,6 +233,7 @@ impl Query {
     pub fn new(keys: &Keys) -> Query {
         Query {
             events: keys.events(),
+            dead: keys.dead(),
             view: View::new(keys),
         }
     }
@@ -253,9 +255,16 @@ impl Handler for Query {
             Err(reason) => return Plan::Dead(reason),
         };
         let step = |script| {
-            Step::new(script, delivery, NAME, &self.events, &envelope.request_id)
-                .key(self.view.generations.pointer())
-                .arg(self.view.generations.prefix())
+            Step::new(
+                script,
+                delivery,
+                NAME,
+                &self.events,
+                &self.dead,
+                &envelope.request_id,
+            )
+            .key(self.view.generations.pointer())
+            .arg(self.view.generations.prefix())
         };
         match &envelope.event {
             Event::PostCreated(post) => {
