@@ -13,17 +13,19 @@ use redis::streams::StreamInfoGroupsReply;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::client::{Context, print_line, progress_bar};
+use crate::cli::values::ServiceChoice;
 use crate::connection::Connection;
+use crate::context::Context;
 use crate::error::Failure;
 use crate::events::{Comment, Post};
+use crate::keyspace::{Partition, Service};
+use crate::output::{print_line, progress_bar};
 use crate::rebuild::{self, Target};
 use crate::request::{call, request_id};
 use crate::services::comments::{self, CREATE_COMMENT, CreateComment};
-use crate::services::moderation;
 use crate::services::posts::{self, CREATE_POST, CreatePost};
 use crate::services::query::{self, View};
-use crate::services::{self, ServeArgs, ServiceName};
+use crate::services::{self, ServeArgs};
 use crate::shutdown;
 
 #[derive(Debug, Args)]
@@ -79,7 +81,9 @@ pub async fn run(context: &Context, args: &BenchArgs) -> Result<()> {
         return Err(Failure::invalid("--posts and --in-flight must be at least 1").into());
     }
     let mut connection = context.connect().await?;
-    let events: usize = connection.xlen(context.keys.events()).await?;
+    let events: usize = connection
+        .xlen(context.keys.events(Partition::FIRST))
+        .await?;
     if events > 0 {
         return Err(Failure::invalid(format!(
             "namespace {:?} already holds {events} events; bench a fresh one (--namespace bench-1)",
@@ -91,7 +95,7 @@ pub async fn run(context: &Context, args: &BenchArgs) -> Result<()> {
     let embedded = if args.embedded {
         let (redis, keys) = (context.redis.clone(), context.keys.clone());
         let serve = ServeArgs {
-            services: vec![ServiceName::All],
+            services: vec![ServiceChoice::All],
             consumer: Some("bench".to_owned()),
             banned_words: vec!["orange".to_owned()],
             claim_idle: Duration::from_secs(30),
@@ -131,7 +135,7 @@ async fn measure(
         let post: Post = call(
             connection,
             &context.keys,
-            posts::NAME,
+            posts::SERVICE,
             CREATE_POST,
             &CreatePost { title },
             &request_id(None)?,
@@ -252,7 +256,7 @@ async fn create_comment(
     call(
         connection,
         &context.keys,
-        comments::NAME,
+        comments::SERVICE,
         CREATE_COMMENT,
         &CreateComment { post_id, content },
         &request_id(None)?,
@@ -265,7 +269,9 @@ async fn create_comment(
 async fn wait_until_idle(context: &Context, connection: &mut Connection) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let groups: StreamInfoGroupsReply = connection.xinfo_groups(context.keys.events()).await?;
+        let groups: StreamInfoGroupsReply = connection
+            .xinfo_groups(context.keys.events(Partition::FIRST))
+            .await?;
         let idle = groups.groups.len() >= 3
             && groups
                 .groups
@@ -318,14 +324,11 @@ async fn resident_memory(
         )]);
     }
     let mut found = Vec::new();
-    for (service, stream) in [
-        (posts::NAME, context.keys.inbox(posts::NAME)),
-        (comments::NAME, context.keys.events()),
-        (moderation::NAME, context.keys.events()),
-        (query::NAME, context.keys.events()),
-    ] {
+    for service in Service::ALL {
+        // Every stream a service reads has the same consumers: the first will do.
+        let (streams, _) = services::streams(&context.keys, service, Partition::FIRST);
         let consumers: redis::streams::StreamInfoConsumersReply = connection
-            .xinfo_consumers(&stream, service)
+            .xinfo_consumers(&streams[0], service.name())
             .await
             .unwrap_or_default();
         for consumer in consumers.consumers {

@@ -18,11 +18,13 @@ use indicatif::ProgressBar;
 use redis::{AsyncCommands, Script, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Delivery, RawEntry, SERVICE_RESPONSE_TIMEOUT, step_script};
-use crate::client::{Context, print_line, progress_bar};
+use crate::bus::{Delivery, RawEntry, SERVICE_RESPONSE_TIMEOUT};
 use crate::connection::{CONNECT_TIMEOUT, Connection, Redis};
+use crate::context::Context;
 use crate::error::Failure;
-use crate::keys::Keys;
+use crate::keyspace::{Generation, Keys, Partition, Service};
+use crate::output::{print_line, progress_bar};
+use crate::services::generations::Generations;
 use crate::services::{comments, query};
 
 /// Entries read from the stream per round trip.
@@ -31,48 +33,6 @@ const CHUNK: usize = 2000;
 const DROP_PAGE: usize = 5000;
 /// How long a rebuild holds its lock before another may assume it died.
 const LOCK_MS: u64 = 3_600_000;
-
-/// Where a service's rebuildable state lives.
-#[derive(Debug, Clone)]
-pub struct Generations {
-    prefix: String,
-}
-
-impl Generations {
-    /// For the keys under a service's prefix.
-    pub fn new(service_prefix: String) -> Generations {
-        Generations {
-            prefix: service_prefix,
-        }
-    }
-
-    /// The key naming the live generation.
-    pub fn pointer(&self) -> String {
-        format!("{}generation", self.prefix)
-    }
-
-    /// The service's prefix, which the Lua of [`lua_base`] extends with the generation.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// The prefix of every key of `generation`.
-    pub fn base(&self, generation: u64) -> String {
-        format!("{}{generation}:", self.prefix)
-    }
-}
-
-/// Lua that sets `base` to the live generation's prefix: KEYS[`pointer`] is the pointer key,
-/// ARGV[`prefix`] the service's prefix.
-pub fn lua_base(pointer: usize, prefix: usize) -> String {
-    format!("local base = ARGV[{prefix}] .. (redis.call('GET', KEYS[{pointer}]) or '0') .. ':'\n")
-}
-
-/// A step script for an event that touches a service's rebuildable state: `body` starts with
-/// `base` set from KEYS[3] (the pointer) and ARGV[4] (the service's prefix).
-pub fn event_step_script(body: &str) -> Script {
-    step_script(&format!("{}{body}", lua_base(3, 4)))
-}
 
 /// Switches to the new generation if the log holds nothing after what the rebuild applied, the
 /// pointer still names the generation the rebuild started from, and no entry was removed from
@@ -137,10 +97,10 @@ impl Target {
     }
 
     /// The service whose state this is.
-    pub fn service(self) -> &'static str {
+    pub fn service(self) -> Service {
         match self {
-            Target::Query => query::NAME,
-            Target::Comments => comments::NAME,
+            Target::Query => Service::Query,
+            Target::Comments => Service::Comments,
         }
     }
 }
@@ -220,8 +180,8 @@ pub async fn rebuild(
     archives: &[PathBuf],
 ) -> Result<Report> {
     let service = target.service();
-    let generations = Generations::new(keys.service_prefix(service));
-    let lock = keys.rebuild_lock(service);
+    let generations = Generations::new(keys, service, Partition::FIRST);
+    let lock = generations.lock();
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7());
     let locked: Option<String> = redis::cmd("SET")
         .arg(&lock)
@@ -254,19 +214,16 @@ async fn rebuild_locked(
     let started = Instant::now();
     let live: Option<u64> = connection.get(generations.pointer()).await?;
     let live = live.unwrap_or(0);
-    let counter = format!("{}generations", generations.prefix());
+    let counter = generations.counter();
     let mut next: u64 = connection.incr(&counter, 1).await?;
-    let base;
     if next <= live {
         // The counter was lost: the number may have been used by a rebuild that died.
         let _: () = connection.set(&counter, live + 1).await?;
         next = live + 1;
-        base = generations.base(next);
-        scan_and_drop(connection, &base).await?;
-    } else {
-        // Numbers come from the counter only, so no rebuild used this one before.
-        base = generations.base(next);
+        scan_and_drop(connection, &generations.generation(next)).await?;
     }
+    // Else numbers come from the counter only, so no rebuild used this one before.
+    let filled = generations.generation(next);
 
     let fill_in = Fill {
         target,
@@ -279,11 +236,11 @@ async fn rebuild_locked(
         Ok(counts) => counts,
         Err(error) => {
             // Leave nothing half-built behind: the live generation was never touched.
-            let _ = scan_and_drop(connection, &base).await;
+            let _ = scan_and_drop(connection, &filled).await;
             return Err(error);
         }
     };
-    drop_generation(connection, target, &generations.base(live)).await?;
+    drop_generation(connection, target, &generations.generation(live)).await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(Report {
         target: format!("{target:?}").to_lowercase(),
@@ -324,8 +281,8 @@ async fn fill(
     } = *fill;
     let mut tally = Counts::default();
     let counts = &mut tally;
-    let base = generations.base(next);
-    let events = keys.events();
+    let base = generations.generation(next);
+    let events = keys.events(Partition::FIRST);
     let length: u64 = connection.xlen(&events).await?;
     let progress = progress_bar(length, "rebuild");
     let mut last = "0-0".to_owned();
@@ -434,7 +391,7 @@ struct Log<'a> {
     /// The events stream.
     events: &'a str,
     /// The prefix of the generation being filled.
-    base: &'a str,
+    base: &'a Generation,
 }
 
 /// Applies the stream after `after` to the generation being filled, up to the end the reads find; returns
@@ -617,14 +574,20 @@ impl Counts {
     /// Adds the writes of one entry. Events of types that do not change the target are skipped
     /// unread, and malformed and unknown entries are skipped, as the services skip them (they
     /// are in the dead letters).
-    fn add(&mut self, target: Target, pipe: &mut redis::Pipeline, base: &str, delivery: &Delivery) {
+    fn add(
+        &mut self,
+        target: Target,
+        pipe: &mut redis::Pipeline,
+        base: &Generation,
+        delivery: &Delivery,
+    ) {
         if matches!(delivery.field("type"), Ok(kind) if !target.uses(kind)) {
             self.skipped += 1;
             return;
         }
         match delivery.event() {
             // An entry `dead retry` put back for another service is that service's alone.
-            Ok(Some(_)) if !delivery.is_for(target.service()) => self.skipped += 1,
+            Ok(Some(_)) if !delivery.is_for(target.service().name()) => self.skipped += 1,
             Ok(Some(envelope)) => {
                 match target {
                     Target::Query => query::rebuild_commands(pipe, base, &envelope.event),
@@ -638,12 +601,16 @@ impl Counts {
 }
 
 /// Deletes every key of one generation, a batch at a time.
-async fn drop_generation(connection: &mut Connection, target: Target, base: &str) -> Result<()> {
+async fn drop_generation(
+    connection: &mut Connection,
+    target: Target,
+    generation: &Generation,
+) -> Result<()> {
     if target != Target::Query {
-        return scan_and_drop(connection, base).await;
+        return scan_and_drop(connection, generation).await;
     }
     // The view's keys are known from its list of posts: no need to scan the keyspace.
-    let posts = format!("{base}posts");
+    let posts = generation.view_posts();
     let mut start = 0;
     loop {
         let ids: Vec<String> = connection
@@ -654,7 +621,7 @@ async fn drop_generation(connection: &mut Connection, target: Target, base: &str
         }
         let doomed: Vec<String> = ids
             .iter()
-            .flat_map(|id| [format!("{base}post:{id}"), format!("{base}comments:{id}")])
+            .flat_map(|id| [generation.view_post(id), generation.view_comments(id)])
             .collect();
         let _: () = connection.unlink(&doomed).await?;
         start += ids.len() as isize;
@@ -663,11 +630,13 @@ async fn drop_generation(connection: &mut Connection, target: Target, base: &str
     Ok(())
 }
 
-/// Deletes every key under `base`, scanning the whole keyspace for them.
-async fn scan_and_drop(connection: &mut Connection, base: &str) -> Result<()> {
+/// Deletes every key of a generation, scanning the whole keyspace for them.
+async fn scan_and_drop(connection: &mut Connection, generation: &Generation) -> Result<()> {
     let pattern = format!(
         "{}*",
-        base.replace('[', "\\[")
+        generation
+            .base()
+            .replace('[', "\\[")
             .replace('?', "\\?")
             .replace('*', "\\*")
     );

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::bus::{Delivery, Step, step_script};
 use crate::connection::Connection;
 use crate::error::{ExitCode, Failure, is_unavailable};
-use crate::keys::Keys;
+use crate::keyspace::{Keys, Partition, Service};
 
 /// Version of the request envelope.
 const REQUEST_VERSION: &str = "2";
@@ -187,17 +187,14 @@ impl Incoming {
 #[derive(Debug, Clone)]
 pub struct Inbox {
     pub keys: Keys,
-    pub service: &'static str,
-    /// The prefix of the keys remembering answers, one per request id.
-    pub answered: String,
+    pub service: Service,
 }
 
 static ANSWER_ONLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| request_script(ANSWER_ONLY));
 
 impl Inbox {
-    pub fn new(keys: &Keys, service: &'static str) -> Inbox {
+    pub fn new(keys: &Keys, service: Service) -> Inbox {
         Inbox {
-            answered: format!("{}request:", keys.service_prefix(service)),
             keys: keys.clone(),
             service,
         }
@@ -208,16 +205,19 @@ impl Inbox {
         Step::new(
             script,
             delivery,
-            self.service,
-            &self.keys.events(),
-            &self.keys.dead(),
+            self.service.name(),
+            &self.keys.events(Partition::FIRST),
+            &self.keys.dead(Partition::FIRST),
             &request.request_id,
         )
+        .key(self.keys.reply(
+            Partition::FIRST,
+            request.reply_to.as_deref().unwrap_or(&delivery.id),
+        ))
         .key(
             self.keys
-                .reply(request.reply_to.as_deref().unwrap_or(&delivery.id)),
+                .answer(self.service, Partition::FIRST, &request.request_id),
         )
-        .key(format!("{}{}", self.answered, request.request_id))
         .arg(request.deadline_ms)
     }
 
@@ -329,23 +329,23 @@ pub fn request_id(given: Option<&str>) -> Result<String, Failure> {
 pub async fn call<C: Serialize, T: DeserializeOwned>(
     connection: &mut Connection,
     keys: &Keys,
-    service: &str,
+    service: Service,
     command: &str,
     data: &C,
     request_id: &str,
     timeout: Duration,
 ) -> color_eyre::Result<T> {
     let data = serde_json::to_string(data)?;
-    let inbox = keys.inbox(service);
+    let inbox = keys.inbox(service, Partition::FIRST);
     let reply_to = uuid::Uuid::now_v7().to_string();
-    let reply_key = keys.reply(&reply_to);
+    let reply_key = keys.reply(Partition::FIRST, &reply_to);
     // EVAL, not EVALSHA: the wait goes in the same round trip, and would block the connection
     // for the whole timeout behind a NOSCRIPT error.
     let mut send = redis::cmd("EVAL");
     send.arg(ENQUEUE)
         .arg(2)
         .arg(&inbox)
-        .arg(keys.events())
+        .arg(keys.events(Partition::FIRST))
         .arg(timeout.as_millis() as u64)
         .arg("version")
         .arg(REQUEST_VERSION)
@@ -379,7 +379,7 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         AnswerError::Redis(error) => color_eyre::Report::new(error).wrap_err(format!(
             "waiting for the {service} service's answer on {reply_key}"
         )),
-        AnswerError::GaveUp => Failure::service_timeout(service, "answer", timeout).into(),
+        AnswerError::GaveUp => Failure::service_timeout(service.name(), "answer", timeout).into(),
     })?;
     let reply: Reply<T> = serde_json::from_str(&body)
         .wrap_err_with(|| format!("reading the {service} service's answer {body:?}"))?;

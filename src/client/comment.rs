@@ -7,9 +7,11 @@ use clap::{Args, Subcommand};
 use color_eyre::Result;
 use uuid::Uuid;
 
-use super::{Context, Poll, print_line};
+use super::Poll;
+use crate::context::Context;
 use crate::error::{ExitCode, Failure};
 use crate::events::{Comment, parse_id, validate_content};
+use crate::output::print_line;
 use crate::request::{call, request_id};
 use crate::services::comments::{self, CREATE_COMMENT, CreateComment};
 use crate::services::query::{self, View};
@@ -56,7 +58,7 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
     let mut comment: Comment = call(
         &mut connection,
         &context.keys,
-        comments::NAME,
+        comments::SERVICE,
         CREATE_COMMENT,
         &CreateComment { post_id, content },
         &request_id,

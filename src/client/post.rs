@@ -6,10 +6,12 @@ use clap::{Args, Subcommand};
 use color_eyre::Result;
 use uuid::Uuid;
 
-use super::{Context, Poll, print_line};
+use super::Poll;
+use crate::context::Context;
 use crate::error::Failure;
 use crate::events::{Post, parse_id, validate_title};
-use crate::ops::one_line;
+use crate::output::one_line;
+use crate::output::print_line;
 use crate::request::{call, request_id};
 use crate::services::posts::{self, CREATE_POST, CreatePost};
 use crate::services::query::{self, PostView, View};
@@ -74,7 +76,7 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
     let post: Post = call(
         &mut connection,
         &context.keys,
-        posts::NAME,
+        posts::SERVICE,
         CREATE_POST,
         &CreatePost { title },
         &request_id,

@@ -16,13 +16,14 @@ use redis::Script;
 use serde::Serialize;
 
 use super::{
-    Entry, FIRST_ENTRY, LAST_ENTRY, Table, one_line, page_through, parse_entry_id, read_range,
-    read_streams,
+    Entry, FIRST_ENTRY, LAST_ENTRY, page_through, parse_entry_id, read_range, read_streams,
 };
 use crate::bus::FOR_SERVICE;
-use crate::client::{Context, print_line};
 use crate::connection::Connection;
+use crate::context::Context;
 use crate::error::Failure;
+use crate::keyspace::{Partition, Service};
+use crate::output::{Table, one_line, print_line};
 
 /// KEYS[1]: the dead letters, KEYS[2]: the stream the entry came from. ARGV[1]: the dead letter's
 /// id, ARGV[2]: the name of the field restricting the entry to one service.
@@ -136,7 +137,7 @@ impl<'a> DeadLetter<'a> {
 
 async fn list(context: &Context) -> Result<()> {
     let mut connection = context.connect().await?;
-    let dead = context.keys.dead();
+    let dead = context.keys.dead(Partition::FIRST);
     let mut table = Table::new(&[
         "DEAD ID", "SERVICE", "STREAM", "ID", "TRIES", "REASON", "ENTRY",
     ]);
@@ -227,7 +228,7 @@ async fn retry(context: &Context, args: &IdsArgs) -> Result<()> {
     static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RETRY));
     let ids = ids_of(args)?;
     let mut connection = context.connect().await?;
-    let dead = context.keys.dead();
+    let dead = context.keys.dead(Partition::FIRST);
     let streams = read_streams(&context.keys);
     // Every id is checked before any is retried, so a typo in the last changes nothing.
     let letters = read_letters(&mut connection, &dead, &ids).await?;
@@ -241,7 +242,10 @@ async fn retry(context: &Context, args: &IdsArgs) -> Result<()> {
             ))
             .into());
         };
-        if *stream == context.keys.inbox(service) {
+        let is_request = Service::ALL
+            .into_iter()
+            .any(|owner| context.keys.inbox(owner, Partition::FIRST) == *stream);
+        if is_request {
             return Err(Failure::invalid(format!(
                 "dead letter {} is a request to {service}: requests are not retried, as the \
                  client that sent it has given up on it; send it again (drop this one)",
@@ -307,7 +311,7 @@ async fn drop_letters(context: &Context, args: &IdsArgs) -> Result<()> {
     static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DROP));
     let ids = ids_of(args)?;
     let mut connection = context.connect().await?;
-    let dead = context.keys.dead();
+    let dead = context.keys.dead(Partition::FIRST);
     let mut invocation = SCRIPT.key(&dead);
     for id in &ids {
         invocation.arg(id);

@@ -8,11 +8,13 @@ use color_eyre::Result;
 use color_eyre::eyre::WrapErr;
 use serde::Serialize;
 
-use super::{Entry, FIRST_ENTRY, LAST_ENTRY, RawEntry, StreamId, one_line, page_through};
+use super::{Entry, FIRST_ENTRY, LAST_ENTRY, RawEntry, StreamId, page_through};
 use crate::bus::FOR_SERVICE;
-use crate::client::{Context, print_line};
 use crate::connection::Connection;
+use crate::context::Context;
 use crate::error::Failure;
+use crate::keyspace::Partition;
+use crate::output::{one_line, print_line};
 
 /// How long one XREAD of `events tail` blocks. Shorter than the connection's response timeout
 /// (`--timeout` + 2 s, and `--timeout` may be tiny), so an idle stream is not taken for a lost
@@ -79,7 +81,7 @@ async fn list(context: &Context, args: &ListArgs) -> Result<()> {
             .to_string(),
     };
     let mut connection = context.connect().await?;
-    let stream = context.keys.events();
+    let stream = context.keys.events(Partition::FIRST);
     let mut left = args.count.unwrap_or(u64::MAX);
     page_through(&mut connection, &stream, &start, LAST_ENTRY, |page| {
         for entry in page.iter().filter(|entry| wanted(entry, &args.types)) {
@@ -102,7 +104,7 @@ async fn tail(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let mut connection = context.connect().await?;
-    let stream = context.keys.events();
+    let stream = context.keys.events(Partition::FIRST);
     let newest: Vec<RawEntry> = redis::cmd("XREVRANGE")
         .arg(&stream)
         .arg(LAST_ENTRY)

@@ -5,22 +5,17 @@
 //! `dead drop` deletes dead letters and `trim` removes only what every group has acknowledged.
 //! This module holds what they share: reading entries, stream ids, the services' groups, tables.
 
-pub mod completions;
 pub mod dead;
 pub mod events;
 pub mod status;
 pub mod trim;
 
-use std::cmp::Ordering;
-
 use redis::RedisResult;
 
-use crate::bus::compare_ids;
-use crate::client::print_line;
 use crate::connection::Connection;
 use crate::error::Failure;
-use crate::keys::Keys;
-use crate::services::{comments, moderation, posts, query};
+use crate::keyspace::{Keys, Partition, Service};
+use crate::services;
 
 /// XRANGE: from the first entry of the stream.
 pub const FIRST_ENTRY: &str = "-";
@@ -159,15 +154,6 @@ pub fn parse_entry_id(what: &str, text: &str) -> Result<String, Failure> {
         })
 }
 
-/// The smaller of two stream ids.
-pub fn min_id<'a>(a: &'a str, b: &'a str) -> &'a str {
-    if compare_ids(a, b) == Ordering::Greater {
-        b
-    } else {
-        a
-    }
-}
-
 /// A consumer group some service reads a stream with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectedGroup {
@@ -175,20 +161,15 @@ pub struct ExpectedGroup {
     pub group: String,
 }
 
-/// Every (stream, group) the services read, from each service's own list of streams.
+/// Every (stream, group) the services read, from [`services::streams`].
 pub fn expected_groups(keys: &Keys) -> Vec<ExpectedGroup> {
-    let services: [(&str, Vec<String>); 4] = [
-        (posts::NAME, posts::Posts::streams(keys)),
-        (comments::NAME, comments::Comments::streams(keys)),
-        (moderation::NAME, moderation::Moderation::streams(keys)),
-        (query::NAME, query::Query::streams(keys)),
-    ];
-    services
+    Service::ALL
         .into_iter()
-        .flat_map(|(service, streams)| {
+        .flat_map(|service| {
+            let (streams, _) = services::streams(keys, service, Partition::FIRST);
             streams.into_iter().map(move |stream| ExpectedGroup {
                 stream,
-                group: service.to_owned(),
+                group: service.name().to_owned(),
             })
         })
         .collect()
@@ -196,95 +177,13 @@ pub fn expected_groups(keys: &Keys) -> Vec<ExpectedGroup> {
 
 /// The streams services read with groups: the events stream first, then the inboxes.
 pub fn read_streams(keys: &Keys) -> Vec<String> {
-    let mut streams = vec![keys.events()];
+    let mut streams = vec![keys.events(Partition::FIRST)];
     for expected in expected_groups(keys) {
         if !streams.contains(&expected.stream) {
             streams.push(expected.stream);
         }
     }
     streams
-}
-
-/// Text on a single line, so each table row stays one line.
-pub fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Milliseconds for people: `850ms`, `12.3s`, `4m05s`, `2h03m`, `3d04h`.
-pub fn human_duration(ms: u64) -> String {
-    let seconds = ms / 1000;
-    match ms {
-        0..1_000 => format!("{ms}ms"),
-        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        60_000..3_600_000 => format!("{}m{:02}s", seconds / 60, seconds % 60),
-        3_600_000..86_400_000 => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
-        _ => format!("{}d{:02}h", seconds / 86_400, seconds % 86_400 / 3600),
-    }
-}
-
-/// Bytes for people: `512 B`, `6.1 KiB`, `3.0 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// `1 entry`, `2 entries`.
-pub fn count_of(count: u64, one: &str, many: &str) -> String {
-    format!("{count} {}", if count == 1 { one } else { many })
-}
-
-/// Rows printed as columns two spaces apart; the last column is not padded.
-#[derive(Debug, Default)]
-pub struct Table {
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    pub fn new(header: &[&str]) -> Table {
-        Table {
-            rows: vec![header.iter().map(|cell| cell.to_string()).collect()],
-        }
-    }
-
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    /// Prints the table, each line starting with `indent`.
-    pub fn print(&self, indent: &str) -> std::io::Result<()> {
-        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
-            .map(|column| {
-                self.rows
-                    .iter()
-                    .filter_map(|row| row.get(column))
-                    .map(|cell| cell.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for row in &self.rows {
-            let mut line = indent.to_owned();
-            for (column, cell) in row.iter().enumerate() {
-                if column + 1 == row.len() {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(&format!("{cell:<width$}  ", width = widths[column]));
-                }
-            }
-            print_line(line.trim_end())?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -318,17 +217,6 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_sizes_read_naturally() {
-        assert_eq!(human_duration(850), "850ms");
-        assert_eq!(human_duration(12_345), "12.3s");
-        assert_eq!(human_duration(245_000), "4m05s");
-        assert_eq!(human_duration(7_380_000), "2h03m");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(6246), "6.1 KiB");
-        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
-    }
-
-    #[test]
     fn every_service_group_is_expected() {
         let keys = Keys::new("blog").unwrap();
         let groups: Vec<(String, String)> = expected_groups(&keys)
@@ -336,15 +224,15 @@ mod tests {
             .map(|expected| (expected.stream, expected.group))
             .collect();
         for (stream, group) in [
-            (keys.events(), "comments"),
-            (keys.events(), "moderation"),
-            (keys.events(), "query"),
-            (keys.inbox("posts"), "posts"),
-            (keys.inbox("comments"), "comments"),
+            (keys.events(Partition::FIRST), "comments"),
+            (keys.events(Partition::FIRST), "moderation"),
+            (keys.events(Partition::FIRST), "query"),
+            (keys.inbox(Service::Posts, Partition::FIRST), "posts"),
+            (keys.inbox(Service::Comments, Partition::FIRST), "comments"),
         ] {
             assert!(groups.contains(&(stream.clone(), group.to_owned())));
         }
-        assert_eq!(read_streams(&keys)[0], keys.events());
+        assert_eq!(read_streams(&keys)[0], keys.events(Partition::FIRST));
         assert_eq!(read_streams(&keys).len(), 3);
     }
 }

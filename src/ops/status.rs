@@ -16,13 +16,14 @@ use redis::{AsyncCommands, Value};
 use serde::Serialize;
 
 use super::{
-    ExpectedGroup, FIRST_ENTRY, LAST_ENTRY, StreamId, Table, count_of, expected_groups,
-    human_bytes, human_duration, page_through, read_streams,
+    ExpectedGroup, FIRST_ENTRY, LAST_ENTRY, StreamId, expected_groups, page_through, read_streams,
 };
-use crate::client::{Context, print_line};
+use crate::cli::values::{self, ServiceChoice, parse_seconds};
 use crate::connection::{Connection, eviction_problem};
+use crate::context::Context;
 use crate::error::{ExitCode, Failure};
-use crate::services::{ServiceName, parse_seconds};
+use crate::keyspace::Partition;
+use crate::output::{Table, count_of, human_bytes, human_duration, print_line};
 
 /// When Redis cannot tell a group's lag (entries were deleted after its last delivered entry),
 /// the entries after it are counted, up to this many.
@@ -47,7 +48,7 @@ pub struct StatusArgs {
     /// Only the groups of this service (repeatable; `all` for every one): a per-service health
     /// check, as in docker-compose.yml.
     #[arg(long, value_enum)]
-    pub service: Vec<ServiceName>,
+    pub service: Vec<ServiceChoice>,
 }
 
 /// The whole report, as `--json` prints it.
@@ -144,11 +145,11 @@ impl GroupStatus {
 
 pub async fn run(context: &Context, args: &StatusArgs) -> Result<()> {
     let mut connection = context.connect().await?;
-    let services: Vec<&str> = if args.service.contains(&ServiceName::All) {
-        Vec::new()
-    } else {
-        args.service.iter().map(|service| service.name()).collect()
-    };
+    // None chosen: all of them.
+    let services: Vec<&str> = values::chosen(&args.service)
+        .into_iter()
+        .map(|service| service.name())
+        .collect();
     let mut status = gather(&mut connection, context, &services).await?;
     status.problems = problems(&status, args.max_lag, args.max_pending_age);
     if context.json {
@@ -185,7 +186,7 @@ async fn gather(
     let keys = &context.keys;
     let expected = expected_groups(keys);
     let wanted = |group: &str| services.is_empty() || services.contains(&group);
-    let dead = dead_letters(connection, &keys.dead()).await?;
+    let dead = dead_letters(connection, &keys.dead(Partition::FIRST)).await?;
     let mut streams = Vec::new();
     for stream in read_streams(keys) {
         let mut stream_status = inspect_stream(connection, &stream, &expected).await?;

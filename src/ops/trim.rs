@@ -22,11 +22,13 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
 use super::status::inspect_stream;
-use super::{Entry, FIRST_ENTRY, count_of, expected_groups, page_through, read_range};
+use super::{Entry, FIRST_ENTRY, expected_groups, page_through, read_range};
 use crate::bus::compare_ids;
-use crate::client::{Context, print_line};
 use crate::connection::Connection;
+use crate::context::Context;
 use crate::error::Failure;
+use crate::keyspace::Partition;
+use crate::output::{count_of, print_line};
 use crate::rebuild::Target;
 
 /// KEYS[1]: the events stream, KEYS[2..]: the locks of rebuilds. ARGV[1]: the boundary;
@@ -104,7 +106,7 @@ struct Trimmed {
 }
 
 pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
-    let stream = context.keys.events();
+    let stream = context.keys.events(Partition::FIRST);
     let mut connection = context.connect().await?;
     let expected: Vec<_> = expected_groups(&context.keys)
         .into_iter()
@@ -112,7 +114,11 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
         .collect();
     let locks: Vec<String> = Target::ALL
         .iter()
-        .map(|target| context.keys.rebuild_lock(target.service()))
+        .map(|target| {
+            context
+                .keys
+                .rebuild_lock(target.service(), Partition::FIRST)
+        })
         .collect();
     refuse_while_rebuilding(&mut connection, &locks).await?;
     let status = inspect_stream(&mut connection, &stream, &expected).await?;

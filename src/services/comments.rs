@@ -12,14 +12,15 @@ use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::generations::{Generations, event_step_script, lua_base};
 use crate::bus::{Delivery, Handler, Outcome, Plan, Step, applied_up_to};
 use crate::connection::Connection;
 use crate::events::{Comment, Event, Status, validate_content};
-use crate::keys::Keys;
-use crate::rebuild::{Generations, event_step_script, lua_base};
+use crate::keyspace::{Generation, Keys, Partition, Service};
 use crate::request::{Inbox, Incoming, Reply, request_script};
 
-pub const NAME: &str = "comments";
+pub const SERVICE: Service = Service::Comments;
+pub const NAME: &str = SERVICE.name();
 /// The one command of the comments inbox.
 pub const CREATE_COMMENT: &str = "CreateComment";
 
@@ -39,11 +40,11 @@ static CREATE: LazyLock<Script> = LazyLock::new(|| {
         "{}{}",
         lua_base(5, 5),
         r#"
-if redis.call('SISMEMBER', base .. 'posts', ARGV[6]) == 0 then
+if redis.call('SISMEMBER', known_posts(base), ARGV[6]) == 0 then
   return 'unknown_post'
 end
 if not claim() then return 'stale' end
-redis.call('HSET', base .. 'comment:' .. ARGV[7], 'id', ARGV[7], 'postId', ARGV[6],
+redis.call('HSET', comment_key(base, ARGV[7]), 'id', ARGV[7], 'postId', ARGV[6],
   'content', ARGV[8], 'status', 'pending')
 publish('CommentCreated', ARGV[9])
 remember(ARGV[10])
@@ -58,7 +59,7 @@ static LEARN_POST: LazyLock<Script> = LazyLock::new(|| {
     event_step_script(
         r#"
 if not claim() then return 'stale' end
-redis.call('SADD', base .. 'posts', ARGV[5])
+redis.call('SADD', known_posts(base), ARGV[5])
 return 'applied'
 "#,
     )
@@ -70,7 +71,7 @@ return 'applied'
 static RECORD_VERDICT: LazyLock<Script> = LazyLock::new(|| {
     event_step_script(
         r#"
-local comment = base .. 'comment:' .. ARGV[5]
+local comment = comment_key(base, ARGV[5])
 local status = redis.call('HGET', comment, 'status')
 if not status then
   return 'unknown_comment'
@@ -87,11 +88,10 @@ return 'applied'
 
 /// The writes that apply one event to the state in generation `base`, for a rebuild (which
 /// applies the log in order into a generation the service does not use yet).
-pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &str, event: &Event) {
+pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &Generation, event: &Event) {
     match event {
         Event::PostCreated(post) => {
-            pipe.sadd(format!("{base}posts"), post.id.to_string())
-                .ignore();
+            pipe.sadd(base.known_posts(), post.id.to_string()).ignore();
         }
         Event::CommentCreated(comment) => {
             let (id, post_id) = (comment.id.to_string(), comment.post_id.to_string());
@@ -101,12 +101,11 @@ pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &str, event: &Event) {
                 ("content", comment.content.as_str()),
                 ("status", comment.status.as_str()),
             ];
-            pipe.hset_multiple(format!("{base}comment:{id}"), &fields)
-                .ignore();
+            pipe.hset_multiple(base.comment(&id), &fields).ignore();
         }
         Event::CommentUpdated(comment) => {
             pipe.hset(
-                format!("{base}comment:{}", comment.id),
+                base.comment(&comment.id.to_string()),
                 "status",
                 comment.status.as_str(),
             )
@@ -126,16 +125,11 @@ pub struct Comments {
 impl Comments {
     pub fn new(keys: &Keys) -> Comments {
         Comments {
-            events: keys.events(),
-            dead: keys.dead(),
-            generations: Generations::new(keys.service_prefix(NAME)),
-            inbox: Inbox::new(keys, NAME),
+            events: keys.events(Partition::FIRST),
+            dead: keys.dead(Partition::FIRST),
+            generations: Generations::new(keys, SERVICE, Partition::FIRST),
+            inbox: Inbox::new(keys, SERVICE),
         }
-    }
-
-    /// Events first: a batch's `PostCreated` is learnt before its requests are answered.
-    pub fn streams(keys: &Keys) -> Vec<String> {
-        vec![keys.events(), keys.inbox(NAME)]
     }
 
     fn plan_event(&self, delivery: &Delivery) -> Plan {

@@ -1,6 +1,7 @@
 //! `blogctl serve`: runs one or more services until SIGINT/SIGTERM.
 
 pub mod comments;
+pub mod generations;
 pub mod moderation;
 pub mod posts;
 pub mod query;
@@ -8,48 +9,31 @@ pub mod query;
 use std::future::Future;
 use std::time::Duration;
 
-use clap::ValueEnum;
 use color_eyre::eyre::eyre;
 use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use crate::bus::{self, ConsumerConfig, Handler};
+use crate::cli::values::{self, ServiceChoice, parse_seconds};
 use crate::connection::{CONNECT_TIMEOUT, Redis, eviction_problem};
 use crate::error::{ExitCode, Failure};
-use crate::keys::Keys;
+use crate::keyspace::{Keys, Partition, Service};
 use crate::shutdown::Shutdown;
 
-/// A service to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ServiceName {
-    /// Creates posts.
-    Posts,
-    /// Creates comments and records moderation verdicts.
-    Comments,
-    /// Approves or rejects comments.
-    Moderation,
-    /// Keeps the readable view of posts and comments.
-    Query,
-    /// All four in one process.
-    All,
-}
-
-impl ServiceName {
-    const EACH: [ServiceName; 4] = [
-        ServiceName::Posts,
-        ServiceName::Comments,
-        ServiceName::Moderation,
-        ServiceName::Query,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ServiceName::Posts => posts::NAME,
-            ServiceName::Comments => comments::NAME,
-            ServiceName::Moderation => moderation::NAME,
-            ServiceName::Query => query::NAME,
-            ServiceName::All => "all",
-        }
+/// The streams `service` reads with its group, in the order each batch is handled (events
+/// before requests: a batch's `PostCreated` is learnt before its comments are answered), and its
+/// inbox if it has one. The one list of who reads what.
+pub fn streams(
+    keys: &Keys,
+    service: Service,
+    partition: Partition,
+) -> (Vec<String>, Option<String>) {
+    let events = keys.events(partition);
+    let inbox = keys.inbox(service, partition);
+    match service {
+        Service::Posts => (vec![inbox.clone()], Some(inbox)),
+        Service::Comments => (vec![events, inbox.clone()], Some(inbox)),
+        Service::Moderation | Service::Query => (vec![events], None),
     }
 }
 
@@ -58,7 +42,7 @@ impl ServiceName {
 pub struct ServeArgs {
     /// The services to run in this process (`all` for the four).
     #[arg(required = true, value_enum)]
-    pub services: Vec<ServiceName>,
+    pub services: Vec<ServiceChoice>,
     /// This process's consumer name in each group [default: <host>-<pid>].
     #[arg(long)]
     pub consumer: Option<String>,
@@ -76,19 +60,6 @@ pub struct ServeArgs {
     /// Tries after which an entry that keeps failing goes to the dead-letter stream.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_deliveries: u64,
-}
-
-/// Seconds, possibly fractional, as a duration.
-pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(seconds > 0.0 && seconds <= 86_400.0) {
-        return Err(format!(
-            "{text} seconds: must be more than 0 and at most 86400"
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Runs the chosen services until `shutdown` completes; each finishes the entry in hand.
@@ -109,66 +80,37 @@ pub async fn run(
     drop(connection);
     let (trigger, shutdown) = Shutdown::from_future(shutdown);
     let consumer = args.consumer.clone().unwrap_or_else(default_consumer_name);
-    let mut chosen: Vec<ServiceName> = if args.services.contains(&ServiceName::All) {
-        ServiceName::EACH.to_vec()
-    } else {
-        args.services.clone()
-    };
-    chosen.sort_by_key(|service| service.name());
-    chosen.dedup();
-    info!(url = redis.url(), namespace = keys.namespace(), %consumer, "serving {:?}", chosen);
+    let chosen = values::chosen(&args.services);
+    let names: Vec<&str> = chosen.iter().map(|service| service.name()).collect();
+    info!(url = redis.url(), namespace = keys.namespace(), %consumer, "serving {}", names.join(", "));
     let mut tasks = JoinSet::new();
     for service in chosen {
+        let (streams, inbox) = streams(keys, service, Partition::FIRST);
         let config = ConsumerConfig {
             group: service.name().to_owned(),
             consumer: consumer.clone(),
-            streams: Vec::new(),
-            inbox: None,
-            dead: keys.dead(),
-            attempts: format!("{}attempts", keys.service_prefix(service.name())),
+            streams,
+            inbox,
+            dead: keys.dead(Partition::FIRST),
+            attempts: keys.attempts(service, Partition::FIRST),
             claim_idle: args.claim_idle,
             max_deliveries: args.max_deliveries,
         };
-        let (redis, keys, shutdown) = (redis.clone(), keys.clone(), shutdown.clone());
+        let (redis, shutdown) = (redis.clone(), shutdown.clone());
         match service {
-            ServiceName::Posts => {
-                let config = ConsumerConfig {
-                    streams: posts::Posts::streams(&keys),
-                    inbox: Some(keys.inbox(posts::NAME)),
-                    ..config
-                };
-                tasks.spawn(serve(redis, config, posts::Posts::new(&keys), shutdown));
+            Service::Posts => tasks.spawn(serve(redis, config, posts::Posts::new(keys), shutdown)),
+            Service::Comments => tasks.spawn(serve(
+                redis,
+                config,
+                comments::Comments::new(keys),
+                shutdown,
+            )),
+            Service::Moderation => {
+                let handler = moderation::Moderation::new(keys, args.banned_words.clone());
+                tasks.spawn(serve(redis, config, handler, shutdown))
             }
-            ServiceName::Comments => {
-                let config = ConsumerConfig {
-                    streams: comments::Comments::streams(&keys),
-                    inbox: Some(keys.inbox(comments::NAME)),
-                    ..config
-                };
-                tasks.spawn(serve(
-                    redis,
-                    config,
-                    comments::Comments::new(&keys),
-                    shutdown,
-                ));
-            }
-            ServiceName::Moderation => {
-                let config = ConsumerConfig {
-                    streams: moderation::Moderation::streams(&keys),
-                    ..config
-                };
-                let handler = moderation::Moderation::new(&keys, args.banned_words.clone());
-                tasks.spawn(serve(redis, config, handler, shutdown));
-            }
-            ServiceName::Query => {
-                let config = ConsumerConfig {
-                    streams: query::Query::streams(&keys),
-                    ..config
-                };
-                tasks.spawn(serve(redis, config, query::Query::new(&keys), shutdown));
-            }
-            ServiceName::All => unreachable!("`all` was expanded above"),
-        }
+            Service::Query => tasks.spawn(serve(redis, config, query::Query::new(keys), shutdown)),
+        };
     }
     let mut failure = None;
     while let Some(result) = tasks.join_next().await {

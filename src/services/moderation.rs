@@ -7,9 +7,10 @@ use redis::Script;
 
 use crate::bus::{Delivery, Handler, Plan, Step, step_script};
 use crate::events::{Comment, Event, moderate};
-use crate::keys::Keys;
+use crate::keyspace::{Keys, Partition, Service};
 
-pub const NAME: &str = "moderation";
+pub const SERVICE: Service = Service::Moderation;
+pub const NAME: &str = SERVICE.name();
 
 /// ARGV[4]: the `CommentModerated` data.
 static MODERATE: LazyLock<Script> = LazyLock::new(|| {
@@ -37,14 +38,10 @@ impl Moderation {
             .filter(|word| !word.is_empty())
             .collect();
         Moderation {
-            events: keys.events(),
-            dead: keys.dead(),
+            events: keys.events(Partition::FIRST),
+            dead: keys.dead(Partition::FIRST),
             banned_words,
         }
-    }
-
-    pub fn streams(keys: &Keys) -> Vec<String> {
-        vec![keys.events()]
     }
 }
 

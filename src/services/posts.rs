@@ -11,10 +11,11 @@ use uuid::Uuid;
 
 use crate::bus::{Delivery, Handler, Plan};
 use crate::events::{Post, validate_title};
-use crate::keys::Keys;
+use crate::keyspace::{Keys, Partition, Service};
 use crate::request::{Inbox, Incoming, Reply, request_script};
 
-pub const NAME: &str = "posts";
+pub const SERVICE: Service = Service::Posts;
+pub const NAME: &str = SERVICE.name();
 /// The one command of the posts inbox.
 pub const CREATE_POST: &str = "CreatePost";
 
@@ -39,21 +40,16 @@ return 'applied'
 });
 
 pub struct Posts {
-    prefix: String,
+    keys: Keys,
     inbox: Inbox,
 }
 
 impl Posts {
     pub fn new(keys: &Keys) -> Posts {
         Posts {
-            prefix: keys.service_prefix(NAME),
-            inbox: Inbox::new(keys, NAME),
+            keys: keys.clone(),
+            inbox: Inbox::new(keys, SERVICE),
         }
-    }
-
-    /// The streams this service reads.
-    pub fn streams(keys: &Keys) -> Vec<String> {
-        vec![keys.inbox(NAME)]
     }
 }
 
@@ -84,7 +80,7 @@ impl Handler for Posts {
         let step = self
             .inbox
             .step(&CREATE, delivery, &request)
-            .key(format!("{}post:{}", self.prefix, post.id))
+            .key(self.keys.post(Partition::FIRST, &post.id.to_string()))
             .arg(post.id.to_string())
             .arg(&post.title)
             .arg(serde_json::to_string(&post).expect("posts serialize"))

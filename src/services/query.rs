@@ -19,21 +19,22 @@ use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::generations::{Generations, event_step_script};
 use crate::bus::{Delivery, Handler, Plan, Step};
 use crate::connection::Connection;
 use crate::events::{Event, Status};
-use crate::keys::Keys;
-use crate::rebuild::{Generations, event_step_script};
+use crate::keyspace::{Generation, Keys, Partition, Service, generation_lua};
 
-pub const NAME: &str = "query";
+pub const SERVICE: Service = Service::Query;
+pub const NAME: &str = SERVICE.name();
 
 /// ARGV[5]: post id, ARGV[6]: title.
 static ADD_POST: LazyLock<Script> = LazyLock::new(|| {
     event_step_script(
         r#"
 if not claim() then return 'stale' end
-redis.call('HSET', base .. 'post:' .. ARGV[5], 'id', ARGV[5], 'title', ARGV[6])
-redis.call('ZADD', base .. 'posts', 0, ARGV[5])
+redis.call('HSET', view_post(base, ARGV[5]), 'id', ARGV[5], 'title', ARGV[6])
+redis.call('ZADD', view_posts(base), 0, ARGV[5])
 return 'applied'
 "#,
     )
@@ -45,7 +46,7 @@ static PUT_COMMENT: LazyLock<Script> = LazyLock::new(|| {
     event_step_script(
         r#"
 if not claim() then return 'stale' end
-local comments = base .. 'comments:' .. ARGV[5]
+local comments = view_comments(base, ARGV[5])
 if ARGV[8] == '1' then
   redis.call('HSET', comments, ARGV[6], ARGV[7])
 else
@@ -60,36 +61,38 @@ return 'applied'
 /// pointer; ARGV[1]: the prefix; ARGV[2]: `ids` to read the posts ARGV[4..], else the start of a
 /// ZRANGE BYLEX (`-` or `(<id>`) with ARGV[3] the most to read (-1: all).
 static READ_POSTS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua flags=no-writes
-local base = ARGV[1] .. (redis.call('GET', KEYS[1]) or '0') .. ':'
+    Script::new(&format!(
+        "#!lua flags=no-writes\n{}{}",
+        generation_lua(),
+        r#"local base = generation_base(ARGV[1], redis.call('GET', KEYS[1]))
 local ids
 if ARGV[2] == 'ids' then
   ids = {unpack(ARGV, 4)}
 else
-  ids = redis.call('ZRANGE', base .. 'posts', ARGV[2], '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[3]))
+  ids = redis.call('ZRANGE', view_posts(base), ARGV[2], '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[3]))
 end
 local posts = {}
 for _, id in ipairs(ids) do
-  local title = redis.call('HGET', base .. 'post:' .. id, 'title')
+  local title = redis.call('HGET', view_post(base, id), 'title')
   if title then
-    posts[#posts + 1] = {id, title, redis.call('HVALS', base .. 'comments:' .. id)}
+    posts[#posts + 1] = {id, title, redis.call('HVALS', view_comments(base, id))}
   end
 end
 return posts
-"#,
-    )
+"#
+    ))
 });
 
 /// One comment's view in the current generation. KEYS[1]: the generation pointer; ARGV[1]: the
 /// prefix, ARGV[2]: post id, ARGV[3]: comment id.
 static READ_COMMENT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua flags=no-writes
-local base = ARGV[1] .. (redis.call('GET', KEYS[1]) or '0') .. ':'
-return redis.call('HGET', base .. 'comments:' .. ARGV[2], ARGV[3])
-"#,
-    )
+    Script::new(&format!(
+        "#!lua flags=no-writes\n{}{}",
+        generation_lua(),
+        r#"local base = generation_base(ARGV[1], redis.call('GET', KEYS[1]))
+return redis.call('HGET', view_comments(base, ARGV[2]), ARGV[3])
+"#
+    ))
 });
 
 /// A post as the view shows it.
@@ -117,7 +120,7 @@ pub struct View {
 impl View {
     pub fn new(keys: &Keys) -> View {
         View {
-            generations: Generations::new(keys.service_prefix(NAME)),
+            generations: Generations::new(keys, SERVICE, Partition::FIRST),
         }
     }
 
@@ -194,19 +197,19 @@ fn post_view((id, title, comments): (String, String, Vec<String>)) -> Option<Pos
 /// The writes that apply one event to the view in a given generation, for a rebuild (which
 /// applies the log in order into a generation no reader sees yet). The same rules as the
 /// service's steps: a pending comment never replaces a final one.
-pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &str, event: &Event) {
+pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &Generation, event: &Event) {
     match event {
         Event::PostCreated(post) => {
             let id = post.id.to_string();
             pipe.hset_multiple(
-                format!("{base}post:{id}"),
+                base.view_post(&id),
                 &[("id", id.as_str()), ("title", post.title.as_str())],
             )
             .ignore();
-            pipe.zadd(format!("{base}posts"), &id, 0).ignore();
+            pipe.zadd(base.view_posts(), &id, 0).ignore();
         }
         Event::CommentCreated(comment) | Event::CommentUpdated(comment) => {
-            let key = format!("{base}comments:{}", comment.post_id);
+            let key = base.view_comments(&comment.post_id.to_string());
             let view = CommentView {
                 id: comment.id,
                 content: comment.content.clone(),
@@ -232,14 +235,10 @@ pub struct Query {
 impl Query {
     pub fn new(keys: &Keys) -> Query {
         Query {
-            events: keys.events(),
-            dead: keys.dead(),
+            events: keys.events(Partition::FIRST),
+            dead: keys.dead(Partition::FIRST),
             view: View::new(keys),
         }
-    }
-
-    pub fn streams(keys: &Keys) -> Vec<String> {
-        vec![keys.events()]
     }
 }
 

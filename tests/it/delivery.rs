@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use blogctl::bus::{Delivery, Handler, Plan, RawEntry, ensure_group};
-use blogctl::keys::Keys;
+use blogctl::keyspace::{Keys, Partition};
 use blogctl::services::moderation::Moderation;
 
 use crate::support::{Blog, PATIENCE, wait_until};
@@ -60,7 +60,7 @@ fn two_instances_of_every_service_give_the_same_view_as_one() {
 async fn a_redelivered_entry_has_no_second_effect() {
     let blog = Blog::new();
     let keys = Keys::new("blog").unwrap();
-    let events = keys.events();
+    let events = keys.events(Partition::FIRST);
     let mut connection = redis::Client::open(blog.redis.url())
         .unwrap()
         .get_multiplexed_async_connection()

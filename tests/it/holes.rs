@@ -3,9 +3,11 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use blogctl::keys::Keys;
+use blogctl::keyspace::{Keys, Partition, Service};
 
 use crate::support::{Blog, PATIENCE, RedisServer, wait_until};
+
+const P: Partition = Partition::FIRST;
 
 fn keys() -> Keys {
     Keys::new("blog").unwrap()
@@ -14,7 +16,7 @@ fn keys() -> Keys {
 /// Adds `count` `PostCreated` events to the events stream, as if the posts service made them.
 fn seed_posts(blog: &Blog, count: usize) {
     let mut connection = blog.redis.connection();
-    let events = keys().events();
+    let events = keys().events(P);
     for chunk in 0..count.div_ceil(10_000) {
         let mut pipe = redis::pipe();
         for _ in chunk * 10_000..((chunk + 1) * 10_000).min(count) {
@@ -55,7 +57,7 @@ fn meddle_during_rebuild(blog: &Blog, meddle: impl FnOnce()) -> Option<(i32, Str
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let filling = format!("{}1:posts", keys().service_prefix("query"));
+    let filling = keys().generation(Service::Query, P, 1).view_posts();
     let mut connection = blog.redis.connection();
     let started = wait_until(PATIENCE, || {
         let filled: u64 = redis::cmd("ZCARD")
@@ -70,13 +72,7 @@ fn meddle_during_rebuild(blog: &Blog, meddle: impl FnOnce()) -> Option<(i32, Str
     }
     meddle();
     // Too late if the rebuild had switched already: try again.
-    if get(
-        blog,
-        &format!("{}generation", keys().service_prefix("query")),
-    )
-    .as_deref()
-        == Some("1")
-    {
+    if get(blog, &keys().generation_pointer(Service::Query, P)).as_deref() == Some("1") {
         let _ = rebuild.wait();
         return None;
     }
@@ -107,7 +103,7 @@ fn entries_trimmed_while_a_rebuild_reads_make_it_fail_without_switching() {
     let (blog, code, stderr) = rebuild_while(|blog| {
         let mut connection = blog.redis.connection();
         let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-            .arg(keys().events())
+            .arg(keys().events(P))
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -115,7 +111,7 @@ fn entries_trimmed_while_a_rebuild_reads_make_it_fail_without_switching() {
             .query(&mut connection)
             .unwrap();
         let _: u64 = redis::cmd("XTRIM")
-            .arg(keys().events())
+            .arg(keys().events(P))
             .arg("MINID")
             .arg(&last[0].0)
             .query(&mut connection)
@@ -123,11 +119,14 @@ fn entries_trimmed_while_a_rebuild_reads_make_it_fail_without_switching() {
     });
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("trimmed"), "{stderr}");
-    let pointer = format!("{}generation", keys().service_prefix("query"));
+    let pointer = keys().generation_pointer(Service::Query, P);
     assert_eq!(get(&blog, &pointer), None, "the rebuild switched");
     // Its half-built generation is gone.
     let left: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}1:*", keys().service_prefix("query")))
+        .arg(format!(
+            "{}*",
+            keys().generation(Service::Query, P, 1).base()
+        ))
         .query(&mut blog.redis.connection())
         .unwrap();
     assert!(left.is_empty(), "{} keys left behind", left.len());
@@ -135,7 +134,7 @@ fn entries_trimmed_while_a_rebuild_reads_make_it_fail_without_switching() {
 
 #[test]
 fn a_rebuild_does_not_switch_over_another_rebuilds_switch() {
-    let pointer = format!("{}generation", keys().service_prefix("query"));
+    let pointer = keys().generation_pointer(Service::Query, P);
     let (blog, code, stderr) = rebuild_while(|blog| {
         // Another rebuild (after this one's lock was freed by hand) switched meanwhile.
         let _: () = redis::cmd("SET")
@@ -155,7 +154,7 @@ fn trim_refuses_while_a_rebuild_runs() {
     let services = blog.serve(&["all"]);
     let post = blog.ok(&["post", "create", "--wait", "hello"]);
     blog.verdict(&post, "first");
-    let lock = keys().rebuild_lock("query");
+    let lock = keys().rebuild_lock(Service::Query, P);
     let _: () = redis::cmd("SET")
         .arg(&lock)
         .arg("someone")
@@ -163,11 +162,11 @@ fn trim_refuses_while_a_rebuild_runs() {
         .unwrap();
     let archive = tempfile::NamedTempFile::new().unwrap();
     let archive_path = archive.path().to_str().unwrap();
-    let before = blog.entries(&keys().events()).len();
+    let before = blog.entries(&keys().events(P)).len();
     let run = blog.run(&["trim", "--archive", archive_path, "--yes"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("rebuild"), "{run:?}");
-    assert_eq!(blog.entries(&keys().events()).len(), before);
+    assert_eq!(blog.entries(&keys().events(P)).len(), before);
     assert_eq!(std::fs::read_to_string(archive.path()).unwrap(), "");
     // Without the lock, it trims.
     let _: () = redis::cmd("DEL")
@@ -175,7 +174,7 @@ fn trim_refuses_while_a_rebuild_runs() {
         .query(&mut blog.redis.connection())
         .unwrap();
     blog.ok(&["trim", "--archive", archive_path, "--yes"]);
-    assert!(blog.entries(&keys().events()).len() < before);
+    assert!(blog.entries(&keys().events(P)).len() < before);
     drop(services);
 }
 
@@ -202,7 +201,7 @@ fn push_ahead(blog: &Blog, stream: &str) {
 #[test]
 fn a_comment_on_a_post_just_created_is_accepted_when_the_log_runs_ahead_of_the_clock() {
     let blog = Blog::new();
-    let events = keys().events();
+    let events = keys().events(P);
     push_ahead(&blog, &events);
     let posts = blog.serve(&["posts"]);
     let post = blog.ok(&["post", "create", "hello"]);
@@ -226,7 +225,7 @@ fn a_comment_on_a_post_just_created_is_accepted_when_the_log_runs_ahead_of_the_c
 #[test]
 fn a_request_past_its_deadline_is_never_applied_when_the_inbox_runs_ahead_of_the_clock() {
     let blog = Blog::new();
-    let inbox = keys().inbox("posts");
+    let inbox = keys().inbox(Service::Posts, P);
     push_ahead(&blog, &inbox);
     let mut client = blog
         .command()
@@ -278,7 +277,7 @@ fn a_step_that_fails_after_acknowledging_is_dead_lettered_with_its_error() {
     let post = blog.ok(&["post", "create", "--wait", "hello"]);
     // A key of the wrong type where the view keeps the post's comments: the query step
     // acknowledges its entry, then fails on it.
-    let comments_key = format!("{}0:comments:{post}", keys().service_prefix("query"));
+    let comments_key = keys().generation(Service::Query, P, 0).view_comments(&post);
     let _: () = redis::cmd("SET")
         .arg(&comments_key)
         .arg("not a hash")
@@ -287,7 +286,7 @@ fn a_step_that_fails_after_acknowledging_is_dead_lettered_with_its_error() {
     blog.ok(&["comment", "create", &post, "first"]);
     let mut dead = Vec::new();
     let found = wait_until(PATIENCE, || {
-        dead = blog.entries(&keys().dead());
+        dead = blog.entries(&keys().dead(P));
         dead.iter().any(|(_, fields)| {
             let field = |name: &str| {
                 fields
@@ -302,7 +301,7 @@ fn a_step_that_fails_after_acknowledging_is_dead_lettered_with_its_error() {
         })
     });
     assert!(found, "no dead letter for the failed step: {dead:?}");
-    assert_eq!(blog.pending(&keys().events(), "query"), 0);
+    assert_eq!(blog.pending(&keys().events(P), "query"), 0);
     drop(services);
 }
 
@@ -345,7 +344,7 @@ fn a_not_found_answer_is_remembered_for_retries() {
     // The post appears afterwards; the retry still gets the first answer.
     let data = serde_json::json!({"id": post, "title": "late"}).to_string();
     let _: String = redis::cmd("XADD")
-        .arg(keys().events())
+        .arg(keys().events(P))
         .arg("*")
         .arg(&[
             ("type", "PostCreated"),
@@ -357,7 +356,7 @@ fn a_not_found_answer_is_remembered_for_retries() {
         .query(&mut blog.redis.connection())
         .unwrap();
     let learnt = wait_until(PATIENCE, || {
-        blog.pending(&keys().events(), "comments") == 0
+        blog.pending(&keys().events(P), "comments") == 0
             && blog.run(&["comment", "create", &post, "probe"]).code == 0
     });
     assert!(learnt, "the comments service never learnt the post");
@@ -377,7 +376,7 @@ fn a_group_destroyed_under_a_running_service_is_not_recreated_over_the_log() {
     let moderation = blog.serve(&["moderation"]);
     let post = blog.ok(&["post", "create", "--wait", "hello"]);
     assert_eq!(blog.verdict(&post, "first"), "approved");
-    let events = keys().events();
+    let events = keys().events(P);
     let mut connection = blog.redis.connection();
     let _: u64 = redis::cmd("XGROUP")
         .arg(&["DESTROY", &events, "moderation"])

@@ -2,18 +2,23 @@
 
 use std::time::Duration;
 
+pub mod completions;
+pub mod values;
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench::{self, BenchArgs};
+use crate::client;
 use crate::client::comment::CommentCommand;
 use crate::client::post::PostCommand;
-use crate::client::{self, Context};
 use crate::connection::Redis;
+use crate::context::Context;
 use crate::error::Failure;
-use crate::keys::Keys;
+use crate::keyspace::Keys;
 use crate::ops;
 use crate::rebuild::{self, RebuildArgs};
-use crate::services::{self, ServeArgs, parse_seconds};
+use crate::services::{self, ServeArgs};
+use values::parse_seconds;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -87,7 +92,7 @@ pub enum Command {
     /// Print a shell completion script.
     ///
     /// Example: blogctl completions bash > /etc/bash_completion.d/blogctl
-    Completions(ops::completions::CompletionsArgs),
+    Completions(completions::CompletionsArgs),
     /// Rebuild the query view or the comments state from the whole log, then switch to it.
     ///
     /// Example: blogctl rebuild query --archive events.ndjson
@@ -123,7 +128,7 @@ pub async fn run(
         Command::Events(command) => ops::events::run(&context, command, shutdown).await,
         Command::Dead(command) => ops::dead::run(&context, command).await,
         Command::Trim(args) => ops::trim::run(&context, args).await,
-        Command::Completions(args) => ops::completions::run(args),
+        Command::Completions(args) => completions::run(args),
         Command::Rebuild(args) => rebuild::run(&context, args).await,
         Command::Bench(args) => bench::run(&context, args).await,
     }

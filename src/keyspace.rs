@@ -1,0 +1,274 @@
+//! The Redis keyspace: the only code that formats a key name, the tests' included.
+//!
+//! Every key of a namespace carries the hash tag of its partition, `{<ns>.<p>}`, so that every
+//! atomic step (a Lua script touching a stream and a service's keys) stays in one Redis Cluster
+//! slot. There is one partition today, 0; every key function takes the partition already. Each
+//! service's keys live under its own prefix `<ns>:<service>:{<ns>.<p>}:`, so a Redis ACL user per
+//! service can be limited to `<ns>:<service>:*` ([`Keys::service_pattern`]).
+//!
+//! The rebuildable state of the comments and query services lives in generations (see
+//! [`Generation`]); the step scripts resolve the live generation inside Redis, so they name
+//! its keys in Lua, with the functions [`generation_lua`] writes from the same names.
+
+use std::fmt;
+
+use crate::error::Failure;
+
+/// A service: its name is its consumer group and its key prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    Posts,
+    Comments,
+    Moderation,
+    Query,
+}
+
+impl Service {
+    pub const ALL: [Service; 4] = [
+        Service::Posts,
+        Service::Comments,
+        Service::Moderation,
+        Service::Query,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Service::Posts => "posts",
+            Service::Comments => "comments",
+            Service::Moderation => "moderation",
+            Service::Query => "query",
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A partition of the blog: its keys share one hash tag. Only partition 0 exists today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition(pub u32);
+
+impl Partition {
+    pub const FIRST: Partition = Partition(0);
+}
+
+/// Key names for one namespace.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    namespace: String,
+}
+
+impl Keys {
+    /// Checks the namespace (letters, digits, `-`, `_`; 1 to 64 characters) and builds the names.
+    pub fn new(namespace: &str) -> Result<Keys, Failure> {
+        let valid = !namespace.is_empty()
+            && namespace.len() <= 64
+            && namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(Failure::invalid(format!(
+                "invalid namespace {namespace:?}: use 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        Ok(Keys {
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn tag(&self, partition: Partition) -> String {
+        format!("{{{}.{}}}", self.namespace, partition.0)
+    }
+
+    /// The event log: `<ns>:events:{<ns>.<p>}`.
+    pub fn events(&self, partition: Partition) -> String {
+        format!("{}:events:{}", self.namespace, self.tag(partition))
+    }
+
+    /// Dead letters: `<ns>:dead:{<ns>.<p>}`.
+    pub fn dead(&self, partition: Partition) -> String {
+        format!("{}:dead:{}", self.namespace, self.tag(partition))
+    }
+
+    /// The prefix every key of `service` starts with: `<ns>:<service>:{<ns>.<p>}:`.
+    pub fn service_prefix(&self, service: Service, partition: Partition) -> String {
+        format!("{}:{service}:{}:", self.namespace, self.tag(partition))
+    }
+
+    /// A pattern matching every key of `service`, in every partition (for ACL key patterns).
+    pub fn service_pattern(&self, service: Service) -> String {
+        format!("{}:{service}:*", self.namespace)
+    }
+
+    /// The request stream a service reads its commands from: `<prefix>inbox`.
+    pub fn inbox(&self, service: Service, partition: Partition) -> String {
+        format!("{}inbox", self.service_prefix(service, partition))
+    }
+
+    /// Tries of redelivered entries, by `<stream>/<entry id>`: `<prefix>attempts`.
+    pub fn attempts(&self, service: Service, partition: Partition) -> String {
+        format!("{}attempts", self.service_prefix(service, partition))
+    }
+
+    /// Where a service remembers its answer to one request id: `<prefix>request:<id>`.
+    pub fn answer(&self, service: Service, partition: Partition, request_id: &str) -> String {
+        format!(
+            "{}request:{request_id}",
+            self.service_prefix(service, partition)
+        )
+    }
+
+    /// The posts service's record of one post: `<ns>:posts:{<ns>.<p>}:post:<id>`.
+    pub fn post(&self, partition: Partition, id: &str) -> String {
+        format!(
+            "{}post:{id}",
+            self.service_prefix(Service::Posts, partition)
+        )
+    }
+
+    /// Where the answer to one request is left for the client: `name` is the request's
+    /// `reply_to` (a UUID the client picks), or its inbox entry id when it has none.
+    pub fn reply(&self, partition: Partition, name: &str) -> String {
+        format!("{}:replies:{}:{name}", self.namespace, self.tag(partition))
+    }
+
+    /// The key naming the live generation of a service's rebuildable state: `<prefix>generation`.
+    pub fn generation_pointer(&self, service: Service, partition: Partition) -> String {
+        format!("{}generation", self.service_prefix(service, partition))
+    }
+
+    /// The last generation number handed out: `<prefix>generations`.
+    pub fn generation_counter(&self, service: Service, partition: Partition) -> String {
+        format!("{}generations", self.service_prefix(service, partition))
+    }
+
+    /// The lock a running `blogctl rebuild` of `service` holds: `<prefix>rebuilding`.
+    pub fn rebuild_lock(&self, service: Service, partition: Partition) -> String {
+        format!("{}rebuilding", self.service_prefix(service, partition))
+    }
+
+    /// One generation of a service's rebuildable state: `<prefix><generation>:`.
+    pub fn generation(&self, service: Service, partition: Partition, number: u64) -> Generation {
+        Generation {
+            base: format!("{}{number}:", self.service_prefix(service, partition)),
+        }
+    }
+}
+
+/// The keys of one generation of a service's rebuildable state, under its base
+/// `<ns>:<service>:{<ns>.<p>}:<generation>:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    base: String,
+}
+
+/// The names of a generation's keys, after its base; [`generation_lua`] writes the same
+/// names as Lua functions.
+const VIEW_POSTS: &str = "posts";
+const VIEW_POST: &str = "post:";
+const VIEW_COMMENTS: &str = "comments:";
+const KNOWN_POSTS: &str = "posts";
+const COMMENT: &str = "comment:";
+
+impl Generation {
+    /// The prefix of every key of this generation.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Query: the post ids, a sorted set with all scores 0 (ordered by id, so oldest first).
+    pub fn view_posts(&self) -> String {
+        format!("{}{VIEW_POSTS}", self.base)
+    }
+
+    /// Query: one post, a hash (`id`, `title`).
+    pub fn view_post(&self, id: &str) -> String {
+        format!("{}{VIEW_POST}{id}", self.base)
+    }
+
+    /// Query: one post's comments, a hash (comment id -> `{"id","content","status"}`).
+    pub fn view_comments(&self, post_id: &str) -> String {
+        format!("{}{VIEW_COMMENTS}{post_id}", self.base)
+    }
+
+    /// Comments: the post ids it learnt from `PostCreated`, a set.
+    pub fn known_posts(&self) -> String {
+        format!("{}{KNOWN_POSTS}", self.base)
+    }
+
+    /// Comments: one comment, a hash (`id`, `postId`, `content`, `status`).
+    pub fn comment(&self, id: &str) -> String {
+        format!("{}{COMMENT}{id}", self.base)
+    }
+}
+
+/// Lua that names a generation's keys as [`Generation`] does: `generation_base(prefix,
+/// pointer)` from the service's prefix and the generation pointer's value (`nil` before the
+/// first rebuild: generation 0), then one function per key from that base.
+pub fn generation_lua() -> String {
+    format!(
+        r#"local function generation_base(prefix, pointer) return prefix .. (pointer or '0') .. ':' end
+local function view_posts(base) return base .. '{VIEW_POSTS}' end
+local function view_post(base, id) return base .. '{VIEW_POST}' .. id end
+local function view_comments(base, post_id) return base .. '{VIEW_COMMENTS}' .. post_id end
+local function known_posts(base) return base .. '{KNOWN_POSTS}' end
+local function comment_key(base, id) return base .. '{COMMENT}' .. id end
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Partition = Partition::FIRST;
+
+    #[test]
+    fn names_share_their_partitions_hash_tag() {
+        let keys = Keys::new("blog").unwrap();
+        assert_eq!(keys.events(P), "blog:events:{blog.0}");
+        assert_eq!(keys.dead(Partition(3)), "blog:dead:{blog.3}");
+        assert_eq!(keys.inbox(Service::Posts, P), "blog:posts:{blog.0}:inbox");
+        assert_eq!(keys.reply(P, "1-2"), "blog:replies:{blog.0}:1-2");
+        assert_eq!(
+            keys.answer(Service::Comments, P, "r"),
+            "blog:comments:{blog.0}:request:r"
+        );
+        assert_eq!(
+            keys.generation(Service::Query, P, 2).view_post("x"),
+            "blog:query:{blog.0}:2:post:x"
+        );
+        assert_eq!(keys.service_pattern(Service::Query), "blog:query:*");
+    }
+
+    #[test]
+    fn rejects_namespaces_that_would_break_key_names() {
+        for bad in ["", "a:b", "a{b}", "a b", &"x".repeat(65)] {
+            assert!(Keys::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_lua_names_match_the_rust_ones() {
+        let lua = generation_lua();
+        for (function, suffix) in [
+            ("view_posts(base)", VIEW_POSTS),
+            ("view_post(base, id)", VIEW_POST),
+            ("view_comments(base, post_id)", VIEW_COMMENTS),
+            ("known_posts(base)", KNOWN_POSTS),
+            ("comment_key(base, id)", COMMENT),
+        ] {
+            assert!(
+                lua.contains(&format!("function {function} return base .. '{suffix}'")),
+                "{function}"
+            );
+        }
+    }
+}
