@@ -394,6 +394,26 @@ impl Blog {
             _ => 0,
         }
     }
+
+    /// Waits until no group of any service holds a pending entry (they may still be
+    /// acknowledging what they skip when the view settles).
+    pub fn wait_until_nothing_pending(&self) {
+        let events = self.key("events");
+        let groups = [
+            (events.clone(), "comments"),
+            (events.clone(), "moderation"),
+            (events, "query"),
+            (format!("{}inbox", self.key("posts")), "posts"),
+            (format!("{}inbox", self.key("comments")), "comments"),
+        ];
+        for (stream, group) in &groups {
+            assert!(
+                wait_until(PATIENCE, || self.pending(stream, group) == 0),
+                "group {group} on {stream} still has {} pending entries",
+                self.pending(stream, group)
+            );
+        }
+    }
 }
 
 /// A running `blogctl serve` process; killed on drop if still running.
