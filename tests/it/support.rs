@@ -429,9 +429,10 @@ impl Service {
 
     /// Sends SIGTERM and waits for the exit; returns the exit code and how long it took.
     pub fn terminate(mut self) -> (i32, Duration) {
-        let started = Instant::now();
         signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + PATIENCE;
+        // Timed from when `kill` has sent the signal: spawning `kill` is not the service's time.
+        let started = Instant::now();
+        let deadline = started + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status.code().unwrap_or(-1), started.elapsed());
