@@ -3,6 +3,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
+use crate::delivery::add_request;
 use crate::support::{Blog, PATIENCE, RedisServer, wait_until};
 
 /// CPU time (user + system, in clock ticks) a process has used so far.
@@ -292,5 +293,149 @@ fn a_service_applies_nothing_while_redis_is_full_and_catches_up_after() {
     assert_eq!(verdicts.len(), 1);
     assert_eq!(verdicts[0]["id"], comment.as_str());
     assert_eq!(verdicts[0]["status"], "approved");
+    assert!(blog.entries(&blog.key("dead")).is_empty());
+}
+
+#[test]
+fn running_services_wait_out_a_switch_to_a_read_only_replica_and_back() {
+    let blog = Blog::new();
+    let services = blog.serve(&["all", "--consumer", "c"]);
+    let before = blog.ok(&["post", "create", "--wait", "Before"]);
+    assert_eq!(blog.verdict(&before, "before the switch"), "approved");
+    blog.wait_until_nothing_pending();
+    let events = blog.key("events");
+    let (posts_inbox, comments_inbox) = (
+        format!("{}inbox", blog.key("posts")),
+        format!("{}inbox", blog.key("comments")),
+    );
+    let logged_events = blog.entries(&events).len();
+
+    let master = make_read_only_replica(&blog);
+    assert!(
+        wait_until(PATIENCE, || services.log().contains("read only replica")),
+        "the services did not meet the read-only Redis: {}",
+        services.log()
+    );
+
+    // Meanwhile, requests and an event are made on the master and reach the replica: a request
+    // already delivered to the posts service (as if Redis turned read-only between its read
+    // and its step), a request not read yet, and an event.
+    let mut on_master = master.connection();
+    let (post_reply, comment_reply) = (
+        uuid::Uuid::now_v7().to_string(),
+        uuid::Uuid::now_v7().to_string(),
+    );
+    add_request(
+        &mut on_master,
+        &blog,
+        "posts",
+        "meanwhile-post",
+        Some(&post_reply),
+        600_000,
+        r#"{"title":"Requested meanwhile"}"#,
+    );
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP",
+            "posts",
+            "c",
+            "COUNT",
+            "1",
+            "STREAMS",
+            &posts_inbox,
+            ">",
+        ])
+        .query(&mut on_master)
+        .unwrap();
+    add_request(
+        &mut on_master,
+        &blog,
+        "comments",
+        "meanwhile-comment",
+        Some(&comment_reply),
+        600_000,
+        &format!(r#"{{"postId":"{before}","content":"commented meanwhile"}}"#),
+    );
+    let event_post = uuid::Uuid::now_v7().to_string();
+    let _: String = redis::cmd("XADD")
+        .arg(&events)
+        .arg("*")
+        .arg(&[
+            ("type", "PostCreated"),
+            ("version", "1"),
+            ("request_id", "meanwhile-event"),
+            ("producer", "posts"),
+            (
+                "data",
+                &format!(r#"{{"id":"{event_post}","title":"Published meanwhile"}}"#),
+            ),
+        ])
+        .query(&mut on_master)
+        .unwrap();
+    assert!(
+        wait_until(PATIENCE, || blog.entries(&events).len()
+            == logged_events + 1
+            && blog.entries(&comments_inbox).len() == 1
+            && blog.pending(&posts_inbox, "posts") == 1),
+        "what the master got did not reach the replica"
+    );
+    // Nothing of it is applied, nor dead-lettered, while Redis is read-only: the requests
+    // are still there, and no event was added.
+    let run = blog.run(&["post", "create", "Refused"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(blog.entries(&posts_inbox).len(), 1);
+    assert_eq!(blog.entries(&events).len(), logged_events + 1);
+    assert!(blog.entries(&blog.key("dead")).is_empty());
+
+    // Back to a primary: all of it is applied, once.
+    replicate(&blog.redis, None);
+    let view = blog.wait_for_view(3, 2);
+    let mut titles: Vec<&str> = view
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|post| post["title"].as_str().unwrap())
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        ["Before", "Published meanwhile", "Requested meanwhile"]
+    );
+    let commented = view
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|post| post["id"] == before.as_str())
+        .unwrap();
+    assert_eq!(commented["comments"][1]["content"], "commented meanwhile");
+    assert_eq!(commented["comments"][1]["status"], "approved");
+    blog.wait_until_nothing_pending();
+    let mut created: Vec<String> = blog
+        .events_of("PostCreated")
+        .iter()
+        .map(|event| event["title"].as_str().unwrap().to_owned())
+        .collect();
+    created.sort();
+    assert_eq!(created, titles);
+    for kind in ["CommentCreated", "CommentModerated", "CommentUpdated"] {
+        assert_eq!(blog.events_of(kind).len(), 2, "{kind}");
+    }
+    let mut connection = blog.redis.connection();
+    let keys = blogctl::keys::Keys::new(&blog.namespace).unwrap();
+    for (reply, answer) in [
+        (&post_reply, "Requested meanwhile"),
+        (&comment_reply, "commented meanwhile"),
+    ] {
+        let answers: Vec<String> = redis::cmd("LRANGE")
+            .arg(keys.reply(reply))
+            .arg(0)
+            .arg(-1)
+            .query(&mut connection)
+            .unwrap();
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(answers[0].contains(answer), "{answers:?}");
+    }
+    assert!(blog.entries(&posts_inbox).is_empty());
+    assert!(blog.entries(&comments_inbox).is_empty());
     assert!(blog.entries(&blog.key("dead")).is_empty());
 }
