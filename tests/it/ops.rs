@@ -578,8 +578,26 @@ fn trim_archives_exactly_the_acknowledged_entries() {
     let services = blog.serve(&["all"]);
     let post = blog.ok(&["post", "create", "--wait", "Trimmed"]);
     blog.ok(&["comment", "create", "--wait", &post, "old news"]);
+    // A dead letter: a malformed request, which comments dead-letters (the events stay as they are).
+    let comments_inbox = format!("{}inbox", blog.key("comments"));
+    xadd(&blog, &comments_inbox, &[("garbage", b"yes")]);
+    assert!(wait_until(PATIENCE, || blog
+        .entries(&blog.key("dead"))
+        .len()
+        == 1));
     wait_until_caught_up(&blog);
     assert_eq!(services.terminate().0, 0);
+    // A request waiting in the posts inbox while its service is stopped.
+    let waiting = blog.run(&["--timeout", "0.3", "post", "create", "Waiting"]);
+    assert_eq!(waiting.code, 5, "{waiting:?}");
+    let posts_inbox = format!("{}inbox", blog.key("posts"));
+    let untouchable = [posts_inbox, comments_inbox, blog.key("dead")];
+    let before: Vec<_> = untouchable.iter().map(|key| blog.entries(key)).collect();
+    assert_eq!(
+        before.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1, 0, 1],
+        "{before:?}"
+    );
     let events = blog.key("events");
     let story = blog.entries(&events);
     assert_eq!(story.len(), 4);
@@ -659,10 +677,8 @@ fn trim_archives_exactly_the_acknowledged_entries() {
     assert_eq!(archived[4]["id"], newer[0].as_str());
     assert_eq!(archived[5]["fields"]["type"], "Unknown");
     // Inboxes and dead letters are never touched.
-    assert_eq!(
-        blog.entries(&format!("{}inbox", blog.key("posts"))).len(),
-        0
-    );
+    let after: Vec<_> = untouchable.iter().map(|key| blog.entries(key)).collect();
+    assert_eq!(after, before);
 }
 
 #[test]
@@ -712,10 +728,45 @@ fn trim_refuses_when_a_group_is_missing_or_behind() {
 #[test]
 fn completions_are_generated_for_each_shell() {
     let blog = Blog::new();
-    for shell in ["bash", "zsh", "fish"] {
-        let script = blog.ok(&["completions", shell]);
-        assert!(script.contains("blogctl"), "{shell}: {script}");
-        assert!(script.contains("trim"), "{shell} completes the subcommands");
+    let top = [
+        "serve",
+        "post",
+        "comment",
+        "status",
+        "events",
+        "dead",
+        "trim",
+        "completions",
+        "rebuild",
+        "bench",
+    ];
+    let bash = blog.ok(&["completions", "bash"]);
+    assert!(bash.starts_with("_blogctl() {"), "defines _blogctl: {bash}");
+    assert!(bash.contains("complete -F _blogctl"), "{bash}");
+    let zsh = blog.ok(&["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef blogctl\n"), "{zsh}");
+    let fish = blog.ok(&["completions", "fish"]);
+    // Each shell offers every subcommand, in its own syntax.
+    for name in top {
+        assert!(bash.contains(&format!("blogctl,{name})")), "bash: {name}");
+        assert!(zsh.contains(&format!("\n'{name}:")), "zsh: {name}");
+        let fish_line =
+            format!(r#"complete -c blogctl -n "__fish_blogctl_needs_command" -f -a "{name}""#);
+        assert!(fish.contains(&fish_line), "fish: {name}");
+    }
+    // And the second level of the tree: `dead retry`, `events tail`.
+    for (parent, name) in [("dead", "retry"), ("events", "tail")] {
+        assert!(
+            bash.contains(&format!("__{parent},{name})")),
+            "bash: {parent} {name}"
+        );
+        assert!(zsh.contains(&format!("\n'{name}:")), "zsh: {parent} {name}");
+        assert!(
+            fish.lines()
+                .any(|line| line.contains(&format!("using_subcommand {parent}"))
+                    && line.contains(&format!(r#"-a "{name}""#))),
+            "fish: {parent} {name}"
+        );
     }
     assert_eq!(blog.run(&["completions", "tcsh"]).code, 2);
 }

@@ -26,6 +26,8 @@ impl RedisServer {
     pub fn start_with(extra: &[&str]) -> RedisServer {
         for _ in 0..10 {
             let dir = tempfile::tempdir().expect("temp dir");
+            // The port is free when probed but not held: another test may bind it before this
+            // redis-server does. Then our child exits (address in use) and we try another port.
             let port = free_port();
             let process = spawn_redis(dir.path(), port, extra);
             let args = extra.iter().map(|arg| arg.to_string()).collect();
@@ -35,10 +37,9 @@ impl RedisServer {
                 process: Mutex::new(process),
                 dir,
             };
-            if wait_until(Duration::from_secs(5), || server.ping()) {
+            if server.wait_until_serving() {
                 return server;
             }
-            // Someone else took the port between choosing and binding it: drop, try another.
         }
         panic!("could not start redis-server");
     }
@@ -54,11 +55,44 @@ impl RedisServer {
             .expect("connect to test redis")
     }
 
-    fn ping(&self) -> bool {
-        redis::Client::open(self.url())
-            .and_then(|client| client.get_connection())
-            .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection))
-            .is_ok()
+    /// Waits until our own child answers on the port, ready (PING, so not while it loads its
+    /// data). False when the child exited (the port was taken) or it took too long.
+    fn wait_until_serving(&self) -> bool {
+        let own = self.process.lock().unwrap().id();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            // A PING answer alone could come from another test's server on this port.
+            if self.answering_process() == Some(own) {
+                return true;
+            }
+            let exited = self.process.lock().unwrap().try_wait().unwrap().is_some();
+            if exited || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The pid of the redis-server that answers PING on our port, if one does.
+    fn answering_process(&self) -> Option<u32> {
+        let client = redis::Client::open(self.url()).ok()?;
+        // Bounded, in case whatever holds the port accepts and never answers.
+        let mut connection = client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        connection
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut connection)
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut connection).ok()?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("process_id:"))?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Kills redis-server (SIGKILL), keeping its directory, until [`RedisServer::start_again`].
@@ -72,10 +106,7 @@ impl RedisServer {
     pub fn start_again(&self) {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         *self.process.lock().unwrap() = spawn_redis(self.dir.path(), self.port, &args);
-        assert!(
-            wait_until(Duration::from_secs(10), || self.ping()),
-            "redis did not come back"
-        );
+        self.assert_back();
     }
 
     /// Kills redis-server (SIGKILL, keeping its directory) and starts it again on the same port.
@@ -86,9 +117,17 @@ impl RedisServer {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         *process = spawn_redis(self.dir.path(), self.port, &args);
         drop(process);
+        self.assert_back();
+    }
+
+    /// After a start on the same port: the services under test know only this port, so a
+    /// server of another test that took it meanwhile fails the test instead of being shared.
+    fn assert_back(&self) {
         assert!(
-            wait_until(Duration::from_secs(10), || self.ping()),
-            "redis did not come back"
+            self.wait_until_serving(),
+            "redis-server did not come back on port {} (another process took it?); log:\n{}",
+            self.port,
+            std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
         );
     }
 }
@@ -355,6 +394,26 @@ impl Blog {
             _ => 0,
         }
     }
+
+    /// Waits until no group of any service holds a pending entry (they may still be
+    /// acknowledging what they skip when the view settles).
+    pub fn wait_until_nothing_pending(&self) {
+        let events = self.key("events");
+        let groups = [
+            (events.clone(), "comments"),
+            (events.clone(), "moderation"),
+            (events, "query"),
+            (format!("{}inbox", self.key("posts")), "posts"),
+            (format!("{}inbox", self.key("comments")), "comments"),
+        ];
+        for (stream, group) in &groups {
+            assert!(
+                wait_until(PATIENCE, || self.pending(stream, group) == 0),
+                "group {group} on {stream} still has {} pending entries",
+                self.pending(stream, group)
+            );
+        }
+    }
 }
 
 /// A running `blogctl serve` process; killed on drop if still running.
@@ -370,9 +429,10 @@ impl Service {
 
     /// Sends SIGTERM and waits for the exit; returns the exit code and how long it took.
     pub fn terminate(mut self) -> (i32, Duration) {
-        let started = Instant::now();
         signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + PATIENCE;
+        // Timed from when `kill` has sent the signal: spawning `kill` is not the service's time.
+        let started = Instant::now();
+        let deadline = started + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status.code().unwrap_or(-1), started.elapsed());
