@@ -27,13 +27,27 @@ pub fn add_request(
         "comments" => "CreateComment",
         other => panic!("{other} takes no requests"),
     };
+    // Stamped as the client's script stamps it: the deadline by Redis's clock, and the last
+    // entry of the events stream.
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(connection).unwrap();
+    let deadline_ms = seconds * 1000 + micros / 1000 + timeout_ms;
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(blog.key("events"))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(connection)
+        .unwrap();
+    let after = last.first().map_or("0-0".to_owned(), |(id, _)| id.clone());
     let mut xadd = redis::cmd("XADD");
     xadd.arg(format!("{}inbox", blog.key(service)))
         .arg("*")
         .arg(&[
-            ("version", "1"),
+            ("version", "2"),
             ("request_id", request_id),
-            ("timeout_ms", &timeout_ms.to_string()),
+            ("deadline_ms", &deadline_ms.to_string()),
+            ("after", &after),
             ("command", command),
             ("data", data),
         ]);
@@ -45,7 +59,9 @@ pub fn add_request(
 
 /// The key a request's answer (or its client's "abandoned" mark) is left under.
 fn reply_key(blog: &Blog, name: &str) -> String {
-    Keys::new(&blog.namespace).unwrap().reply(name)
+    Keys::new(&blog.namespace)
+        .unwrap()
+        .reply(Partition::FIRST, name)
 }
 
 /// One field of a stream entry.
@@ -344,7 +360,8 @@ fn a_request_older_than_its_timeout_is_never_applied() {
         1,
         r#"{"title":"Ancient"}"#,
     );
-    // Its 1 ms run out by Redis's clock, which the service goes by, before any service reads it.
+    // Its 1 ms deadline (stamped from TIME just before the entry id) passes by Redis's clock,
+    // which the service goes by, before any service reads it.
     let sent_ms: u64 = old.split('-').next().unwrap().parse().unwrap();
     assert!(wait_until(PATIENCE, || {
         let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(&mut connection).unwrap();

@@ -421,13 +421,13 @@ fn running_services_wait_out_a_switch_to_a_read_only_replica_and_back() {
         assert_eq!(blog.events_of(kind).len(), 2, "{kind}");
     }
     let mut connection = blog.redis.connection();
-    let keys = blogctl::keys::Keys::new(&blog.namespace).unwrap();
+    let keys = blogctl::keyspace::Keys::new(&blog.namespace).unwrap();
     for (reply, answer) in [
         (&post_reply, "Requested meanwhile"),
         (&comment_reply, "commented meanwhile"),
     ] {
         let answers: Vec<String> = redis::cmd("LRANGE")
-            .arg(keys.reply(reply))
+            .arg(keys.reply(blogctl::keyspace::Partition::FIRST, reply))
             .arg(0)
             .arg(-1)
             .query(&mut connection)
