@@ -71,7 +71,8 @@ end
 local function remember(body)
   redis.call('SET', KEYS[4], body, 'PX', ANSWER_MEMORY_MS)
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then
+-- The client's mark is a string; an earlier answer under the same name would be a list.
+if redis.call('TYPE', KEYS[3])['ok'] == 'string' then
   if not claim() then return 'stale' end
   drop()
   return 'abandoned'

@@ -399,3 +399,35 @@ fn a_group_destroyed_under_a_running_service_is_not_recreated_over_the_log() {
     assert_eq!(blog.events_of("CommentModerated").len(), 2);
     drop((services, moderation));
 }
+
+#[test]
+fn an_earlier_answer_under_the_same_reply_key_is_not_taken_for_an_abandoned_mark() {
+    let blog = Blog::new();
+    let mut connection = blog.redis.connection();
+    let reply = keys().reply(P, "shared");
+    let _: u64 = redis::cmd("RPUSH")
+        .arg(&reply)
+        .arg("an earlier answer")
+        .query(&mut connection)
+        .unwrap();
+    crate::delivery::add_request(
+        &mut connection,
+        &blog,
+        "posts",
+        "second",
+        Some("shared"),
+        60_000,
+        r#"{"title":"Second"}"#,
+    );
+    let posts = blog.serve(&["posts"]);
+    let answered = wait_until(PATIENCE, || {
+        redis::cmd("LLEN")
+            .arg(&reply)
+            .query::<u64>(&mut connection)
+            .unwrap()
+            == 2
+    });
+    assert!(answered, "the request was not answered");
+    assert_eq!(blog.events_of("PostCreated").len(), 1);
+    drop(posts);
+}
