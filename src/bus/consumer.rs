@@ -1,0 +1,439 @@
+//! The consumer-group loop: own pending entries first, then new ones in batches, reconnection,
+//! and a graceful stop.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use redis::streams::StreamInfoGroupsReply;
+use redis::{AsyncCommands, ErrorKind, RedisResult, Script};
+use tracing::{debug, error, info, warn};
+
+use super::backoff::Backoff;
+use super::entry::{Delivery, RawEntry};
+use super::groups::{acknowledge, ensure_group, run_id};
+use super::handler::{Handler, Outcome, Plan};
+use super::ids::{NEW_ENTRIES, OWN_PENDING};
+use super::step::STEP_FAILED;
+use crate::connection::{Connection, Redis};
+use crate::error::is_unavailable;
+use crate::shutdown::Shutdown;
+
+/// Entries read per XREADGROUP call and per stream.
+pub(super) const BATCH: usize = 100;
+/// How long one blocking read waits; bounds how long a shutdown may go unnoticed.
+const BLOCK: Duration = Duration::from_millis(500);
+/// The block time while some entries wait for another try (see [`Outcome::Later`]).
+const BLOCK_WHILE_DEFERRED: Duration = Duration::from_millis(10);
+/// Commands of a service that do not block must answer within this or the connection is redone.
+pub const SERVICE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The category of the error a service waits on when its group vanished while it ran.
+const GROUP_VANISHED: &str = "group vanished";
+/// Who reads what, and how patiently.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// The consumer group: the service's name.
+    pub group: String,
+    /// This consumer's name within the group.
+    pub consumer: String,
+    /// The streams to read, in the order each batch is handled (events before requests).
+    pub streams: Vec<String>,
+    /// The stream whose entries are deleted once handled (the service's inbox), if any.
+    pub inbox: Option<String>,
+    /// The dead-letter stream.
+    pub dead: String,
+    /// The service's hash counting tries of redelivered entries (`<prefix>attempts`).
+    pub attempts: String,
+    /// Entries pending this long with another consumer are taken over.
+    pub claim_idle: Duration,
+    /// Deliveries after which an entry that keeps failing is dead-lettered.
+    pub max_deliveries: u64,
+}
+
+/// Runs the consumer loop until shutdown. Whatever goes wrong with Redis (lost connection,
+/// Redis restarted empty, a read-only or full Redis) is waited out with capped backoff: logged
+/// once when it starts and once when it is over, never in a tight loop.
+pub async fn consume(
+    redis: &Redis,
+    config: &ConsumerConfig,
+    handler: &mut impl Handler,
+    mut shutdown: Shutdown,
+) -> color_eyre::Result<()> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut trouble: Option<String> = None;
+    // The `run_id` of the Redis server the groups were made or found on: while it is the same
+    // server, a group that vanished is not silently recreated at the start of a stream that
+    // holds entries.
+    let mut served: Option<String> = None;
+    while !shutdown.requested() {
+        let connected = tokio::select! {
+            connected = redis.try_connect(Some(SERVICE_RESPONSE_TIMEOUT)) => connected,
+            () = shutdown.wait() => break,
+        };
+        let result = match connected {
+            Ok(connection) => {
+                let mut consumer = Consumer {
+                    config,
+                    handler,
+                    connection,
+                    shutdown: shutdown.clone(),
+                    deferred: Vec::new(),
+                    counted: HashMap::new(),
+                };
+                consumer.run(&mut trouble, &mut backoff, &mut served).await
+            }
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => break,
+            Err(error) => {
+                let kind = format!("{:?}", error.kind());
+                if trouble.as_deref() != Some(kind.as_str()) {
+                    if error.to_string().starts_with(GROUP_VANISHED) {
+                        error!(service = %config.group, %error, "waiting for the group");
+                    } else {
+                        warn!(service = %config.group, url = redis.url(), %error,
+                            "Redis is unavailable; retrying with backoff");
+                    }
+                    trouble = Some(kind);
+                }
+                shutdown.sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+    leave_groups(redis, config).await;
+    info!(service = %config.group, "stopped");
+    Ok(())
+}
+
+/// Deletes this consumer from its groups (KEYS: the streams; ARGV[1]: group, ARGV[2]: consumer)
+/// where it holds no pending entry, so stopped processes do not pile up in `blogctl status`.
+/// One that still holds entries stays: they are its to resume, or another's to take over.
+static LEAVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/leave.lua")));
+
+/// Best effort, on a graceful stop: a Redis that is away or slow is not waited for.
+async fn leave_groups(redis: &Redis, config: &ConsumerConfig) {
+    let leave = async {
+        let mut connection = redis.try_connect(Some(Duration::from_millis(500))).await?;
+        let mut invocation = LEAVE.prepare_invoke();
+        for stream in &config.streams {
+            invocation.key(stream);
+        }
+        invocation
+            .arg(&config.group)
+            .arg(&config.consumer)
+            .invoke_async::<String>(&mut connection)
+            .await
+    };
+    if let Ok(Err(error)) = tokio::time::timeout(Duration::from_millis(700), leave).await {
+        debug!(service = %config.group, %error, "could not leave the groups");
+    }
+}
+
+pub(super) struct Consumer<'a, H> {
+    pub(super) config: &'a ConsumerConfig,
+    pub(super) handler: &'a mut H,
+    pub(super) connection: Connection,
+    pub(super) shutdown: Shutdown,
+    /// Entries that could not be decided yet ([`Outcome::Later`]), tried again after each read.
+    pub(super) deferred: Vec<Delivery>,
+    /// Tries counted so far of the redelivered entries in hand, by [`Consumer::try_field`].
+    pub(super) counted: HashMap<String, u64>,
+}
+
+impl<H: Handler> Consumer<'_, H> {
+    async fn run(
+        &mut self,
+        trouble: &mut Option<String>,
+        backoff: &mut Backoff,
+        served: &mut Option<String>,
+    ) -> RedisResult<()> {
+        // A restarted Redis (a new run_id) may have come back empty: its groups are made anew.
+        let server = run_id(&mut self.connection).await?;
+        for stream in &self.config.streams {
+            if served.as_deref() == Some(server.as_str()) {
+                self.refuse_a_vanished_group(stream).await?;
+            }
+            ensure_group(&mut self.connection, stream, &self.config.group).await?;
+        }
+        *served = Some(server);
+        if trouble.take().is_some() {
+            info!(service = %self.config.group, "Redis is back; resuming");
+        } else {
+            info!(service = %self.config.group, consumer = %self.config.consumer, "started");
+        }
+        backoff.reset();
+        self.resume_own_pending().await?;
+        let claim_every = (self.config.claim_idle / 2).max(Duration::from_millis(100));
+        let mut last_claim: Option<Instant> = None;
+        while !self.shutdown.requested() {
+            if last_claim.is_none_or(|at| at.elapsed() >= claim_every) {
+                self.take_over_stuck().await?;
+                last_claim = Some(Instant::now());
+            }
+            let block = if self.deferred.is_empty() {
+                BLOCK
+            } else {
+                BLOCK_WHILE_DEFERRED
+            };
+            let ids = vec![NEW_ENTRIES; self.config.streams.len()];
+            let batch = self.read(&ids, Some(block)).await?;
+            let deliveries = batch
+                .into_iter()
+                .flat_map(|(stream, entries)| {
+                    entries
+                        .into_iter()
+                        .map(move |entry| Delivery::new(&stream, entry, 1))
+                })
+                .collect();
+            let retry = std::mem::take(&mut self.deferred);
+            let later = self.process_batch(deliveries).await?;
+            self.deferred.extend(later);
+            for delivery in retry {
+                if self.shutdown.requested() {
+                    break;
+                }
+                if self.process(&delivery).await? == Outcome::Later {
+                    self.deferred.push(delivery);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails when the group vanished from `stream` while the service ran (someone destroyed
+    /// it) and the stream still holds entries: recreating it at the start of the stream would
+    /// apply the whole log again (moderation would judge every comment a second time), and
+    /// recreating it at the end would skip what the group had not read yet. An operator decides
+    /// (see the README); the service waits, retrying with backoff. On an empty stream the group
+    /// is recreated as at the first start.
+    async fn refuse_a_vanished_group(&mut self, stream: &str) -> RedisResult<()> {
+        let length: u64 = self.connection.xlen(stream).await?;
+        if length == 0 {
+            return Ok(());
+        }
+        let groups: StreamInfoGroupsReply = self.connection.xinfo_groups(stream).await?;
+        if groups
+            .groups
+            .iter()
+            .any(|info| info.name == self.config.group)
+        {
+            return Ok(());
+        }
+        let group = &self.config.group;
+        Err(redis::RedisError::from((
+            ErrorKind::Client,
+            GROUP_VANISHED,
+            format!(
+                "group {group} vanished from {stream} while the service ran, and the stream \
+                 holds {length} entries: not recreating it, which would apply them all again. \
+                 Recreate it where it was (`redis-cli XGROUP CREATE {stream} {group} <last id \
+                 it applied>`), or restart the service to apply the whole log again"
+            ),
+        )))
+    }
+
+    /// Handles what this consumer was given before it stopped or lost Redis.
+    async fn resume_own_pending(&mut self) -> RedisResult<()> {
+        let mut after: Vec<String> = vec![OWN_PENDING.to_owned(); self.config.streams.len()];
+        loop {
+            let ids: Vec<&str> = after.iter().map(String::as_str).collect();
+            let batch = self.read(&ids, None).await?;
+            if batch.iter().all(|(_, entries)| entries.is_empty()) {
+                return Ok(());
+            }
+            for (stream, entries) in batch {
+                let position = self.config.streams.iter().position(|s| *s == stream);
+                if let (Some(position), Some(last)) = (position, entries.last()) {
+                    after[position] = last.0.clone();
+                }
+                let entries = entries
+                    .into_iter()
+                    .map(|entry| Delivery::new(&stream, entry, 1))
+                    .collect();
+                self.process_pending(entries).await?;
+                if self.shutdown.requested() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Handles a batch of first deliveries: every step in one pipeline, in stream order, then
+    /// anything unusual one by one. Returns the entries to try again later.
+    pub(super) async fn process_batch(
+        &mut self,
+        deliveries: Vec<Delivery>,
+    ) -> RedisResult<Vec<Delivery>> {
+        let group = self.config.group.clone();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut stepped: Vec<Delivery> = Vec::new();
+        let mut skipped: HashMap<String, Vec<String>> = HashMap::new();
+        let mut alone: Vec<Delivery> = Vec::new();
+        for delivery in deliveries {
+            if self.ignores(&delivery) {
+                skipped
+                    .entry(delivery.stream.clone())
+                    .or_default()
+                    .push(delivery.id.clone());
+                continue;
+            }
+            match self.handler.plan(&delivery) {
+                Plan::Skip => skipped
+                    .entry(delivery.stream.clone())
+                    .or_default()
+                    .push(delivery.id.clone()),
+                Plan::Dead(_) => alone.push(delivery),
+                Plan::Run(step) => {
+                    pipe.add_command(step.command());
+                    stepped.push(delivery);
+                }
+            }
+        }
+        for (stream, ids) in &skipped {
+            pipe.xack(stream, &group, ids);
+        }
+        let mut later = Vec::new();
+        if !stepped.is_empty() || !skipped.is_empty() {
+            // Step results are strings; the trailing XACKs' counts read as strings too.
+            let results: Vec<RedisResult<String>> = pipe.query_async(&mut self.connection).await?;
+            for (delivery, result) in stepped.into_iter().zip(results) {
+                match result {
+                    Ok(result) => match self.settle(&delivery, &result).await? {
+                        Outcome::Done => {}
+                        Outcome::Later => later.push(delivery),
+                        Outcome::Dead(reason) => {
+                            self.dead_letter(&delivery, &reason, 1).await?;
+                        }
+                    },
+                    Err(error) if is_unavailable(&error) => return Err(error),
+                    // Retried, with backoff and counting, on its own.
+                    Err(_) => alone.push(delivery),
+                }
+            }
+        }
+        for delivery in alone {
+            if self.process(&delivery).await? == Outcome::Later {
+                later.push(delivery);
+            }
+        }
+        Ok(later)
+    }
+
+    /// What a step's result means: the handler's reading of it, unless the step failed after
+    /// acknowledging its entry (the step dead-lettered it then).
+    pub(super) async fn settle(
+        &mut self,
+        delivery: &Delivery,
+        result: &str,
+    ) -> RedisResult<Outcome> {
+        if result == STEP_FAILED {
+            error!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
+                "a step failed after acknowledging its entry; the entry is in the dead letters");
+            return Ok(Outcome::Done);
+        }
+        self.handler
+            .settle(&mut self.connection, delivery, result)
+            .await
+    }
+
+    /// Whether the service has nothing to do with an entry: one put back by `blogctl dead retry`
+    /// for another service, or an event of a type it does not use.
+    pub(super) fn ignores(&self, delivery: &Delivery) -> bool {
+        if !delivery.is_for(&self.config.group) {
+            return true;
+        }
+        let is_request = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
+        !is_request && matches!(delivery.field("type"), Ok(kind) if !self.handler.uses(kind))
+    }
+
+    /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.
+    pub(super) async fn process(&mut self, delivery: &Delivery) -> RedisResult<Outcome> {
+        if self.ignores(delivery) {
+            return acknowledge(&mut self.connection, &self.config.group, delivery).await;
+        }
+        let max = self.config.max_deliveries;
+        // A redelivered entry may be one that crashed the process: count real tries (entries
+        // delivered in a batch but never reached before a crash do not count).
+        let redelivered = delivery.deliveries > 1;
+        let mut tries = if redelivered {
+            self.count_try(delivery).await?
+        } else {
+            1
+        };
+        if tries > max {
+            let reason = format!("tried {} times without being applied", tries - 1);
+            return self.dead_letter(delivery, &reason, tries - 1).await;
+        }
+        let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            let outcome = match self.handler.plan(delivery) {
+                Plan::Skip => acknowledge(&mut self.connection, &self.config.group, delivery).await,
+                Plan::Dead(reason) => Ok(Outcome::Dead(reason)),
+                Plan::Run(step) => match step.run(&mut self.connection).await {
+                    Ok(result) => self.settle(delivery, &result).await,
+                    Err(error) => Err(error),
+                },
+            };
+            match outcome {
+                Ok(Outcome::Dead(reason)) => {
+                    warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
+                        %reason, "dead-lettering a malformed entry");
+                    return self.dead_letter(delivery, &reason, tries).await;
+                }
+                Ok(outcome) => {
+                    if redelivered && outcome == Outcome::Done {
+                        self.forget_tries(delivery).await?;
+                    }
+                    return Ok(outcome);
+                }
+                Err(error) if is_unavailable(&error) => return Err(error),
+                Err(error) if tries >= max => {
+                    let reason = format!("failed {tries} times; last error: {error}");
+                    error!(service = %self.config.group, id = %delivery.id, %reason, "giving up on an entry");
+                    return self.dead_letter(delivery, &reason, tries).await;
+                }
+                Err(error) => {
+                    warn!(service = %self.config.group, id = %delivery.id, %error, try_number = tries,
+                        "an entry failed; retrying");
+                    tries += 1;
+                    if self.shutdown.sleep(retry.next_delay()).await {
+                        // Left pending: handled again after the restart.
+                        return Ok(Outcome::Later);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One XREADGROUP over all the consumer's streams; `None` block means do not wait.
+    pub(super) async fn read(
+        &mut self,
+        ids: &[&str],
+        block: Option<Duration>,
+    ) -> RedisResult<Vec<(String, Vec<RawEntry>)>> {
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(&self.config.group)
+            .arg(&self.config.consumer)
+            .arg("COUNT")
+            .arg(BATCH);
+        if let Some(block) = block {
+            command.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        command.arg("STREAMS").arg(&self.config.streams).arg(ids);
+        // A read holds nothing in hand yet: a shutdown does not wait for it (entries Redis
+        // delivered meanwhile stay pending for this consumer, or another takes them over).
+        let mut shutdown = self.shutdown.clone();
+        let reply: Option<Vec<(String, Vec<RawEntry>)>> = tokio::select! {
+            reply = command.query_async(&mut self.connection) => reply?,
+            () = shutdown.wait() => None,
+        };
+        let mut batch = reply.unwrap_or_default();
+        // Handle streams in the configured order: events before requests.
+        batch.sort_by_key(|(stream, _)| self.config.streams.iter().position(|s| s == stream));
+        Ok(batch)
+    }
+}

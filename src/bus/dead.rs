@@ -1,0 +1,68 @@
+//! Dead letters, and the count of tries that leads an entry there.
+
+use std::sync::LazyLock;
+
+use redis::{AsyncCommands, RedisResult, Script};
+use tracing::debug;
+
+use super::consumer::Consumer;
+use super::entry::Delivery;
+use super::handler::{Handler, Outcome};
+use super::step::{Step, step_script};
+
+/// Moves an entry to the dead-letter stream (KEYS[2]) and acknowledges it, in one step.
+/// ARGV[4]: reason, ARGV[5]: deliveries, ARGV[6]: the entry's fields as JSON, ARGV[7]: '1' to
+/// delete the entry from its stream too (requests are deleted once answered).
+const DEAD_LETTER: &str = include_str!("lua/dead_letter.lua");
+
+impl<H: Handler> Consumer<'_, H> {
+    /// The field of the attempts hash for one entry.
+    pub(super) fn try_field(delivery: &Delivery) -> String {
+        format!("{}/{}", delivery.stream, delivery.id)
+    }
+
+    /// Counts one more try of a redelivered entry; returns the tries so far, this one included.
+    /// An entry tried again locally (deferred, see [`Outcome::Later`]) is counted once per
+    /// delivery, not once per local try.
+    pub(super) async fn count_try(&mut self, delivery: &Delivery) -> RedisResult<u64> {
+        let field = Self::try_field(delivery);
+        if let Some(&tries) = self.counted.get(&field) {
+            return Ok(tries);
+        }
+        let counted: u64 = self
+            .connection
+            .hincr(&self.config.attempts, &field, 1)
+            .await?;
+        // The first delivery was tried without being counted.
+        self.counted.insert(field, counted + 1);
+        Ok(counted + 1)
+    }
+
+    pub(super) async fn forget_tries(&mut self, delivery: &Delivery) -> RedisResult<()> {
+        let field = Self::try_field(delivery);
+        self.counted.remove(&field);
+        self.connection.hdel(&self.config.attempts, field).await
+    }
+
+    pub(super) async fn dead_letter(
+        &mut self,
+        delivery: &Delivery,
+        reason: &str,
+        deliveries: u64,
+    ) -> RedisResult<Outcome> {
+        static SCRIPT: LazyLock<Script> = LazyLock::new(|| step_script(DEAD_LETTER));
+        let delete = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
+        // KEYS[2] of this step is the dead-letter stream, not the events stream.
+        let dead = &self.config.dead;
+        let result = Step::new(&SCRIPT, delivery, &self.config.group, dead, dead, "")
+            .arg(reason)
+            .arg(deliveries)
+            .arg(delivery.fields_json())
+            .arg(if delete { "1" } else { "0" })
+            .run(&mut self.connection)
+            .await?;
+        self.forget_tries(delivery).await?;
+        debug!(service = %self.config.group, id = %delivery.id, %result, "dead letter");
+        Ok(Outcome::Done)
+    }
+}

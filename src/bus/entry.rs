@@ -1,0 +1,120 @@
+//! Stream entries as services get them, and the event envelope they carry.
+
+use redis::Value;
+use redis::streams::StreamId;
+
+use crate::events::{ENVELOPE_VERSION, Event};
+
+/// Entry field restricting it to one service's group; other groups acknowledge and skip it.
+pub const FOR_SERVICE: &str = "for_service";
+
+/// A stream entry as XRANGE, XREAD and XREADGROUP return it: its id and its fields in order.
+/// Read straight from the reply, without a map per entry (this is the hot path of every service).
+pub type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// One entry handed to a service.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub stream: String,
+    pub id: String,
+    /// The entry's fields in stream order.
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    /// How many times Redis has delivered it, this time included.
+    pub deliveries: u64,
+}
+
+impl Delivery {
+    pub fn new(stream: &str, (id, fields): RawEntry, deliveries: u64) -> Delivery {
+        Delivery {
+            stream: stream.to_owned(),
+            id,
+            fields,
+            deliveries,
+        }
+    }
+
+    /// From an entry in redis-rs's map form (XAUTOCLAIM replies).
+    pub(super) fn from_stream_id(stream: &str, entry: StreamId, deliveries: u64) -> Delivery {
+        let fields = entry
+            .map
+            .into_iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    Value::BulkString(bytes) => bytes,
+                    Value::SimpleString(text) => text.into_bytes(),
+                    other => format!("{other:?}").into_bytes(),
+                };
+                (name.into_bytes(), value)
+            })
+            .collect();
+        Delivery::new(stream, (entry.id, fields), deliveries)
+    }
+
+    /// A text field; the error is the reason to dead-letter the entry.
+    pub fn field(&self, name: &str) -> Result<&str, String> {
+        match self
+            .fields
+            .iter()
+            .find(|(field, _)| field == name.as_bytes())
+        {
+            Some((_, bytes)) => {
+                std::str::from_utf8(bytes).map_err(|_| format!("field {name:?} is not UTF-8"))
+            }
+            None => Err(format!("field {name:?} is missing")),
+        }
+    }
+
+    /// A text field the entry may lack; the error is the reason to dead-letter the entry.
+    pub fn optional_field(&self, name: &str) -> Result<Option<&str>, String> {
+        match self
+            .fields
+            .iter()
+            .find(|(field, _)| field == name.as_bytes())
+        {
+            Some(_) => self.field(name).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The envelope's event. `Ok(None)`: a type this build does not know, to be skipped.
+    pub fn event(&self) -> Result<Option<Envelope>, String> {
+        let version = self.field("version")?;
+        if version != ENVELOPE_VERSION {
+            return Err(format!("envelope version {version:?} is not supported"));
+        }
+        let kind = self.field("type")?;
+        let data = self.field("data")?;
+        let request_id = self.field("request_id")?.to_owned();
+        Ok(Event::parse(kind, data)?.map(|event| Envelope { event, request_id }))
+    }
+
+    /// Whether `group` should handle it: entries put back from the dead letters (`blogctl dead
+    /// retry`) carry a [`FOR_SERVICE`] field naming the one service that failed them.
+    pub fn is_for(&self, group: &str) -> bool {
+        self.field(FOR_SERVICE)
+            .map_or(true, |service| service == group)
+    }
+
+    /// All fields as a JSON object, bytes that are not UTF-8 replaced, for dead letters.
+    pub fn fields_json(&self) -> String {
+        let fields: serde_json::Map<String, serde_json::Value> = self
+            .fields
+            .iter()
+            .map(|(name, value)| {
+                let text = String::from_utf8_lossy(value).into_owned();
+                (
+                    String::from_utf8_lossy(name).into_owned(),
+                    serde_json::Value::String(text),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(fields).to_string()
+    }
+}
+
+/// An event with the id of the request that caused it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub event: Event,
+    pub request_id: String,
+}

@@ -1,0 +1,31 @@
+//! The event bus: everything about Redis Streams lives here. Services only implement
+//! [`Handler`]: business rules and their own keyspace.
+//!
+//! - [`ids`]: stream ids and the special ids of stream commands.
+//! - [`entry`]: an entry as a service gets it ([`Delivery`]) and the event envelope it carries.
+//! - [`step`]: the atomic, exactly-once Lua step that applies and acknowledges one entry.
+//! - [`handler`]: what a service implements ([`Handler`], [`Plan`], [`Outcome`]).
+//! - [`consumer`]: the consumer-group loop; `takeover`: entries of silent consumers; `dead`:
+//!   dead letters and counted tries.
+//! - [`groups`]: creating groups, acknowledging, how far a group has got.
+//! - [`backoff`]: capped, jittered exponential backoff.
+//!
+//! The Lua scripts are in `lua/`.
+
+mod backoff;
+mod consumer;
+mod dead;
+pub mod entry;
+mod groups;
+mod handler;
+pub mod ids;
+mod step;
+mod takeover;
+
+pub use backoff::Backoff;
+pub use consumer::{ConsumerConfig, SERVICE_RESPONSE_TIMEOUT, consume};
+pub use entry::{Delivery, Envelope, FOR_SERVICE, RawEntry};
+pub use groups::{acknowledge, applied_up_to, ensure_group};
+pub use handler::{Handler, Outcome, Plan};
+pub use ids::{AUTO_ID, NEW_ENTRIES, OWN_PENDING, START_OF_STREAM, compare_ids};
+pub use step::{STEP_FAILED, Step, step_script};
