@@ -24,7 +24,7 @@ use crate::context::Context;
 use crate::error::Failure;
 use crate::keyspace::{Generation, Keys, Partition, Service};
 use crate::output::{print_line, progress_bar};
-use crate::services::generations::Generations;
+use crate::services::generations::{ApplyCall, Generations};
 use crate::services::{comments, query};
 
 /// Entries read from the stream per round trip.
@@ -289,7 +289,7 @@ async fn fill(
     for archive in archives {
         let file = std::fs::File::open(archive)
             .wrap_err_with(|| format!("opening {}", archive.display()))?;
-        let mut pipe = redis::pipe();
+        let mut calls = Vec::new();
         let mut reader = std::io::BufReader::new(file);
         let mut number = 0;
         loop {
@@ -328,17 +328,15 @@ async fn fill(
                 fields,
                 deliveries: 1,
             };
-            counts.add(target, &mut pipe, &base, &delivery);
+            counts.add(target, &mut calls, &delivery);
             counts.from_archives += 1;
             last = delivery.id;
-            if pipe.len() >= CHUNK * 2 {
-                let _: () = pipe.query_async(connection).await?;
-                pipe = redis::pipe();
+            if calls.len() >= CHUNK {
+                write(connection, target, &base, &calls).await?;
+                calls.clear();
             }
         }
-        if !pipe.is_empty() {
-            let _: () = pipe.query_async(connection).await?;
-        }
+        write(connection, target, &base, &calls).await?;
     }
     let removed = refuse_a_gap(connection, &events, counts.from_archives).await?;
     // The stream, from where the archives stopped; again until nothing new came meanwhile.
@@ -410,7 +408,7 @@ async fn apply_stream(
 ) -> Result<String> {
     let mut chunks = read_ahead(redis.client().clone(), log.events.to_owned(), after.clone());
     let mut last = after;
-    let mut writing: Option<(redis::Pipeline, String)> = None;
+    let mut writing: Option<(Vec<ApplyCall>, String)> = None;
     loop {
         let next = async {
             let Some(chunk) = chunks.recv().await.transpose()? else {
@@ -419,21 +417,18 @@ async fn apply_stream(
             let Some(end) = chunk.last().map(|(id, _)| id.clone()) else {
                 return Ok(None);
             };
-            let mut pipe = redis::pipe();
+            let mut calls = Vec::new();
             for entry in chunk {
                 let delivery = Delivery::new(log.events, entry, 1);
-                counts.add(log.target, &mut pipe, log.base, &delivery);
+                counts.add(log.target, &mut calls, &delivery);
                 progress.inc(1);
             }
-            Ok(Some((pipe, end)))
+            Ok(Some((calls, end)))
         };
         let mut writer = connection.clone();
         let written = async {
             match &writing {
-                // A chunk of events that change nothing here has no writes.
-                Some((pipe, end)) if pipe.is_empty() => Ok(Some(end.clone())),
-                Some((pipe, end)) => pipe
-                    .query_async::<()>(&mut writer)
+                Some((calls, end)) => write(&mut writer, log.target, log.base, calls)
                     .await
                     .map(|()| Some(end.clone())),
                 None => Ok(None),
@@ -574,13 +569,7 @@ impl Counts {
     /// Adds the writes of one entry. Events of types that do not change the target are skipped
     /// unread, and malformed and unknown entries are skipped, as the services skip them (they
     /// are in the dead letters).
-    fn add(
-        &mut self,
-        target: Target,
-        pipe: &mut redis::Pipeline,
-        base: &Generation,
-        delivery: &Delivery,
-    ) {
+    fn add(&mut self, target: Target, calls: &mut Vec<ApplyCall>, delivery: &Delivery) {
         if matches!(delivery.field("type"), Ok(kind) if !target.uses(kind)) {
             self.skipped += 1;
             return;
@@ -589,15 +578,37 @@ impl Counts {
             // An entry `dead retry` put back for another service is that service's alone.
             Ok(Some(_)) if !delivery.is_for(target.service().name()) => self.skipped += 1,
             Ok(Some(envelope)) => {
-                match target {
-                    Target::Query => query::rebuild_commands(pipe, base, &envelope.event),
-                    Target::Comments => comments::rebuild_commands(pipe, base, &envelope.event),
-                }
+                let call = match target {
+                    Target::Query => query::apply_call(&envelope.event),
+                    Target::Comments => comments::apply_call(&envelope.event),
+                };
+                calls.extend(call);
                 self.applied += 1;
             }
             _ => self.skipped += 1,
         }
     }
+}
+
+/// Applies `calls` to `generation`, in one script (nothing to do for none: a chunk of events
+/// that change nothing here).
+async fn write(
+    connection: &mut Connection,
+    target: Target,
+    generation: &Generation,
+    calls: &[ApplyCall],
+) -> redis::RedisResult<()> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    let rebuilder = match target {
+        Target::Query => &*query::REBUILDER,
+        Target::Comments => &*comments::REBUILDER,
+    };
+    rebuilder
+        .batch(generation, calls)
+        .invoke_async::<()>(connection)
+        .await
 }
 
 /// Deletes every key of one generation, a batch at a time.

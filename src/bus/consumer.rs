@@ -14,7 +14,7 @@ use super::entry::{Delivery, RawEntry};
 use super::groups::{acknowledge, ensure_group, run_id};
 use super::handler::{Handler, Outcome, Plan};
 use super::ids::{NEW_ENTRIES, OWN_PENDING};
-use super::step::STEP_FAILED;
+use super::step::{StepKeys, StepReply, read_reply};
 use crate::connection::{Connection, Redis};
 use crate::error::is_unavailable;
 use crate::shutdown::Shutdown;
@@ -40,10 +40,8 @@ pub struct ConsumerConfig {
     pub streams: Vec<String>,
     /// The stream whose entries are deleted once handled (the service's inbox), if any.
     pub inbox: Option<String>,
-    /// The dead-letter stream.
-    pub dead: String,
-    /// The service's hash counting tries of redelivered entries (`<prefix>attempts`).
-    pub attempts: String,
+    /// The dead-letter stream and the attempts hash, for every step of the service.
+    pub step_keys: StepKeys,
     /// Entries pending this long with another consumer are taken over.
     pub claim_idle: Duration,
     /// Deliveries after which an entry that keeps failing is dead-lettered.
@@ -299,8 +297,8 @@ impl<H: Handler> Consumer<'_, H> {
             // Step results are strings; the trailing XACKs' counts read as strings too.
             let results: Vec<RedisResult<String>> = pipe.query_async(&mut self.connection).await?;
             for (delivery, result) in stepped.into_iter().zip(results) {
-                match result {
-                    Ok(result) => match self.settle(&delivery, &result).await? {
+                match result.and_then(|word| read_reply(&word)) {
+                    Ok(reply) => match self.settle(&delivery, reply).await? {
                         Outcome::Done => {}
                         Outcome::Later => later.push(delivery),
                         Outcome::Dead(reason) => {
@@ -326,15 +324,15 @@ impl<H: Handler> Consumer<'_, H> {
     pub(super) async fn settle(
         &mut self,
         delivery: &Delivery,
-        result: &str,
+        reply: StepReply,
     ) -> RedisResult<Outcome> {
-        if result == STEP_FAILED {
+        if reply == StepReply::FailedAfterClaim {
             error!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
                 "a step failed after acknowledging its entry; the entry is in the dead letters");
             return Ok(Outcome::Done);
         }
         self.handler
-            .settle(&mut self.connection, delivery, result)
+            .settle(&mut self.connection, delivery, reply)
             .await
     }
 
@@ -372,7 +370,7 @@ impl<H: Handler> Consumer<'_, H> {
                 Plan::Skip => acknowledge(&mut self.connection, &self.config.group, delivery).await,
                 Plan::Dead(reason) => Ok(Outcome::Dead(reason)),
                 Plan::Run(step) => match step.run(&mut self.connection).await {
-                    Ok(result) => self.settle(delivery, &result).await,
+                    Ok(reply) => self.settle(delivery, reply).await,
                     Err(error) => Err(error),
                 },
             };

@@ -2,17 +2,17 @@
 
 use std::sync::LazyLock;
 
-use redis::{AsyncCommands, RedisResult, Script};
+use redis::{AsyncCommands, RedisResult};
 use tracing::debug;
 
 use super::consumer::Consumer;
 use super::entry::Delivery;
 use super::handler::{Handler, Outcome};
-use super::step::{Step, step_script};
+use super::step::{Step, StepScript};
 
-/// Moves an entry to the dead-letter stream (KEYS[2]) and acknowledges it, in one step.
-/// ARGV[4]: reason, ARGV[5]: deliveries, ARGV[6]: the entry's fields as JSON, ARGV[7]: '1' to
-/// delete the entry from its stream too (requests are deleted once answered).
+/// Moves an entry to the dead-letter stream and acknowledges it, in one step: `reason`, `tries`,
+/// `fields` (the entry's fields as JSON), `delete` ('1' to delete the entry from its stream
+/// too: requests are deleted once handled).
 const DEAD_LETTER: &str = include_str!("lua/dead_letter.lua");
 
 impl<H: Handler> Consumer<'_, H> {
@@ -31,7 +31,7 @@ impl<H: Handler> Consumer<'_, H> {
         }
         let counted: u64 = self
             .connection
-            .hincr(&self.config.attempts, &field, 1)
+            .hincr(&self.config.step_keys.attempts, &field, 1)
             .await?;
         // The first delivery was tried without being counted.
         self.counted.insert(field, counted + 1);
@@ -41,7 +41,9 @@ impl<H: Handler> Consumer<'_, H> {
     pub(super) async fn forget_tries(&mut self, delivery: &Delivery) -> RedisResult<()> {
         let field = Self::try_field(delivery);
         self.counted.remove(&field);
-        self.connection.hdel(&self.config.attempts, field).await
+        self.connection
+            .hdel(&self.config.step_keys.attempts, field)
+            .await
     }
 
     pub(super) async fn dead_letter(
@@ -50,19 +52,24 @@ impl<H: Handler> Consumer<'_, H> {
         reason: &str,
         deliveries: u64,
     ) -> RedisResult<Outcome> {
-        static SCRIPT: LazyLock<Script> = LazyLock::new(|| step_script(DEAD_LETTER));
+        static SCRIPT: LazyLock<StepScript> = LazyLock::new(|| {
+            StepScript::new(
+                &[],
+                &["reason", "tries", "fields", "delete"],
+                &[DEAD_LETTER],
+            )
+        });
         let delete = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
         // KEYS[2] of this step is the dead-letter stream, not the events stream.
-        let dead = &self.config.dead;
-        let result = Step::new(&SCRIPT, delivery, &self.config.group, dead, dead, "")
-            .arg(reason)
-            .arg(deliveries)
-            .arg(delivery.fields_json())
-            .arg(if delete { "1" } else { "0" })
+        let result = Step::new(&SCRIPT, &self.config.step_keys, delivery, "")
+            .arg("reason", reason)
+            .arg("tries", deliveries)
+            .arg("fields", delivery.fields_json())
+            .arg("delete", if delete { "1" } else { "0" })
             .run(&mut self.connection)
             .await?;
         self.forget_tries(delivery).await?;
-        debug!(service = %self.config.group, id = %delivery.id, %result, "dead letter");
+        debug!(service = %self.config.group, id = %delivery.id, result = result.as_str(), "dead letter");
         Ok(Outcome::Done)
     }
 }

@@ -5,7 +5,7 @@ use std::future::Future;
 use redis::RedisResult;
 
 use super::entry::Delivery;
-use super::step::Step;
+use super::step::{Step, StepReply};
 use crate::connection::Connection;
 
 /// What became of one entry.
@@ -33,7 +33,7 @@ pub enum Plan {
 /// A service's business logic.
 ///
 /// [`Handler::plan`] turns each entry into an atomic step that applies and acknowledges it
-/// (see [`step_script`]); the bus runs a batch of steps in one round trip, then hands each
+/// (see [`StepScript`](super::StepScript)); the bus runs a batch of steps in one round trip, then hands each
 /// step's result to [`Handler::settle`]. A Redis error leaves the entry pending: it is retried,
 /// and dead-lettered after `max_deliveries` tries.
 pub trait Handler: Send {
@@ -52,9 +52,9 @@ pub trait Handler: Send {
         &'a mut self,
         connection: &'a mut Connection,
         delivery: &'a Delivery,
-        result: &'a str,
+        reply: StepReply,
     ) -> impl Future<Output = RedisResult<Outcome>> + Send + 'a {
-        let _ = (connection, delivery, result);
+        let _ = (connection, delivery, reply);
         async { Ok(Outcome::Done) }
     }
 }

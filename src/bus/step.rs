@@ -5,45 +5,161 @@ use redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 use super::entry::Delivery;
 use crate::connection::Connection;
 use crate::events::ENVELOPE_VERSION;
+use crate::keyspace::{Keys, Partition, Service};
 
-/// Lua run at the start of every atomic step, before the step's own body.
+/// Lua run at the start of every step, after the declarations of its KEYS and ARGV: `claim()`
+/// and `publish()`.
 ///
-/// KEYS[1] is the stream the entry came from, KEYS[2] the events stream; ARGV[1] the group (the
-/// service's name), ARGV[2] the entry id, ARGV[3] the id of the request that caused the entry.
-/// The last key is the dead-letter stream and the last argument the entry's delivery count
-/// (see [`STEP_FAILED`]); [`Step`] appends both after the body's own.
-///
-/// `claim()` acknowledges the entry and says whether it was still pending. Every path of a step
-/// that changes anything calls it once, after its reads and before its first write, and returns
-/// `'stale'` when it is false: an entry no longer pending was already applied, by this consumer
-/// or by another that took it over, and applying it again would double its effect. The
-/// acknowledgement and the writes are one atomic script, so neither happens without the other.
-/// A path that leaves the entry pending (to be tried again) does not call it.
+/// Every step sees, by name: `stream` (where the entry came from), `events` (the events
+/// stream), `dead` (the dead-letter stream), `group` (the service), `entry_id`, `request_id`
+/// (of the request that caused the entry) and `deliveries`; then the names its
+/// [`StepScript`] declares.
 const PRELUDE: &str = include_str!("lua/step_prelude.lua");
 
-/// Lua run after the body: the body runs protected, and an error is handled here.
+/// Lua run after the body, which defines `check()` and `apply()`: the check, the claim, then
+/// the apply, protected.
 ///
-/// Redis does not undo a script's writes when it fails, so an error after `claim()` would leave
+/// `claim()` acknowledges the entry and says whether it was still pending: an entry no longer
+/// pending was already applied, by this consumer or by another that took it over, and applying
+/// it again would double its effect, so the step returns `stale` without calling `apply()`. The
+/// acknowledgement and the writes are one atomic script, so neither happens without the other.
+/// `check()` only reads; it returns a reply to end the step with the entry still pending (to be
+/// tried again), or nil to go on.
+///
+/// Redis does not undo a script's writes when it fails, so an error in `apply()` would leave
 /// the entry acknowledged (a retry finds it `stale`) and part-applied. Such an entry is
-/// dead-lettered by the same script, with the error, so that it is never lost silently; the
-/// step then returns [`STEP_FAILED`]. An error before `claim()` changed nothing and is raised
-/// again: the entry stays pending and is retried.
+/// dead-lettered by the same script, with the error, so that it is never lost silently: the
+/// reply is [`StepReply::FailedAfterClaim`]. An error before the claim changed nothing and is
+/// raised again: the entry stays pending and is retried.
 const EPILOGUE: &str = include_str!("lua/step_epilogue.lua");
 
-/// The result of a step that failed after acknowledging its entry: the entry is in the
-/// dead letters, with the error.
-pub const STEP_FAILED: &str = "failed_after_claim";
+/// The KEYS and ARGV every step starts with, before the script's own.
+const COMMON_KEYS: [&str; 4] = ["stream", "events", "dead", "attempts"];
+const COMMON_ARGS: [&str; 4] = ["group", "entry_id", "request_id", "deliveries"];
 
-/// A script for one atomic step: the prelude, then `body`, run protected.
+/// What every step of one service touches besides its own keys: its group, the events stream
+/// it publishes to, the dead-letter stream, and the hash counting tries of redelivered entries.
+#[derive(Debug, Clone)]
+pub struct StepKeys {
+    pub group: String,
+    pub events: String,
+    pub dead: String,
+    pub attempts: String,
+}
+
+impl StepKeys {
+    pub fn new(keys: &Keys, service: Service, partition: Partition) -> StepKeys {
+        StepKeys {
+            group: service.name().to_owned(),
+            events: keys.events(partition),
+            dead: keys.dead(partition),
+            attempts: keys.attempts(service, partition),
+        }
+    }
+}
+
+/// What a step script answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepReply {
+    /// Applied, and acknowledged.
+    Applied,
+    /// No longer pending: applied before, by this consumer or another. Nothing changed.
+    Stale,
+    /// Acknowledged, then failed: the entry is in the dead letters, with the error.
+    FailedAfterClaim,
+    /// Moved to the dead letters.
+    Dead,
+    /// A request answered without a change (invalid input, unknown post).
+    Answered,
+    /// A request its client gave up on, deleted unapplied.
+    Abandoned,
+    /// A request past its deadline, deleted unapplied.
+    Expired,
+    /// A request id answered before: the first answer again, nothing changed.
+    Repeated,
+    /// A comment on a post the comments service does not know (yet): left pending.
+    UnknownPost,
+    /// A verdict for a comment the comments service does not know: left pending.
+    UnknownComment,
+}
+
+impl StepReply {
+    const ALL: [StepReply; 10] = [
+        StepReply::Applied,
+        StepReply::Stale,
+        StepReply::FailedAfterClaim,
+        StepReply::Dead,
+        StepReply::Answered,
+        StepReply::Abandoned,
+        StepReply::Expired,
+        StepReply::Repeated,
+        StepReply::UnknownPost,
+        StepReply::UnknownComment,
+    ];
+
+    /// The word the Lua returns.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepReply::Applied => "applied",
+            StepReply::Stale => "stale",
+            StepReply::FailedAfterClaim => "failed_after_claim",
+            StepReply::Dead => "dead",
+            StepReply::Answered => "answered",
+            StepReply::Abandoned => "abandoned",
+            StepReply::Expired => "expired",
+            StepReply::Repeated => "repeated",
+            StepReply::UnknownPost => "unknown_post",
+            StepReply::UnknownComment => "unknown_comment",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<StepReply> {
+        StepReply::ALL
+            .into_iter()
+            .find(|reply| reply.as_str() == word)
+    }
+}
+
+/// A step's Lua with the names of the KEYS and ARGV it takes beyond every step's: declared once,
+/// here, they become Lua locals the body uses by name, and [`Step::key`] and [`Step::arg`]
+/// check each value is given under the name the script expects, in order.
 ///
 /// The `#!lua` line gives the script flags (none): Redis then refuses it whole, before it runs,
 /// when memory is over `maxmemory` or the server is a read-only replica. The step fails with
 /// nothing done and the entry is tried again once Redis recovers. (Without flags, Redis checks
 /// only a script's first write, and the acknowledgement would let the rest through.)
-pub fn step_script(body: &str) -> Script {
-    let prelude = PRELUDE.replace("ENVELOPE_VERSION", ENVELOPE_VERSION);
-    let epilogue = EPILOGUE.replace("STEP_FAILED", STEP_FAILED);
-    Script::new(&format!("#!lua\n{prelude}{body}{epilogue}"))
+#[derive(Debug)]
+pub struct StepScript {
+    script: Script,
+    keys: Vec<&'static str>,
+    args: Vec<&'static str>,
+}
+
+impl StepScript {
+    /// `parts`: the Lua, in order, that defines `check()` and `apply()` (with any helpers).
+    pub fn new(keys: &[&'static str], args: &[&'static str], parts: &[&str]) -> StepScript {
+        let declare = |table: &str, first: usize, names: &[&str]| -> String {
+            names
+                .iter()
+                .enumerate()
+                .map(|(index, name)| format!("local {name} = {table}[{}]\n", first + index))
+                .collect()
+        };
+        let lua = format!(
+            "#!lua\n{}{}{}{}\
+             local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n{PRELUDE}{}{EPILOGUE}",
+            declare("KEYS", 1, &COMMON_KEYS),
+            declare("ARGV", 1, &COMMON_ARGS),
+            declare("KEYS", COMMON_KEYS.len() + 1, keys),
+            declare("ARGV", COMMON_ARGS.len() + 1, args),
+            parts.concat(),
+        );
+        StepScript {
+            script: Script::new(&lua),
+            keys: keys.to_vec(),
+            args: args.to_vec(),
+        }
+    }
 }
 
 /// One atomic step ready to run: a step script with its keys and arguments.
@@ -52,72 +168,171 @@ pub fn step_script(body: &str) -> Script {
 /// checks on its own that its entry is pending.
 #[derive(Debug, Clone)]
 pub struct Step {
-    script: &'static Script,
+    script: &'static StepScript,
     keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
-    /// The dead-letter stream, passed as the last key.
-    dead: String,
-    /// The entry's delivery count, passed as the last argument.
-    deliveries: u64,
+    /// How many of the script's own keys and arguments are given so far.
+    named_keys: usize,
+    named_args: usize,
 }
 
 impl Step {
-    /// A step for `delivery` with the prelude's keys and arguments filled in; `dead` is the
-    /// dead-letter stream, for a step that fails after acknowledging its entry.
+    /// A step for `delivery`, caused by request `request_id`, with every step's keys and
+    /// arguments filled in.
     pub fn new(
-        script: &'static Script,
+        script: &'static StepScript,
+        keys: &StepKeys,
         delivery: &Delivery,
-        group: &str,
-        events: &str,
-        dead: &str,
         request_id: &str,
     ) -> Step {
-        Step {
+        let mut step = Step {
             script,
-            keys: Vec::with_capacity(6),
-            args: Vec::with_capacity(10),
-            dead: dead.to_owned(),
-            deliveries: delivery.deliveries,
+            keys: Vec::with_capacity(COMMON_KEYS.len() + script.keys.len()),
+            args: Vec::with_capacity(COMMON_ARGS.len() + script.args.len()),
+            named_keys: 0,
+            named_args: 0,
+        };
+        for key in [&delivery.stream, &keys.events, &keys.dead, &keys.attempts] {
+            key.write_redis_args(&mut step.keys);
         }
-        .key(&delivery.stream)
-        .key(events)
-        .arg(group)
-        .arg(&delivery.id)
-        .arg(request_id)
+        for arg in [&keys.group, &delivery.id, request_id] {
+            arg.write_redis_args(&mut step.args);
+        }
+        delivery.deliveries.write_redis_args(&mut step.args);
+        step
     }
 
-    /// Adds the next `KEYS[i]`.
-    pub fn key(mut self, key: impl ToRedisArgs) -> Step {
+    /// Gives the script's next key, `name`.
+    pub fn key(mut self, name: &str, key: impl ToRedisArgs) -> Step {
+        let expected = self.script.keys.get(self.named_keys);
+        assert_eq!(
+            expected,
+            Some(&name),
+            "the script's next key is {expected:?}"
+        );
         key.write_redis_args(&mut self.keys);
+        self.named_keys += 1;
         self
     }
 
-    /// Adds the next `ARGV[i]`.
-    pub fn arg(mut self, arg: impl ToRedisArgs) -> Step {
+    /// Gives the script's next argument, `name`.
+    pub fn arg(mut self, name: &str, arg: impl ToRedisArgs) -> Step {
+        let expected = self.script.args.get(self.named_args);
+        assert_eq!(
+            expected,
+            Some(&name),
+            "the script's next argument is {expected:?}"
+        );
         arg.write_redis_args(&mut self.args);
+        self.named_args += 1;
+        self
+    }
+
+    /// Gives the script's remaining arguments, in the order it declares them.
+    pub fn rest<T: ToRedisArgs>(mut self, values: impl IntoIterator<Item = T>) -> Step {
+        for value in values {
+            let name = self.script.args[self.named_args];
+            self = self.arg(name, value);
+        }
         self
     }
 
     pub(super) fn command(&self) -> Cmd {
+        debug_assert_eq!(self.named_keys, self.script.keys.len(), "keys missing");
+        debug_assert_eq!(self.named_args, self.script.args.len(), "arguments missing");
         let mut command = redis::cmd("EVALSHA");
         command
-            .arg(self.script.get_hash())
-            .arg(self.keys.len() + 1)
+            .arg(self.script.script.get_hash())
+            .arg(self.keys.len())
             .arg(&self.keys)
-            .arg(&self.dead)
-            .arg(&self.args)
-            .arg(self.deliveries);
+            .arg(&self.args);
         command
     }
 
     /// Runs the step alone, loading its script first if Redis does not have it (after a restart).
-    pub async fn run(&self, connection: &mut Connection) -> RedisResult<String> {
-        match self.command().query_async(connection).await {
+    pub async fn run(&self, connection: &mut Connection) -> RedisResult<StepReply> {
+        let reply = match self.command().query_async(connection).await {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.script.load_async(connection).await?;
-                self.command().query_async(connection).await
+                self.script.script.load_async(connection).await?;
+                self.command().query_async::<String>(connection).await
             }
             result => result,
+        }?;
+        read_reply(&reply)
+    }
+}
+
+/// A step's reply word as a [`StepReply`]; any other is an error (and the entry is retried).
+pub fn read_reply(word: &str) -> RedisResult<StepReply> {
+    StepReply::parse(word).ok_or_else(|| {
+        redis::RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "unknown step reply",
+            word.to_owned(),
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reply_word_reads_back() {
+        for reply in StepReply::ALL {
+            assert_eq!(StepReply::parse(reply.as_str()), Some(reply));
         }
+        assert_eq!(StepReply::parse("applied "), None);
+    }
+
+    #[test]
+    fn keys_and_arguments_are_given_by_name_in_order() {
+        static SCRIPT: std::sync::LazyLock<StepScript> = std::sync::LazyLock::new(|| {
+            StepScript::new(
+                &["pointer"],
+                &["post_id", "title"],
+                &["local function check() end\nlocal function apply() end\n"],
+            )
+        });
+        let delivery = Delivery::new("s", ("1-0".to_owned(), Vec::new()), 1);
+        let keys = StepKeys {
+            group: "query".to_owned(),
+            events: "e".to_owned(),
+            dead: "d".to_owned(),
+            attempts: "a".to_owned(),
+        };
+        let step = Step::new(&SCRIPT, &keys, &delivery, "r")
+            .key("pointer", "p")
+            .arg("post_id", "x")
+            .arg("title", "t");
+        let command = step.command();
+        let words: Vec<String> = command
+            .args_iter()
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            words[2..],
+            [
+                "5", "s", "e", "d", "a", "p", "query", "1-0", "r", "1", "x", "t"
+            ]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "next argument")]
+    fn a_misnamed_argument_is_refused() {
+        static SCRIPT: std::sync::LazyLock<StepScript> =
+            std::sync::LazyLock::new(|| StepScript::new(&[], &["post_id"], &[]));
+        let delivery = Delivery::new("s", ("1-0".to_owned(), Vec::new()), 1);
+        let keys = StepKeys {
+            group: "query".to_owned(),
+            events: "e".to_owned(),
+            dead: "d".to_owned(),
+            attempts: "a".to_owned(),
+        };
+        let _ = Step::new(&SCRIPT, &keys, &delivery, "r").arg("title", "t");
     }
 }

@@ -8,15 +8,17 @@
 
 use std::sync::LazyLock;
 
-use redis::{RedisResult, Script};
+use redis::RedisResult;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::generations::{Generations, event_step_script, lua_base};
-use crate::bus::{Delivery, Handler, Outcome, Plan, Step, applied_up_to};
+use super::generations::{self, ApplyCall, Generations, Rebuilder};
+use crate::bus::{
+    Delivery, Handler, Outcome, Plan, Step, StepKeys, StepReply, StepScript, applied_up_to,
+};
 use crate::connection::Connection;
 use crate::events::{Comment, Event, Status, validate_content};
-use crate::keyspace::{Generation, Keys, Partition, Service};
+use crate::keyspace::{Keys, Partition, Service};
 use crate::request::{Inbox, Incoming, Reply, request_script};
 
 pub const SERVICE: Service = Service::Comments;
@@ -32,92 +34,83 @@ pub struct CreateComment {
     pub content: String,
 }
 
-/// KEYS[5]: the generation pointer. ARGV[5]: the service's prefix, ARGV[6]: post id, ARGV[7]:
-/// comment id, ARGV[8]: content, ARGV[9]: event data, ARGV[10]: answer. An unknown post changes
-/// nothing and leaves the request pending: see [`Comments::unknown_post`].
-static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    request_script(&format!(
-        "{}{}",
-        lua_base(5, 5),
-        r#"
-if redis.call('SISMEMBER', known_posts(base), ARGV[6]) == 0 then
-  return 'unknown_post'
-end
-if not claim() then return 'stale' end
-redis.call('HSET', comment_key(base, ARGV[7]), 'id', ARGV[7], 'postId', ARGV[6],
-  'content', ARGV[8], 'status', 'pending')
-publish('CommentCreated', ARGV[9])
-remember(ARGV[10])
-answer(ARGV[10])
-return 'applied'
-"#
-    ))
-});
+/// The comments service's apply functions (`learn_post`, `add_comment`, `set_status`), for
+/// its live steps and rebuilds.
+const APPLY: &str = include_str!("lua/comments_apply.lua");
 
-/// KEYS[3]: the generation pointer. ARGV[4]: the service's prefix, ARGV[5]: the post id.
-static LEARN_POST: LazyLock<Script> = LazyLock::new(|| {
-    event_step_script(
-        r#"
-if not claim() then return 'stale' end
-redis.call('SADD', known_posts(base), ARGV[5])
-return 'applied'
-"#,
+/// Creates a comment, pending. An unknown post changes nothing and leaves the request pending:
+/// see [`Comments::unknown_post`].
+static CREATE: LazyLock<StepScript> = LazyLock::new(|| {
+    request_script(
+        &generations::KEYS,
+        &[
+            generations::ARGS[0],
+            "post_id",
+            "comment_id",
+            "content",
+            "event",
+            "response",
+        ],
+        &[
+            &generations::lua(APPLY),
+            include_str!("lua/comments_create.lua"),
+        ],
     )
 });
 
-/// KEYS[3]: the generation pointer. ARGV[4]: the service's prefix, ARGV[5]: the comment id,
-/// ARGV[6]: the verdict, ARGV[7]: the `CommentUpdated` data. A verdict for a comment already
-/// decided changes nothing: one `CommentUpdated` per comment.
-static RECORD_VERDICT: LazyLock<Script> = LazyLock::new(|| {
-    event_step_script(
-        r#"
-local comment = comment_key(base, ARGV[5])
-local status = redis.call('HGET', comment, 'status')
-if not status then
-  return 'unknown_comment'
-end
-if not claim() then return 'stale' end
-if status == 'pending' then
-  redis.call('HSET', comment, 'status', ARGV[6])
-  publish('CommentUpdated', ARGV[7])
-end
-return 'applied'
-"#,
+/// Learns that a post exists, from its `PostCreated`.
+static LEARN_POST: LazyLock<StepScript> = LazyLock::new(|| {
+    generations::step_script(
+        &[],
+        &["post_id"],
+        APPLY,
+        include_str!("lua/comments_learn_post.lua"),
     )
 });
 
-/// The writes that apply one event to the state in generation `base`, for a rebuild (which
-/// applies the log in order into a generation the service does not use yet).
-pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &Generation, event: &Event) {
+/// Records moderation's verdict on a pending comment and announces it (`event`).
+static RECORD_VERDICT: LazyLock<StepScript> = LazyLock::new(|| {
+    generations::step_script(
+        &[],
+        &["comment_id", "verdict", "event"],
+        APPLY,
+        include_str!("lua/comments_record_verdict.lua"),
+    )
+});
+
+/// Applies batches of events for `blogctl rebuild comments`, with the same apply functions.
+pub static REBUILDER: LazyLock<Rebuilder> = LazyLock::new(|| Rebuilder::new(APPLY));
+
+/// How an event changes this service's state, as a rebuild applies the log: the events it
+/// emitted itself (`CommentCreated`, `CommentUpdated`) carry the outcome of its own steps, and
+/// `PostCreated` what it learnt. `None`: it does not change it (`CommentModerated` reaches the
+/// state through `CommentUpdated`).
+pub fn apply_call(event: &Event) -> Option<ApplyCall> {
     match event {
-        Event::PostCreated(post) => {
-            pipe.sadd(base.known_posts(), post.id.to_string()).ignore();
-        }
-        Event::CommentCreated(comment) => {
-            let (id, post_id) = (comment.id.to_string(), comment.post_id.to_string());
-            let fields = [
-                ("id", id.as_str()),
-                ("postId", post_id.as_str()),
-                ("content", comment.content.as_str()),
-                ("status", comment.status.as_str()),
-            ];
-            pipe.hset_multiple(base.comment(&id), &fields).ignore();
-        }
-        Event::CommentUpdated(comment) => {
-            pipe.hset(
-                base.comment(&comment.id.to_string()),
-                "status",
-                comment.status.as_str(),
-            )
-            .ignore();
-        }
-        Event::CommentModerated(_) => {}
+        Event::PostCreated(post) => Some(ApplyCall {
+            function: "learn_post",
+            args: vec![post.id.to_string()],
+        }),
+        Event::CommentCreated(comment) => Some(ApplyCall {
+            function: "add_comment",
+            args: vec![
+                comment.id.to_string(),
+                comment.post_id.to_string(),
+                comment.content.clone(),
+                comment.status.as_str().to_owned(),
+            ],
+        }),
+        Event::CommentUpdated(comment) => Some(ApplyCall {
+            function: "set_status",
+            args: vec![comment.id.to_string(), comment.status.as_str().to_owned()],
+        }),
+        Event::CommentModerated(_) => None,
     }
 }
 
 pub struct Comments {
     events: String,
-    dead: String,
+    step_keys: StepKeys,
     generations: Generations,
     inbox: Inbox,
 }
@@ -126,7 +119,7 @@ impl Comments {
     pub fn new(keys: &Keys) -> Comments {
         Comments {
             events: keys.events(Partition::FIRST),
-            dead: keys.dead(Partition::FIRST),
+            step_keys: StepKeys::new(keys, SERVICE, Partition::FIRST),
             generations: Generations::new(keys, SERVICE, Partition::FIRST),
             inbox: Inbox::new(keys, SERVICE),
         }
@@ -139,24 +132,21 @@ impl Comments {
             Err(reason) => return Plan::Dead(reason),
         };
         let step = |script| {
-            Step::new(
-                script,
-                delivery,
-                NAME,
-                &self.events,
-                &self.dead,
-                &envelope.request_id,
-            )
-            .key(self.generations.pointer())
-            .arg(self.generations.prefix())
+            let step = Step::new(script, &self.step_keys, delivery, &envelope.request_id);
+            self.generations.fill(step)
         };
         match &envelope.event {
-            Event::PostCreated(post) => Plan::Run(step(&LEARN_POST).arg(post.id.to_string())),
+            Event::PostCreated(post) => {
+                Plan::Run(step(&LEARN_POST).arg("post_id", post.id.to_string()))
+            }
             Event::CommentModerated(verdict) => Plan::Run(
                 step(&RECORD_VERDICT)
-                    .arg(verdict.id.to_string())
-                    .arg(verdict.status.as_str())
-                    .arg(serde_json::to_string(verdict).expect("comments serialize")),
+                    .arg("comment_id", verdict.id.to_string())
+                    .arg("verdict", verdict.status.as_str())
+                    .arg(
+                        "event",
+                        serde_json::to_string(verdict).expect("comments serialize"),
+                    ),
             ),
             _ => Plan::Skip,
         }
@@ -183,15 +173,16 @@ impl Comments {
             status: Status::Pending,
         };
         let step = self
-            .inbox
-            .step(&CREATE, delivery, &request)
-            .key(self.generations.pointer())
-            .arg(self.generations.prefix())
-            .arg(comment.post_id.to_string())
-            .arg(comment.id.to_string())
-            .arg(&comment.content)
-            .arg(serde_json::to_string(&comment).expect("comments serialize"))
-            .arg(Reply::Ok { value: &comment }.to_json());
+            .generations
+            .fill(self.inbox.step(&CREATE, delivery, &request))
+            .arg("post_id", comment.post_id.to_string())
+            .arg("comment_id", comment.id.to_string())
+            .arg("content", &comment.content)
+            .arg(
+                "event",
+                serde_json::to_string(&comment).expect("comments serialize"),
+            )
+            .arg("response", Reply::Ok { value: &comment }.to_json());
         Plan::Run(step)
     }
 
@@ -212,7 +203,7 @@ impl Comments {
         }
         // The post may have arrived in the meantime: try once more before answering.
         if let Plan::Run(step) = self.plan_request(delivery)
-            && step.run(connection).await? == "unknown_post"
+            && step.run(connection).await? == StepReply::UnknownPost
         {
             let message = format!("post {} does not exist", command.post_id);
             self.inbox
@@ -250,11 +241,11 @@ impl Handler for Comments {
         &mut self,
         connection: &mut Connection,
         delivery: &Delivery,
-        result: &str,
+        reply: StepReply,
     ) -> RedisResult<Outcome> {
-        match result {
-            "unknown_post" => self.unknown_post(connection, delivery).await,
-            "unknown_comment" => Ok(Outcome::Dead(
+        match reply {
+            StepReply::UnknownPost => self.unknown_post(connection, delivery).await,
+            StepReply::UnknownComment => Ok(Outcome::Dead(
                 "a verdict for a comment that was never created".to_owned(),
             )),
             _ => Ok(Outcome::Done),

@@ -4,11 +4,23 @@
 //! The state lives under `<prefix><generation>:` and `<prefix>generation` names the live
 //! generation (`0` until the first rebuild). Every step of the service and every read resolves
 //! that pointer inside its own script, so each sees one generation, whole.
+//!
+//! A service's rules for applying an event are Lua functions, written once: its live steps call
+//! them on the live generation, and `blogctl rebuild` calls the same functions on a batch of
+//! events ([`Rebuilder`]), each event turned into an [`ApplyCall`] by the service.
 
 use redis::Script;
 
-use crate::bus::step_script;
+use crate::bus::Step;
 use crate::keyspace::{Generation, Keys, Partition, Service, generation_lua};
+
+/// The key and argument every step on a generation takes before its own: the generation
+/// pointer, and the service's prefix.
+pub const KEYS: [&str; 1] = ["pointer"];
+pub const ARGS: [&str; 1] = ["prefix"];
+
+/// The rebuild's batch: the service's apply functions over a list of calls.
+const REBUILD_BATCH: &str = include_str!("lua/rebuild_batch.lua");
 
 /// Where one service's rebuildable state lives, in one partition.
 #[derive(Debug, Clone)]
@@ -55,19 +67,77 @@ impl Generations {
     pub fn lock(&self) -> String {
         self.keys.rebuild_lock(self.service, self.partition)
     }
+
+    /// Gives a step the pointer and prefix (its first key and argument, see [`KEYS`]).
+    pub fn fill(&self, step: Step) -> Step {
+        step.key("pointer", &self.pointer)
+            .arg("prefix", &self.prefix)
+    }
 }
 
-/// Lua that sets `base` to the live generation's base: KEYS[`pointer`] is the pointer key,
-/// ARGV[`prefix`] the service's prefix. The key functions of [`generation_lua`] come first.
-pub fn lua_base(pointer: usize, prefix: usize) -> String {
+/// Lua that names a generation's keys and sets `base` to the live generation's base, from the
+/// step's `pointer` and `prefix`; then a service's apply functions, `apply_lua`.
+pub fn lua(apply_lua: &str) -> String {
     format!(
-        "{}local base = generation_base(ARGV[{prefix}], redis.call('GET', KEYS[{pointer}]))\n",
+        "{}local base = generation_base(prefix, redis.call('GET', pointer))\n{apply_lua}",
         generation_lua()
     )
 }
 
-/// A step script for an event that touches a service's rebuildable state: `body` starts with
-/// `base` set from KEYS[3] (the pointer) and ARGV[4] (the service's prefix).
-pub fn event_step_script(body: &str) -> Script {
-    step_script(&format!("{}{body}", lua_base(3, 4)))
+/// One event applied to a service's state: the name of the Lua apply function and its
+/// arguments after the generation's base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyCall {
+    pub function: &'static str,
+    pub args: Vec<String>,
+}
+
+/// Applies batches of [`ApplyCall`]s to a generation with a service's apply functions.
+#[derive(Debug)]
+pub struct Rebuilder {
+    script: Script,
+}
+
+impl Rebuilder {
+    pub fn new(apply_lua: &str) -> Rebuilder {
+        Rebuilder {
+            script: Script::new(&format!(
+                "#!lua\n{}{apply_lua}{REBUILD_BATCH}",
+                generation_lua()
+            )),
+        }
+    }
+
+    /// The invocation that applies `calls` to `generation`, in order.
+    pub fn batch(
+        &self,
+        generation: &Generation,
+        calls: &[ApplyCall],
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(generation.base());
+        for call in calls {
+            invocation
+                .arg(call.function)
+                .arg(call.args.len())
+                .arg(&call.args);
+        }
+        invocation
+    }
+}
+
+/// A step script on a service's rebuildable state: the generation's key and argument, then
+/// `keys` and `args`; `apply_lua` (the service's apply functions) and `body` (its `check()` and
+/// `apply()`) see `base`, the live generation's base.
+pub fn step_script(
+    keys: &[&'static str],
+    args: &[&'static str],
+    apply_lua: &str,
+    body: &str,
+) -> crate::bus::StepScript {
+    crate::bus::StepScript::new(
+        &[&KEYS[..], keys].concat(),
+        &[&ARGS[..], args].concat(),
+        &[&lua(apply_lua), body],
+    )
 }

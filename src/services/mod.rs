@@ -13,7 +13,7 @@ use color_eyre::eyre::eyre;
 use tokio::task::JoinSet;
 use tracing::{error, info};
 
-use crate::bus::{self, ConsumerConfig, Handler};
+use crate::bus::{self, ConsumerConfig, Handler, StepKeys};
 use crate::cli::values::{self, ServiceChoice, parse_seconds};
 use crate::connection::{CONNECT_TIMEOUT, Redis, eviction_problem};
 use crate::error::{ExitCode, Failure};
@@ -91,8 +91,7 @@ pub async fn run(
             consumer: consumer.clone(),
             streams,
             inbox,
-            dead: keys.dead(Partition::FIRST),
-            attempts: keys.attempts(service, Partition::FIRST),
+            step_keys: StepKeys::new(keys, service, Partition::FIRST),
             claim_idle: args.claim_idle,
             max_deliveries: args.max_deliveries,
         };

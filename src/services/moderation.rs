@@ -3,29 +3,24 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
-
-use crate::bus::{Delivery, Handler, Plan, Step, step_script};
+use crate::bus::{Delivery, Handler, Plan, Step, StepKeys, StepScript};
 use crate::events::{Comment, Event, moderate};
 use crate::keyspace::{Keys, Partition, Service};
 
 pub const SERVICE: Service = Service::Moderation;
 pub const NAME: &str = SERVICE.name();
 
-/// ARGV[4]: the `CommentModerated` data.
-static MODERATE: LazyLock<Script> = LazyLock::new(|| {
-    step_script(
-        r#"
-if not claim() then return 'stale' end
-publish('CommentModerated', ARGV[4])
-return 'applied'
-"#,
+/// Announces a verdict with `CommentModerated`.
+static MODERATE: LazyLock<StepScript> = LazyLock::new(|| {
+    StepScript::new(
+        &[],
+        &["verdict"],
+        &[include_str!("lua/moderation_moderate.lua")],
     )
 });
 
 pub struct Moderation {
-    events: String,
-    dead: String,
+    step_keys: StepKeys,
     banned_words: Vec<String>,
 }
 
@@ -38,8 +33,7 @@ impl Moderation {
             .filter(|word| !word.is_empty())
             .collect();
         Moderation {
-            events: keys.events(Partition::FIRST),
-            dead: keys.dead(Partition::FIRST),
+            step_keys: StepKeys::new(keys, SERVICE, Partition::FIRST),
             banned_words,
         }
     }
@@ -61,15 +55,10 @@ impl Handler for Moderation {
         };
         let status = moderate(&comment.content, &self.banned_words);
         let verdict = Comment { status, ..comment };
-        let step = Step::new(
-            &MODERATE,
-            delivery,
-            NAME,
-            &self.events,
-            &self.dead,
-            &envelope.request_id,
-        )
-        .arg(serde_json::to_string(&verdict).expect("comments serialize"));
+        let step = Step::new(&MODERATE, &self.step_keys, delivery, &envelope.request_id).arg(
+            "verdict",
+            serde_json::to_string(&verdict).expect("comments serialize"),
+        );
         Plan::Run(step)
     }
 }

@@ -5,11 +5,10 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::bus::{Delivery, Handler, Plan};
+use crate::bus::{Delivery, Handler, Plan, StepScript};
 use crate::events::{Post, validate_title};
 use crate::keyspace::{Keys, Partition, Service};
 use crate::request::{Inbox, Incoming, Reply, request_script};
@@ -25,17 +24,12 @@ pub struct CreatePost {
     pub title: String,
 }
 
-/// KEYS[5]: the post's hash. ARGV[5]: id, ARGV[6]: title, ARGV[7]: event data, ARGV[8]: answer.
-static CREATE: LazyLock<Script> = LazyLock::new(|| {
+/// Creates a post: its record, `PostCreated`, the answer.
+static CREATE: LazyLock<StepScript> = LazyLock::new(|| {
     request_script(
-        r#"
-if not claim() then return 'stale' end
-redis.call('HSET', KEYS[5], 'id', ARGV[5], 'title', ARGV[6])
-publish('PostCreated', ARGV[7])
-remember(ARGV[8])
-answer(ARGV[8])
-return 'applied'
-"#,
+        &["post"],
+        &["post_id", "title", "event", "response"],
+        &[include_str!("lua/posts_create.lua")],
     )
 });
 
@@ -80,11 +74,17 @@ impl Handler for Posts {
         let step = self
             .inbox
             .step(&CREATE, delivery, &request)
-            .key(self.keys.post(Partition::FIRST, &post.id.to_string()))
-            .arg(post.id.to_string())
-            .arg(&post.title)
-            .arg(serde_json::to_string(&post).expect("posts serialize"))
-            .arg(Reply::Ok { value: &post }.to_json());
+            .key(
+                "post",
+                self.keys.post(Partition::FIRST, &post.id.to_string()),
+            )
+            .arg("post_id", post.id.to_string())
+            .arg("title", &post.title)
+            .arg(
+                "event",
+                serde_json::to_string(&post).expect("posts serialize"),
+            )
+            .arg("response", Reply::Ok { value: &post }.to_json());
         Plan::Run(step)
     }
 }

@@ -19,43 +19,67 @@ use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::generations::{Generations, event_step_script};
-use crate::bus::{Delivery, Handler, Plan, Step};
+use super::generations::{self, ApplyCall, Generations, Rebuilder};
+use crate::bus::{Delivery, Handler, Plan, Step, StepKeys, StepScript};
 use crate::connection::Connection;
 use crate::events::{Event, Status};
-use crate::keyspace::{Generation, Keys, Partition, Service, generation_lua};
+use crate::keyspace::{Keys, Partition, Service, generation_lua};
 
 pub const SERVICE: Service = Service::Query;
 pub const NAME: &str = SERVICE.name();
 
-/// ARGV[5]: post id, ARGV[6]: title.
-static ADD_POST: LazyLock<Script> = LazyLock::new(|| {
-    event_step_script(
-        r#"
-if not claim() then return 'stale' end
-redis.call('HSET', view_post(base, ARGV[5]), 'id', ARGV[5], 'title', ARGV[6])
-redis.call('ZADD', view_posts(base), 0, ARGV[5])
-return 'applied'
-"#,
+/// The view's apply functions (`add_post`, `put_comment`), for the live steps and rebuilds.
+const APPLY: &str = include_str!("lua/query_apply.lua");
+
+/// The live steps: each calls one apply function, with the arguments of [`apply_call`].
+static ADD_POST: LazyLock<StepScript> = LazyLock::new(|| {
+    generations::step_script(
+        &[],
+        &["post_id", "title"],
+        APPLY,
+        include_str!("lua/query_add_post.lua"),
+    )
+});
+static PUT_COMMENT: LazyLock<StepScript> = LazyLock::new(|| {
+    generations::step_script(
+        &[],
+        &["post_id", "comment_id", "view", "final"],
+        APPLY,
+        include_str!("lua/query_put_comment.lua"),
     )
 });
 
-/// ARGV[5]: post id, ARGV[6]: comment id, ARGV[7]: its view, ARGV[8]: '1' when the status is
-/// final (it then replaces whatever is there; a pending one never does).
-static PUT_COMMENT: LazyLock<Script> = LazyLock::new(|| {
-    event_step_script(
-        r#"
-if not claim() then return 'stale' end
-local comments = view_comments(base, ARGV[5])
-if ARGV[8] == '1' then
-  redis.call('HSET', comments, ARGV[6], ARGV[7])
-else
-  redis.call('HSETNX', comments, ARGV[6], ARGV[7])
-end
-return 'applied'
-"#,
-    )
-});
+/// Applies batches of events for `blogctl rebuild query`, with the same apply functions.
+pub static REBUILDER: LazyLock<Rebuilder> = LazyLock::new(|| Rebuilder::new(APPLY));
+
+/// How an event changes the view: which apply function, with which arguments. `None`: it does
+/// not change it.
+pub fn apply_call(event: &Event) -> Option<ApplyCall> {
+    match event {
+        Event::PostCreated(post) => Some(ApplyCall {
+            function: "add_post",
+            args: vec![post.id.to_string(), post.title.clone()],
+        }),
+        Event::CommentCreated(comment) | Event::CommentUpdated(comment) => {
+            let view = CommentView {
+                id: comment.id,
+                content: comment.content.clone(),
+                status: comment.status,
+            };
+            let final_status = if comment.status.is_final() { "1" } else { "0" };
+            Some(ApplyCall {
+                function: "put_comment",
+                args: vec![
+                    comment.post_id.to_string(),
+                    comment.id.to_string(),
+                    serde_json::to_string(&view).expect("comments serialize"),
+                    final_status.to_owned(),
+                ],
+            })
+        }
+        Event::CommentModerated(_) => None,
+    }
+}
 
 /// Reads posts with their comments from the current generation. KEYS[1]: the generation
 /// pointer; ARGV[1]: the prefix; ARGV[2]: `ids` to read the posts ARGV[4..], else the start of a
@@ -194,49 +218,15 @@ fn post_view((id, title, comments): (String, String, Vec<String>)) -> Option<Pos
     })
 }
 
-/// The writes that apply one event to the view in a given generation, for a rebuild (which
-/// applies the log in order into a generation no reader sees yet). The same rules as the
-/// service's steps: a pending comment never replaces a final one.
-pub fn rebuild_commands(pipe: &mut redis::Pipeline, base: &Generation, event: &Event) {
-    match event {
-        Event::PostCreated(post) => {
-            let id = post.id.to_string();
-            pipe.hset_multiple(
-                base.view_post(&id),
-                &[("id", id.as_str()), ("title", post.title.as_str())],
-            )
-            .ignore();
-            pipe.zadd(base.view_posts(), &id, 0).ignore();
-        }
-        Event::CommentCreated(comment) | Event::CommentUpdated(comment) => {
-            let key = base.view_comments(&comment.post_id.to_string());
-            let view = CommentView {
-                id: comment.id,
-                content: comment.content.clone(),
-                status: comment.status,
-            };
-            let view = serde_json::to_string(&view).expect("comments serialize");
-            if comment.status.is_final() {
-                pipe.hset(key, comment.id.to_string(), view).ignore();
-            } else {
-                pipe.hset_nx(key, comment.id.to_string(), view).ignore();
-            }
-        }
-        Event::CommentModerated(_) => {}
-    }
-}
-
 pub struct Query {
-    events: String,
-    dead: String,
+    step_keys: StepKeys,
     view: View,
 }
 
 impl Query {
     pub fn new(keys: &Keys) -> Query {
         Query {
-            events: keys.events(Partition::FIRST),
-            dead: keys.dead(Partition::FIRST),
+            step_keys: StepKeys::new(keys, SERVICE, Partition::FIRST),
             view: View::new(keys),
         }
     }
@@ -253,37 +243,14 @@ impl Handler for Query {
             Ok(None) => return Plan::Skip,
             Err(reason) => return Plan::Dead(reason),
         };
-        let step = |script| {
-            Step::new(
-                script,
-                delivery,
-                NAME,
-                &self.events,
-                &self.dead,
-                &envelope.request_id,
-            )
-            .key(self.view.generations.pointer())
-            .arg(self.view.generations.prefix())
+        let Some(call) = apply_call(&envelope.event) else {
+            return Plan::Skip;
         };
-        match &envelope.event {
-            Event::PostCreated(post) => {
-                Plan::Run(step(&ADD_POST).arg(post.id.to_string()).arg(&post.title))
-            }
-            Event::CommentCreated(comment) | Event::CommentUpdated(comment) => {
-                let view = CommentView {
-                    id: comment.id,
-                    content: comment.content.clone(),
-                    status: comment.status,
-                };
-                Plan::Run(
-                    step(&PUT_COMMENT)
-                        .arg(comment.post_id.to_string())
-                        .arg(comment.id.to_string())
-                        .arg(serde_json::to_string(&view).expect("comments serialize"))
-                        .arg(if comment.status.is_final() { "1" } else { "0" }),
-                )
-            }
-            Event::CommentModerated(_) => Plan::Skip,
-        }
+        let script = match call.function {
+            "add_post" => &ADD_POST,
+            _ => &PUT_COMMENT,
+        };
+        let step = Step::new(script, &self.step_keys, delivery, &envelope.request_id);
+        Plan::Run(self.view.generations.fill(step).rest(call.args))
     }
 }

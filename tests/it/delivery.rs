@@ -228,7 +228,7 @@ async fn run_plan(plan: Plan, connection: &mut blogctl::connection::Connection) 
     let Plan::Run(step) = plan else {
         panic!("expected a step, got {plan:?}")
     };
-    step.run(connection).await.unwrap()
+    step.run(connection).await.unwrap().as_str().to_owned()
 }
 
 #[test]

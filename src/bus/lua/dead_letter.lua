@@ -1,5 +1,9 @@
-if not claim() then return 'stale' end
-redis.call('XADD', KEYS[2], '*', 'stream', KEYS[1], 'id', ARGV[2], 'service', ARGV[1],
-  'reason', ARGV[4], 'deliveries', ARGV[5], 'entry', ARGV[6])
-if ARGV[7] == '1' then redis.call('XDEL', KEYS[1], ARGV[2]) end
-return 'dead'
+-- Moves the entry to the dead letters, and deletes it from its stream when `delete` is '1'
+-- (requests are deleted once handled).
+local function check() return nil end
+local function apply()
+  redis.call('XADD', dead, '*', 'stream', stream, 'id', entry_id, 'service', group,
+    'reason', reason, 'deliveries', tries, 'entry', fields)
+  if delete == '1' then redis.call('XDEL', stream, entry_id) end
+  return 'dead'
+end

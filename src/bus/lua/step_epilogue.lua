@@ -1,13 +1,23 @@
+-- Every step: check() reads and may end the step with the entry left pending; the entry is
+-- then claimed, and apply() writes. The body cannot write before the claim: only apply()
+-- writes, and it runs only once the claim succeeded.
+local function step()
+  local early = check()
+  if early ~= nil then return early end
+  if not claim() then return 'stale' end
+  return apply()
 end
 local ok, result = pcall(step)
 if ok then return result end
 local message = type(result) == 'table' and result.err or tostring(result)
 if not claimed then return redis.error_reply(message) end
-local entry = {}
-for _, found in ipairs(redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])) do
-  for i = 1, #found[2], 2 do entry[found[2][i]] = found[2][i + 1] end
+-- Acknowledged, then failed: Redis keeps what was written, so the entry goes to the dead
+-- letters with the error rather than being lost.
+local fields = {}
+for _, found in ipairs(redis.call('XRANGE', stream, entry_id, entry_id)) do
+  for i = 1, #found[2], 2 do fields[found[2][i]] = found[2][i + 1] end
 end
-redis.call('XADD', KEYS[#KEYS], '*', 'stream', KEYS[1], 'id', ARGV[2], 'service', ARGV[1],
+redis.call('XADD', dead, '*', 'stream', stream, 'id', entry_id, 'service', group,
   'reason', 'failed after it was acknowledged, maybe part-applied: ' .. message,
-  'deliveries', ARGV[#ARGV], 'entry', cjson.encode(entry))
-return 'STEP_FAILED'
+  'deliveries', deliveries, 'entry', cjson.encode(fields))
+return 'failed_after_claim'

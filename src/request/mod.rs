@@ -20,11 +20,11 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use color_eyre::eyre::WrapErr;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Delivery, Step, step_script};
+use crate::bus::{Delivery, Step, StepKeys, StepScript};
 use crate::connection::Connection;
 use crate::error::{ExitCode, Failure, is_unavailable};
 use crate::keyspace::{Keys, Partition, Service};
@@ -43,72 +43,39 @@ const MAX_REQUEST_ID_CHARS: usize = 128;
 const MAX_REPLY_TO_CHARS: usize = 64;
 
 /// Adds a request to an inbox, stamped with its deadline and the events stream's position.
-/// KEYS[1]: the inbox, KEYS[2]: the events stream; ARGV[1]: the timeout in milliseconds,
-/// ARGV[2..]: the request's other fields, names and values. Returns the entry id.
-const ENQUEUE: &str = r#"#!lua
-local now = redis.call('TIME')
-local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-local after = '0-0'
-if #last > 0 then after = last[1][1] end
-return redis.call('XADD', KEYS[1], '*', 'deadline_ms', string.format('%d', deadline),
-  'after', after, unpack(ARGV, 2))
-"#;
+/// Returns the entry id.
+const ENQUEUE: &str = include_str!("lua/enqueue.lua");
 
-/// Lua run after the bus prelude in every request step. KEYS[3]: reply key, KEYS[4]: where the
-/// service remembers the answer to this request id; ARGV[4]: the request's deadline (Redis
-/// time, in milliseconds).
-/// `answer()` and `drop()` come after `claim()` (see the bus prelude); both delete the request.
-const REQUEST_PRELUDE: &str = r#"
-local function drop()
-  redis.call('XDEL', KEYS[1], ARGV[2])
-end
-local function answer(body)
-  redis.call('RPUSH', KEYS[3], body)
-  redis.call('PEXPIRE', KEYS[3], REPLY_TTL_MS)
-  drop()
-end
-local function remember(body)
-  redis.call('SET', KEYS[4], body, 'PX', ANSWER_MEMORY_MS)
-end
--- The client's mark is a string; an earlier answer under the same name would be a list.
-if redis.call('TYPE', KEYS[3])['ok'] == 'string' then
-  if not claim() then return 'stale' end
-  drop()
-  return 'abandoned'
-end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if now_ms > tonumber(ARGV[4]) then
-  if not claim() then return 'stale' end
-  drop()
-  return 'expired'
-end
-local earlier = redis.call('GET', KEYS[4])
-if earlier then
-  if not claim() then return 'stale' end
-  answer(earlier)
-  return 'repeated'
-end
-"#;
+/// `drop()`, `answer()` and `remember()`, for every request step.
+const HELPERS: &str = include_str!("lua/helpers.lua");
 
-/// Answers without changing anything (invalid input, unknown post), and remembers the answer
-/// like any other. ARGV[5]: the answer.
-const ANSWER_ONLY: &str = r#"
-if not claim() then return 'stale' end
-remember(ARGV[5])
-answer(ARGV[5])
-return 'answered'
-"#;
+/// Every request step's `check()` and `apply()`: a request given up on, past its deadline or
+/// answered before is settled without the body's `check_request()` and `apply_request()`.
+const LAYER: &str = include_str!("lua/layer.lua");
 
-/// A script for one request step: the bus prelude, the request prelude, then `body`.
-pub fn request_script(body: &str) -> Script {
-    step_script(&format!(
-        "{}{body}",
-        REQUEST_PRELUDE
-            .replace("REPLY_TTL_MS", &REPLY_TTL_MS.to_string())
-            .replace("ANSWER_MEMORY_MS", &ANSWER_MEMORY_MS.to_string())
-    ))
+/// Answers without changing anything (invalid input, unknown post).
+const ANSWER_ONLY: &str = include_str!("lua/answer_only.lua");
+
+/// The keys and arguments of every request step, before the body's own: the reply key, where
+/// the answer to the request id is remembered, and the request's deadline (Redis time, ms).
+const KEYS: [&str; 2] = ["reply", "remembered"];
+const ARGS: [&str; 1] = ["deadline"];
+
+/// A script for one request step: `parts` define `check_request()` (reads; a reply to leave
+/// the request pending, or nil) and `apply_request()` (writes, after the claim), and use the
+/// names `keys` and `args` after every request step's.
+pub fn request_script(keys: &[&'static str], args: &[&'static str], parts: &[&str]) -> StepScript {
+    let constants = format!(
+        "local REPLY_TTL_MS = {REPLY_TTL_MS}\nlocal ANSWER_MEMORY_MS = {ANSWER_MEMORY_MS}\n"
+    );
+    let mut lua = vec![constants.as_str(), HELPERS];
+    lua.extend_from_slice(parts);
+    lua.push(LAYER);
+    StepScript::new(
+        &[&KEYS[..], keys].concat(),
+        &[&ARGS[..], args].concat(),
+        &lua,
+    )
 }
 
 /// The answer to a request, as JSON in the reply key.
@@ -189,37 +156,42 @@ impl Incoming {
 pub struct Inbox {
     pub keys: Keys,
     pub service: Service,
+    pub step_keys: StepKeys,
 }
 
-static ANSWER_ONLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| request_script(ANSWER_ONLY));
+static ANSWER_ONLY_SCRIPT: LazyLock<StepScript> =
+    LazyLock::new(|| request_script(&[], &["response"], &[ANSWER_ONLY]));
 
 impl Inbox {
     pub fn new(keys: &Keys, service: Service) -> Inbox {
         Inbox {
             keys: keys.clone(),
             service,
+            step_keys: StepKeys::new(keys, service, Partition::FIRST),
         }
     }
 
     /// A request step with the preludes' keys and arguments filled in.
-    pub fn step(&self, script: &'static Script, delivery: &Delivery, request: &Incoming) -> Step {
-        Step::new(
-            script,
-            delivery,
-            self.service.name(),
-            &self.keys.events(Partition::FIRST),
-            &self.keys.dead(Partition::FIRST),
-            &request.request_id,
-        )
-        .key(self.keys.reply(
-            Partition::FIRST,
-            request.reply_to.as_deref().unwrap_or(&delivery.id),
-        ))
-        .key(
-            self.keys
-                .answer(self.service, Partition::FIRST, &request.request_id),
-        )
-        .arg(request.deadline_ms)
+    pub fn step(
+        &self,
+        script: &'static StepScript,
+        delivery: &Delivery,
+        request: &Incoming,
+    ) -> Step {
+        Step::new(script, &self.step_keys, delivery, &request.request_id)
+            .key(
+                "reply",
+                self.keys.reply(
+                    Partition::FIRST,
+                    request.reply_to.as_deref().unwrap_or(&delivery.id),
+                ),
+            )
+            .key(
+                "remembered",
+                self.keys
+                    .answer(self.service, Partition::FIRST, &request.request_id),
+            )
+            .arg("deadline", request.deadline_ms)
     }
 
     /// A step that answers a request and changes nothing (invalid input, unknown post).
@@ -230,7 +202,7 @@ impl Inbox {
         reply: &Reply<T>,
     ) -> Step {
         self.step(&ANSWER_ONLY_SCRIPT, delivery, request)
-            .arg(reply.to_json())
+            .arg("response", reply.to_json())
     }
 }
 

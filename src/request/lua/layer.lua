@@ -1,0 +1,30 @@
+-- Every request step, after the body's check_request() and apply_request(): a request its client
+-- gave up on, one past its deadline and one whose id was answered before are claimed and
+-- settled here, without the body.
+local abandoned, expired, earlier
+local function check()
+  -- The client's mark is a string; an earlier answer under the same name would be a list.
+  abandoned = redis.call('TYPE', reply)['ok'] == 'string'
+  if abandoned then return nil end
+  local now = redis.call('TIME')
+  expired = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(deadline)
+  if expired then return nil end
+  earlier = redis.call('GET', remembered)
+  if earlier then return nil end
+  return check_request()
+end
+local function apply()
+  if abandoned then
+    drop()
+    return 'abandoned'
+  end
+  if expired then
+    drop()
+    return 'expired'
+  end
+  if earlier then
+    answer(earlier)
+    return 'repeated'
+  end
+  return apply_request()
+end

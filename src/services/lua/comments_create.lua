@@ -1,0 +1,13 @@
+-- A comment on a post this service does not know stays pending: the post may not have reached
+-- it yet (see `Comments::unknown_post`).
+local function check_request()
+  if redis.call('SISMEMBER', known_posts(base), post_id) == 0 then return 'unknown_post' end
+  return nil
+end
+local function apply_request()
+  add_comment(base, comment_id, post_id, content, 'pending')
+  publish('CommentCreated', event)
+  remember(response)
+  answer(response)
+  return 'applied'
+end

@@ -1,0 +1,5 @@
+local function check() return nil end
+local function apply()
+  publish('CommentModerated', verdict)
+  return 'applied'
+end

@@ -1,0 +1,8 @@
+local function check_request() return nil end
+local function apply_request()
+  redis.call('HSET', post, 'id', post_id, 'title', title)
+  publish('PostCreated', event)
+  remember(response)
+  answer(response)
+  return 'applied'
+end
