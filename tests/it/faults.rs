@@ -200,7 +200,7 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
                 });
                 let mut slots = slots.lock().unwrap();
                 let index = rng.below(slots.len() as u64) as usize;
-                let wants_pause = tally.paused_take_overs == 0 || rng.below(10) == 0;
+                let wants_pause = tally.paused_take_overs == 0 || rng.below(15) == 0;
                 if wants_pause && progress.load(Ordering::SeqCst) > 0 {
                     let twice: Vec<usize> = (0..slots.len())
                         .filter(|&i| TWICE.contains(&slots[i].service))
