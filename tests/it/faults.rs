@@ -1,5 +1,6 @@
-//! The fault suite: real service processes killed at random, a Redis restart, poison entries,
-//! under a client load; at the end nothing is lost and nothing doubled.
+//! The fault suite: real service processes killed (SIGKILL) or paused (SIGSTOP) at random, a
+//! Redis restart, poison entries, under a client load; at the end nothing is lost and nothing
+//! doubled, and entries were taken over from consumers that went silent.
 //!
 //! Replay a run with `BLOGCTL_FAULT_SEED=<seed>`; soak longer with `BLOGCTL_FAULT_SCALE=<n>`
 //! (n times the default 200 posts and 2,000 comments).
@@ -9,30 +10,106 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Blog, RedisServer, Rng, Service, wait_until};
+use crate::support::{Blog, PATIENCE, RedisServer, Rng, Service, signal, wait_until};
 
 const COMMENTS_PER_POST: usize = 10;
 const WORKERS: usize = 4;
+/// The services' `--claim-idle`, in seconds.
+const CLAIM_IDLE: &str = "1";
+/// The services with two instances: a paused one's entries can be taken over by the other.
+const TWICE: [&str; 2] = ["comments", "query"];
+/// Log line of a consumer that took entries over from another (see `bus::take_over_stuck`).
+const TOOK_OVER: &str = "took over entries";
 
-/// One service process the chaos may kill: its `serve` arguments and consumer name.
+/// One service process the chaos may kill or pause: its `serve` arguments and consumer name.
 struct Slot {
     service: &'static str,
     instance: &'static str,
     generation: u32,
+    consumer: String,
     process: Service,
 }
 
 impl Slot {
     fn start(blog: &Blog, service: &'static str, instance: &'static str, generation: u32) -> Slot {
         let consumer = format!("{service}-{instance}-{generation}");
-        let process = blog.serve(&[service, "--consumer", &consumer, "--claim-idle", "1"]);
+        let process = blog.serve(&[service, "--consumer", &consumer, "--claim-idle", CLAIM_IDLE]);
         Slot {
             service,
             instance,
             generation,
+            consumer,
             process,
         }
     }
+
+    /// Take-overs this process logged so far.
+    fn take_overs(&self) -> usize {
+        self.process.log().matches(TOOK_OVER).count()
+    }
+
+    /// Entries pending with this slot's consumer, on every stream its service reads.
+    fn held(&self, blog: &Blog) -> usize {
+        let mut streams = vec![blog.key("events")];
+        if self.service == "comments" {
+            streams.push(format!("{}inbox", blog.key("comments")));
+        }
+        let mut connection = blog.redis.connection();
+        streams
+            .iter()
+            .map(|stream| {
+                let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+                    .arg(&[stream, self.service, "-", "+", "1000", &self.consumer])
+                    .query(&mut connection)
+                    .unwrap();
+                pending.len()
+            })
+            .sum()
+    }
+
+    /// Pauses the process (SIGSTOP) at a moment it holds entries, keeps it paused until the
+    /// other instance has taken them over (past `--claim-idle`), then wakes it (SIGCONT): what
+    /// it had in hand must then have no second effect. Ok(false) when it was never caught
+    /// holding entries (it was between batches each time); Err when they were not taken over.
+    fn pause_until_taken_over(&self, blog: &Blog) -> Result<bool, String> {
+        let pid = self.process.pid();
+        for _ in 0..50 {
+            signal(pid, "STOP");
+            if self.held(blog) > 0 {
+                // Paused, it cannot acknowledge them: they leave it only by a take-over.
+                let taken = wait_until(Duration::from_secs(15), || self.held(blog) == 0);
+                let pending: redis::Value = redis::cmd("XPENDING")
+                    .arg(&[&blog.key("events"), self.service, "-", "+", "20"])
+                    .query(&mut blog.redis.connection())
+                    .unwrap();
+                signal(pid, "CONT");
+                if !taken {
+                    return Err(format!(
+                        "entries of paused {} never taken over: {pending:?}",
+                        self.consumer
+                    ));
+                }
+                return Ok(true);
+            }
+            signal(pid, "CONT");
+        }
+        Ok(false)
+    }
+}
+
+/// What the chaos did.
+#[derive(Debug, Default)]
+struct Tally {
+    kills: usize,
+    /// Kills followed by a restart under a new consumer name.
+    renamed: usize,
+    pauses: usize,
+    /// Pauses that caught a process holding entries, which the other instance then took over.
+    paused_take_overs: usize,
+    /// "took over entries" lines in the logs of the processes killed.
+    logged_take_overs: usize,
+    redis_restarts: usize,
+    poison: Vec<(String, usize)>,
 }
 
 /// Creates something through the real binary, retrying with the same request id until it is
@@ -46,19 +123,22 @@ fn create(blog: &Blog, args: &[&str], request_id: &str) -> String {
         let run = blog.run(&full);
         match run.code {
             0 => return run.stdout.trim().to_owned(),
-            2 | 3 => panic!("blogctl {full:?} was refused: {run:?}"),
-            _ => assert!(
+            // Only "Redis unreachable" and "service timed out" mean try again; anything else
+            // (1: an unexpected error) is a failure, not something to retry for two minutes.
+            4 | 5 => assert!(
                 Instant::now() < deadline,
                 "blogctl {full:?} never succeeded: {run:?}"
             ),
+            _ => panic!("blogctl {full:?} failed: {run:?}"),
         }
-        // Redis restarting or a service down: try again shortly, same request id.
+        // Redis restarting or a service down or paused: try again shortly, same request id.
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 #[test]
-fn nothing_lost_nothing_doubled_under_kills_restarts_and_poison() {
+fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
+    let started = Instant::now();
     let seed: u64 = std::env::var("BLOGCTL_FAULT_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
@@ -99,19 +179,19 @@ fn nothing_lost_nothing_doubled_under_kills_restarts_and_poison() {
 
     let done = AtomicBool::new(false);
     let progress = AtomicUsize::new(0);
-    let kills = AtomicUsize::new(0);
-    let poison: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
     let post_ids: Mutex<HashMap<usize, String>> = Mutex::new(HashMap::new());
     let comment_ids: Mutex<HashMap<String, (String, bool)>> = Mutex::new(HashMap::new());
     let total = posts + posts * COMMENTS_PER_POST;
 
-    std::thread::scope(|scope| {
-        // The chaos: kill a random service every 100-400 ms, restart it (under the same consumer
-        // name, or a new one so its entries must be taken over), restart Redis once halfway,
-        // and slip poison onto the stream.
-        scope.spawn(|| {
+    let mut tally = std::thread::scope(|scope| {
+        // The chaos, every 100-400 ms: kill a random service and restart it (under the same
+        // consumer name, or a new one so its entries must be taken over), or pause an instance
+        // of a service that runs two past --claim-idle; restart Redis once halfway; slip poison
+        // onto the stream. Until one pause has led to a take-over, every turn is a pause, so
+        // each run has one.
+        let chaos = scope.spawn(|| {
             let mut rng = Rng::new(seed);
-            let mut restarted_redis = false;
+            let mut tally = Tally::default();
             while !done.load(Ordering::SeqCst) {
                 let pause = Duration::from_millis(100 + rng.below(300));
                 let until = Instant::now() + pause;
@@ -120,29 +200,65 @@ fn nothing_lost_nothing_doubled_under_kills_restarts_and_poison() {
                 });
                 let mut slots = slots.lock().unwrap();
                 let index = rng.below(slots.len() as u64) as usize;
-                let slot = slots.remove(index);
-                let generation = slot.generation + rng.below(2) as u32;
-                slot.process.kill();
-                kills.fetch_add(1, Ordering::SeqCst);
-                slots.insert(
-                    index,
-                    Slot::start(&blog, slot.service, slot.instance, generation),
-                );
-                drop(slots);
-                if !restarted_redis && progress.load(Ordering::SeqCst) * 2 >= total {
+                let wants_pause = tally.paused_take_overs == 0 || rng.below(15) == 0;
+                if wants_pause && progress.load(Ordering::SeqCst) > 0 {
+                    let twice: Vec<usize> = (0..slots.len())
+                        .filter(|&i| TWICE.contains(&slots[i].service))
+                        .collect();
+                    let slot = &slots[twice[rng.below(twice.len() as u64) as usize]];
+                    tally.pauses += 1;
+                    match slot.pause_until_taken_over(&blog) {
+                        Ok(true) => tally.paused_take_overs += 1,
+                        Ok(false) => {}
+                        Err(stuck) => {
+                            let logs: Vec<String> = slots
+                                .iter()
+                                .filter(|other| other.service == slot.service)
+                                .map(|other| {
+                                    format!("{}:\n{}", other.consumer, other.process.log())
+                                })
+                                .collect();
+                            panic!("{stuck} (seed {seed}); logs:\n{}", logs.join("\n"));
+                        }
+                    }
+                } else {
+                    let slot = slots.remove(index);
+                    let generation = slot.generation + rng.below(2) as u32;
+                    tally.logged_take_overs += slot.take_overs();
+                    slot.process.kill();
+                    tally.kills += 1;
+                    if generation != slot.generation {
+                        tally.renamed += 1;
+                    }
+                    slots.insert(
+                        index,
+                        Slot::start(&blog, slot.service, slot.instance, generation),
+                    );
+                }
+                if tally.redis_restarts == 0 && progress.load(Ordering::SeqCst) * 2 >= total {
+                    // A service that cannot reach Redis when it starts exits (code 4, as
+                    // documented), so Redis goes down only once every process got through.
+                    let connected = wait_until(PATIENCE, || {
+                        slots
+                            .iter()
+                            .all(|slot| slot.process.log().contains("serving"))
+                    });
+                    assert!(connected, "a service never connected (seed {seed})");
                     blog.redis.restart();
-                    restarted_redis = true;
+                    tally.redis_restarts += 1;
                     println!(
                         "restarted redis-server after {} writes",
                         progress.load(Ordering::SeqCst)
                     );
                 }
+                drop(slots);
                 if rng.below(3) == 0
                     && let Some(poisoned) = inject_poison(&blog, &mut rng)
                 {
-                    poison.lock().unwrap().push(poisoned);
+                    tally.poison.push(poisoned);
                 }
             }
+            tally
         });
 
         // The load: posts, then comments on them, from several client workers at once.
@@ -185,14 +301,39 @@ fn nothing_lost_nothing_doubled_under_kills_restarts_and_poison() {
                 })
             })
             .collect();
-        for worker in workers {
-            worker.join().unwrap();
-        }
+        // Every worker is joined before the chaos is told to stop, so a failing worker does
+        // not leave the chaos running (and the scope waiting for it) forever.
+        let joined: Vec<_> = workers.into_iter().map(|worker| worker.join()).collect();
         done.store(true, Ordering::SeqCst);
+        for result in joined {
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        chaos.join().unwrap()
     });
-    let kills = kills.load(Ordering::SeqCst);
-    println!("fault suite: seed {seed}, {kills} kills, {total} writes acknowledged");
-    assert!(kills > 0, "the chaos never struck");
+    // What the chaos did, shown (see .config/nextest.toml) whether the checks below pass or not.
+    let slots = slots.into_inner().unwrap();
+    let logged = tally.logged_take_overs + slots.iter().map(Slot::take_overs).sum::<usize>();
+    println!(
+        "fault suite: seed {seed}, {total} writes acknowledged, {} kills ({} restarted under a \
+         new consumer name), {} pauses ({} taken over while paused), {logged} take-overs \
+         logged, {} Redis restart(s), {} poison entries, load done in {:.1}s",
+        tally.kills,
+        tally.renamed,
+        tally.pauses,
+        tally.paused_take_overs,
+        tally.redis_restarts,
+        tally.poison.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(tally.kills > 0, "the chaos never struck (seed {seed})");
+    // Entries were taken over from silent consumers: the chaos makes sure of one at least.
+    assert!(
+        tally.paused_take_overs > 0,
+        "no pause led to a take-over (seed {seed})"
+    );
+    assert!(logged > 0, "no take-over logged (seed {seed})");
 
     // Every acknowledged write is in the view exactly once, with the right final status.
     let view =
@@ -230,36 +371,40 @@ fn nothing_lost_nothing_doubled_under_kills_restarts_and_poison() {
     }
     assert_eq!(seen_comments.len(), comment_ids.len());
 
-    // Exactly one event of each kind per post and comment.
-    let count_ids = |kind: &str| -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
+    // Exactly one event of each kind per acknowledged post and comment, by id (the poison
+    // entries, which name no producer, are not counted).
+    let comment_set: HashSet<String> = comment_ids.keys().cloned().collect();
+    for (kind, ids) in [
+        ("PostCreated", &post_ids),
+        ("CommentCreated", &comment_set),
+        ("CommentModerated", &comment_set),
+        ("CommentUpdated", &comment_set),
+    ] {
+        let mut counts: HashMap<String, usize> = HashMap::new();
         for data in blog.events_of(kind) {
             *counts
                 .entry(data["id"].as_str().unwrap().to_owned())
                 .or_insert(0) += 1;
         }
-        counts
-    };
-    for (kind, expected) in [
-        ("PostCreated", posts),
-        ("CommentCreated", comment_ids.len()),
-        ("CommentUpdated", comment_ids.len()),
-    ] {
-        let counts = count_ids(kind);
-        assert_eq!(
-            counts.len(),
-            expected,
-            "{kind}: wrong number of distinct ids (seed {seed})"
-        );
+        let doubled: Vec<_> = counts.iter().filter(|&(_, &n)| n > 1).collect();
         assert!(
-            counts.values().all(|&n| n == 1),
-            "{kind} doubled (seed {seed})"
+            doubled.is_empty(),
+            "{kind} doubled: {doubled:?} (seed {seed})"
+        );
+        let found: HashSet<String> = counts.into_keys().collect();
+        assert!(
+            &found == ids,
+            "{kind}: {} ids, {} expected; missing {:?}, extra {:?} (seed {seed})",
+            found.len(),
+            ids.len(),
+            ids.difference(&found).take(5).collect::<Vec<_>>(),
+            found.difference(ids).take(5).collect::<Vec<_>>()
         );
     }
 
     // Every poison entry is dead-lettered by each service that uses its type, and nothing else
     // is; no group is left with pending entries.
-    let poison = poison.into_inner().unwrap();
+    let poison = std::mem::take(&mut tally.poison);
     let expected_dead: usize = poison.iter().map(|(_, readers)| readers).sum();
     let events = blog.key("events");
     let settled = wait_until(Duration::from_secs(60), || {
@@ -297,9 +442,28 @@ fn nothing_lost_nothing_doubled_under_kills_restarts_and_poison() {
             "{service} inbox has pending requests (seed {seed})"
         );
     }
+
+    // Every try counted for a redelivered entry is forgotten once it is applied or
+    // dead-lettered: no service is left with counted tries.
+    let attempts = |service: &str| -> HashMap<String, String> {
+        redis::cmd("HGETALL")
+            .arg(format!("{}attempts", blog.key(service)))
+            .query(&mut blog.redis.connection())
+            .unwrap()
+    };
+    let services = ["posts", "comments", "moderation", "query"];
+    let forgotten = wait_until(Duration::from_secs(5), || {
+        services.iter().all(|service| attempts(service).is_empty())
+    });
+    assert!(
+        forgotten,
+        "tries left counted (seed {seed}): {:?}",
+        services.map(|service| (service, attempts(service)))
+    );
+
     println!(
-        "fault suite passed: seed {seed}, {kills} kills, {} poison entries",
-        poison.len()
+        "fault suite passed: seed {seed}, in {:.1}s",
+        started.elapsed().as_secs_f64()
     );
 }
 
