@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use blogctl::bus::{Delivery, Handler, Plan, RawEntry, ensure_group};
 use blogctl::connection::{CONNECT_TIMEOUT, Connection, Redis};
 use blogctl::events::{Comment, Post};
-use blogctl::keys::Keys;
+use blogctl::keyspace::{Keys, Partition, Service};
 use blogctl::request::call;
 use blogctl::services::comments::{self, Comments, CreateComment};
 use blogctl::services::moderation::{self, Moderation};
@@ -61,10 +61,15 @@ fn add_post(blog: &Blog, title: &str) -> String {
 /// `blogctl::request::call` or the binary instead.)
 fn request_fields(request_id: &str, command: &str, data: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("version", "1".to_owned()),
+        ("version", "2".to_owned()),
         ("request_id", request_id.to_owned()),
         ("reply_to", uuid::Uuid::now_v7().to_string()),
-        ("timeout_ms", "5000".to_owned()),
+        // Far ahead of Redis's clock: only the malformed field decides.
+        (
+            "deadline_ms",
+            u64::from(u32::MAX).saturating_mul(1000).to_string(),
+        ),
+        ("after", "0-0".to_owned()),
         ("command", command.to_owned()),
         ("data", data.to_owned()),
     ]
@@ -568,7 +573,7 @@ async fn run(
     delivery: &Delivery,
 ) -> String {
     match handler.plan(delivery) {
-        Plan::Run(step) => step.run(connection).await.unwrap(),
+        Plan::Run(step) => step.run(connection).await.unwrap().as_str().to_owned(),
         plan => panic!("{}: expected a step, got {plan:?}", delivery.id),
     }
 }
@@ -609,7 +614,7 @@ async fn is_stale(connection: &mut Connection, handler: &mut impl Handler, deliv
 fn send<C, T>(
     redis: &Redis,
     keys: &Keys,
-    service: &'static str,
+    service: Service,
     command: &'static str,
     data: C,
 ) -> tokio::task::JoinHandle<color_eyre::Result<T>>
@@ -643,9 +648,9 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     let mut connection = redis.try_connect(None).await.unwrap();
     let connection = &mut connection;
     let (events, posts_inbox, comments_inbox) = (
-        keys.events(),
-        keys.inbox(posts::NAME),
-        keys.inbox(comments::NAME),
+        keys.events(Partition::FIRST),
+        keys.inbox(posts::SERVICE, Partition::FIRST),
+        keys.inbox(comments::SERVICE, Partition::FIRST),
     );
     for (stream, group) in [
         (&posts_inbox, posts::NAME),
@@ -666,7 +671,7 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     let title = CreatePost {
         title: "Once".to_owned(),
     };
-    let sent = send::<_, Post>(&redis, &keys, posts::NAME, posts::CREATE_POST, title);
+    let sent = send::<_, Post>(&redis, &keys, posts::SERVICE, posts::CREATE_POST, title);
     let request = next(connection, &posts_inbox, posts::NAME, None).await;
     assert_eq!(run(connection, &mut posts, &request).await, "applied");
     let post = sent.await.unwrap().unwrap();
@@ -676,7 +681,7 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     let empty = CreatePost {
         title: " ".to_owned(),
     };
-    let sent = send::<_, Post>(&redis, &keys, posts::NAME, posts::CREATE_POST, empty);
+    let sent = send::<_, Post>(&redis, &keys, posts::SERVICE, posts::CREATE_POST, empty);
     let request = next(connection, &posts_inbox, posts::NAME, None).await;
     assert_eq!(run(connection, &mut posts, &request).await, "answered");
     assert!(sent.await.unwrap().is_err(), "an empty title was accepted");
@@ -687,7 +692,7 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     let title = CreatePost {
         title: "Never".to_owned(),
     };
-    let waiting = send::<_, Post>(&redis, &keys, posts::NAME, posts::CREATE_POST, title);
+    let waiting = send::<_, Post>(&redis, &keys, posts::SERVICE, posts::CREATE_POST, title);
     let request = next(connection, &posts_inbox, posts::NAME, None).await;
     acknowledge(connection, &request, posts::NAME).await;
     is_stale(connection, &mut posts, &request).await;
@@ -709,7 +714,7 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     let sent = send::<_, Comment>(
         &redis,
         &keys,
-        comments::NAME,
+        comments::SERVICE,
         comments::CREATE_COMMENT,
         comment("Once"),
     );
@@ -720,7 +725,7 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     let waiting = send::<_, Comment>(
         &redis,
         &keys,
-        comments::NAME,
+        comments::SERVICE,
         comments::CREATE_COMMENT,
         comment("Never"),
     );
