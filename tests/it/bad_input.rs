@@ -30,7 +30,7 @@ fn invalid_input_exits_2_and_writes_nothing() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     let post = blog.ok(&["post", "create", "--wait", "Real"]);
-    let length_before = blog.entries(&blog.key("events")).len();
+    let length_before = blog.entries(&blog.events()).len();
     let long_title = "t".repeat(201);
     let long_content = "c".repeat(5001);
     fails(&blog, &["post", "create", ""], 2, "title is empty");
@@ -80,7 +80,7 @@ fn invalid_input_exits_2_and_writes_nothing() {
     assert_eq!(blog.run(&["post", "frobnicate"]).code, 2);
     assert_eq!(blog.run(&[]).code, 2);
     assert_eq!(
-        blog.entries(&blog.key("events")).len(),
+        blog.entries(&blog.events()).len(),
         length_before,
         "bad input wrote events"
     );

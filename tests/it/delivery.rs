@@ -32,7 +32,7 @@ pub fn add_request(
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(connection).unwrap();
     let deadline_ms = seconds * 1000 + micros / 1000 + timeout_ms;
     let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-        .arg(blog.key("events"))
+        .arg(blog.events())
         .arg("+")
         .arg("-")
         .arg("COUNT")
@@ -41,16 +41,14 @@ pub fn add_request(
         .unwrap();
     let after = last.first().map_or("0-0".to_owned(), |(id, _)| id.clone());
     let mut xadd = redis::cmd("XADD");
-    xadd.arg(format!("{}inbox", blog.key(service)))
-        .arg("*")
-        .arg(&[
-            ("version", "2"),
-            ("request_id", request_id),
-            ("deadline_ms", &deadline_ms.to_string()),
-            ("after", &after),
-            ("command", command),
-            ("data", data),
-        ]);
+    xadd.arg(blog.inbox(service)).arg("*").arg(&[
+        ("version", "2"),
+        ("request_id", request_id),
+        ("deadline_ms", &deadline_ms.to_string()),
+        ("after", &after),
+        ("command", command),
+        ("data", data),
+    ]);
     if let Some(reply_to) = reply_to {
         xadd.arg("reply_to").arg(reply_to);
     }
@@ -93,13 +91,13 @@ fn consumers(blog: &Blog, stream: &str, group: &str) -> Vec<String> {
 
 /// Waits until every group of every service lists exactly the consumers `names`.
 fn wait_until_consumers(blog: &Blog, names: &[&str]) {
-    let events = blog.key("events");
+    let events = blog.events();
     let groups = [
         (events.clone(), "comments"),
         (events.clone(), "moderation"),
         (events, "query"),
-        (format!("{}inbox", blog.key("posts")), "posts"),
-        (format!("{}inbox", blog.key("comments")), "comments"),
+        (blog.inbox("posts"), "posts"),
+        (blog.inbox("comments"), "comments"),
     ];
     for (stream, group) in &groups {
         let mut listed = Vec::new();
@@ -262,8 +260,8 @@ fn a_retried_request_id_creates_nothing_new() {
     // The answers are remembered for 24 hours, not for good.
     let mut connection = blog.redis.connection();
     for key in [
-        format!("{}request:retry-1", blog.key("posts")),
-        format!("{}request:c-1", blog.key("comments")),
+        blog.answer("posts", "retry-1"),
+        blog.answer("comments", "c-1"),
     ] {
         let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut connection).unwrap();
         assert!(
@@ -276,7 +274,7 @@ fn a_retried_request_id_creates_nothing_new() {
 #[test]
 fn a_request_the_client_gave_up_on_is_never_applied() {
     let blog = Blog::new();
-    let inbox = format!("{}inbox", blog.key("posts"));
+    let inbox = blog.inbox("posts");
     let mut connection = blog.redis.connection();
     // No posts service runs: the client gives up, says so, and marks its request given up.
     let run = blog.run(&["--timeout", "0.3", "post", "create", "Too late"]);
@@ -343,7 +341,7 @@ fn a_request_the_client_gave_up_on_is_never_applied() {
         .unwrap();
     assert_eq!(mark.as_deref(), Some("abandoned"), "it was answered");
     assert_eq!(titles_created(&blog), ["Wanted"]);
-    assert!(blog.entries(&blog.key("dead")).is_empty());
+    assert!(blog.entries(&blog.dead()).is_empty());
 }
 
 #[test]
@@ -370,7 +368,7 @@ fn a_request_older_than_its_timeout_is_never_applied() {
 
     let _posts = blog.serve(&["posts"]);
     blog.ok(&["post", "create", "On time"]);
-    let inbox = format!("{}inbox", blog.key("posts"));
+    let inbox = blog.inbox("posts");
     assert!(
         wait_until(PATIENCE, || blog.entries(&inbox).is_empty()),
         "requests not handled"
@@ -381,7 +379,7 @@ fn a_request_older_than_its_timeout_is_never_applied() {
         .query(&mut connection)
         .unwrap();
     assert!(!answered, "the old request was answered");
-    assert!(blog.entries(&blog.key("dead")).is_empty());
+    assert!(blog.entries(&blog.dead()).is_empty());
 }
 
 #[test]
@@ -389,7 +387,7 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     blog.ok(&["post", "create", "--wait", "Before"]);
-    let events = blog.key("events");
+    let events = blog.events();
     let mut connection = blog.redis.connection();
     let mut add = |fields: &[(&str, &[u8])]| -> String {
         let mut command = redis::cmd("XADD");
@@ -459,7 +457,7 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
     let bad_request = {
         let mut connection = blog.redis.connection();
         let id: String = redis::cmd("XADD")
-            .arg(format!("{}inbox", blog.key("posts")))
+            .arg(blog.inbox("posts"))
             .arg("*")
             .arg("garbage")
             .arg("yes")
@@ -478,11 +476,8 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
         .map(|(_, readers)| readers.len())
         .sum::<usize>()
         + 1;
-    assert!(wait_until(PATIENCE, || blog
-        .entries(&blog.key("dead"))
-        .len()
-        >= expected));
-    let dead = blog.entries(&blog.key("dead"));
+    assert!(wait_until(PATIENCE, || blog.entries(&blog.dead()).len() >= expected));
+    let dead = blog.entries(&blog.dead());
     assert_eq!(dead.len(), expected);
     let mut per_id: HashMap<String, Vec<String>> = HashMap::new();
     for (_, fields) in &dead {
@@ -502,7 +497,7 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
         services.sort();
         assert_eq!(&services, readers, "dead letters of {id}");
     }
-    let inbox = format!("{}inbox", blog.key("posts"));
+    let inbox = blog.inbox("posts");
     assert_eq!(
         per_id.remove(&format!("{inbox} {bad_request}")),
         Some(vec!["posts".to_owned()])
@@ -527,7 +522,7 @@ fn a_redelivered_request_waiting_for_its_post_is_not_dead_lettered() {
     let blog = Blog::new();
     let _others = blog.serve(&["posts", "moderation", "query"]);
     let post = blog.ok(&["post", "create", "--wait", "Held back"]);
-    let (events, inbox) = (blog.key("events"), format!("{}inbox", blog.key("comments")));
+    let (events, inbox) = (blog.events(), blog.inbox("comments"));
     let mut connection = blog.redis.connection();
     for stream in [&events, &inbox] {
         let _: () = redis::cmd("XGROUP")
@@ -572,9 +567,9 @@ fn a_redelivered_request_waiting_for_its_post_is_not_dead_lettered() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        blog.entries(&blog.key("dead")).is_empty(),
+        blog.entries(&blog.dead()).is_empty(),
         "dead letters: {:?}",
-        blog.entries(&blog.key("dead"))
+        blog.entries(&blog.dead())
     );
     assert_eq!(
         blog.wait_for_view(1, 1)[0]["comments"][0]["content"],
@@ -616,11 +611,8 @@ fn requests_are_answered_under_their_reply_to_or_entry_id_and_a_bad_reply_to_is_
     assert!(answer(&named).contains("\"title\":\"Named\""));
     assert!(answer(&entry).contains("\"title\":\"Unnamed\""));
 
-    assert!(wait_until(PATIENCE, || blog
-        .entries(&blog.key("dead"))
-        .len()
-        == 1));
-    let dead = &blog.entries(&blog.key("dead"))[0].1;
+    assert!(wait_until(PATIENCE, || blog.entries(&blog.dead()).len() == 1));
+    let dead = &blog.entries(&blog.dead())[0].1;
     assert_eq!(field(dead, "id"), bad);
     assert!(field(dead, "reason").contains("reply_to"), "{dead:?}");
     assert_eq!(titles_created(&blog), ["Named", "Unnamed"]);

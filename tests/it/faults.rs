@@ -50,9 +50,9 @@ impl Slot {
 
     /// Entries pending with this slot's consumer, on every stream its service reads.
     fn held(&self, blog: &Blog) -> usize {
-        let mut streams = vec![blog.key("events")];
+        let mut streams = vec![blog.events()];
         if self.service == "comments" {
-            streams.push(format!("{}inbox", blog.key("comments")));
+            streams.push(blog.inbox("comments"));
         }
         let mut connection = blog.redis.connection();
         streams
@@ -79,7 +79,7 @@ impl Slot {
                 // Paused, it cannot acknowledge them: they leave it only by a take-over.
                 let taken = wait_until(Duration::from_secs(15), || self.held(blog) == 0);
                 let pending: redis::Value = redis::cmd("XPENDING")
-                    .arg(&[&blog.key("events"), self.service, "-", "+", "20"])
+                    .arg(&[&blog.events(), self.service, "-", "+", "20"])
                     .query(&mut blog.redis.connection())
                     .unwrap();
                 signal(pid, "CONT");
@@ -406,14 +406,14 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
     // is; no group is left with pending entries.
     let poison = std::mem::take(&mut tally.poison);
     let expected_dead: usize = poison.iter().map(|(_, readers)| readers).sum();
-    let events = blog.key("events");
+    let events = blog.events();
     let settled = wait_until(Duration::from_secs(60), || {
-        blog.entries(&blog.key("dead")).len() >= expected_dead
+        blog.entries(&blog.dead()).len() >= expected_dead
             && ["comments", "moderation", "query"]
                 .iter()
                 .all(|group| blog.pending(&events, group) == 0)
     });
-    let dead = blog.entries(&blog.key("dead"));
+    let dead = blog.entries(&blog.dead());
     assert!(
         settled,
         "dead letters {} of {expected_dead}, or entries still pending (seed {seed})",
@@ -435,7 +435,7 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
         "dead letters are not exactly the poison (seed {seed})"
     );
     for service in ["posts", "comments"] {
-        let inbox = format!("{}inbox", blog.key(service));
+        let inbox = blog.inbox(service);
         assert_eq!(
             blog.pending(&inbox, service),
             0,
@@ -447,7 +447,7 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
     // dead-lettered: no service is left with counted tries.
     let attempts = |service: &str| -> HashMap<String, String> {
         redis::cmd("HGETALL")
-            .arg(format!("{}attempts", blog.key(service)))
+            .arg(blog.attempts(service))
             .query(&mut blog.redis.connection())
             .unwrap()
     };
@@ -519,7 +519,7 @@ fn inject_poison(blog: &Blog, rng: &mut Rng) -> Option<(String, usize)> {
     ];
     let unknown = rng.below(4) == 0;
     let mut command = redis::cmd("XADD");
-    command.arg(blog.key("events")).arg("*");
+    command.arg(blog.events()).arg("*");
     if unknown {
         command.arg(&[
             ("type", "PostPinned"),

@@ -11,13 +11,13 @@ use crate::support::{Blog, PATIENCE, compose_lists, signal, wait_until};
 
 /// The groups the services read with: (stream, group).
 fn expected_groups(blog: &Blog) -> Vec<(String, &'static str)> {
-    let events = blog.key("events");
+    let events = blog.events();
     vec![
         (events.clone(), "comments"),
         (events.clone(), "moderation"),
         (events, "query"),
-        (format!("{}inbox", blog.key("posts")), "posts"),
-        (format!("{}inbox", blog.key("comments")), "comments"),
+        (blog.inbox("posts"), "posts"),
+        (blog.inbox("comments"), "comments"),
     ]
 }
 
@@ -69,7 +69,7 @@ fn xadd(blog: &Blog, stream: &str, fields: &[(&str, &[u8])]) -> String {
 fn add_event(blog: &Blog, kind: &str, producer: &str, data: &str) -> String {
     xadd(
         blog,
-        &blog.key("events"),
+        &blog.events(),
         &[
             ("type", kind.as_bytes()),
             ("version", b"1"),
@@ -101,7 +101,7 @@ fn deliver(blog: &Blog, group: &str, count: usize) -> Vec<String> {
         .arg("COUNT")
         .arg(count)
         .arg("STREAMS")
-        .arg(blog.key("events"))
+        .arg(blog.events())
         .arg(">")
         .query(&mut blog.redis.connection())
         .unwrap();
@@ -115,7 +115,7 @@ fn deliver(blog: &Blog, group: &str, count: usize) -> Vec<String> {
 
 fn ack(blog: &Blog, group: &str, ids: &[String]) {
     let _: u64 = redis::cmd("XACK")
-        .arg(blog.key("events"))
+        .arg(blog.events())
         .arg(group)
         .arg(ids)
         .query(&mut blog.redis.connection())
@@ -142,7 +142,7 @@ fn status_shows_every_group_caught_up_after_a_story_and_check_passes() {
 
     let status = wait_until_caught_up(&blog);
     let events = &status["streams"][0];
-    assert_eq!(events["stream"], blog.key("events"));
+    assert_eq!(events["stream"], blog.events());
     assert_eq!(events["length"], 7, "{status}");
     assert!(events["memory_bytes"].as_u64().unwrap() > 0);
     for (stream, name) in expected_groups(&blog) {
@@ -187,7 +187,7 @@ fn check_exits_6_when_a_stopped_service_falls_behind() {
     for title in ["One", "Two", "Three"] {
         blog.ok(&["post", "create", title]);
     }
-    let events = blog.key("events");
+    let events = blog.events();
     let others_caught_up = wait_until(PATIENCE, || {
         let status = status_json(&blog);
         group(&status, &events, "comments")["lag"] == 0
@@ -238,10 +238,7 @@ fn check_exits_6_for_missing_groups_and_old_pending_entries() {
     }
     assert!(missing.stdout.contains("MISSING"), "{}", missing.stdout);
     let status = status_json(&blog);
-    assert_eq!(
-        group(&status, &blog.key("events"), "query")["missing"],
-        true
-    );
+    assert_eq!(group(&status, &blog.events(), "query")["missing"], true);
 
     // Every group there, and an entry delivered to query that nobody acknowledges.
     for (stream, name) in expected_groups(&blog) {
@@ -262,18 +259,18 @@ fn check_exits_6_for_missing_groups_and_old_pending_entries() {
     assert!(
         run.stderr.contains(&format!(
             "group query on {} has had entry {stuck} pending for",
-            blog.key("events")
+            blog.events()
         )),
         "{}",
         run.stderr
     );
     let status = status_json(&blog);
-    let query = group(&status, &blog.key("events"), "query");
+    let query = group(&status, &blog.events(), "query");
     assert_eq!(query["pending"], 1);
     assert_eq!(query["oldest_pending_id"], stuck.as_str());
     assert_eq!(query["consumers"][0]["name"], "operator");
     assert_eq!(query["consumers"][0]["pending"], 1);
-    assert_eq!(group(&status, &blog.key("events"), "comments")["lag"], 1);
+    assert_eq!(group(&status, &blog.events(), "comments")["lag"], 1);
 }
 
 #[test]
@@ -283,7 +280,7 @@ fn events_list_filters_counts_and_prints_ndjson() {
     let first = add_event(&blog, "PostCreated", "posts", post);
     let second = add_event(&blog, "CommentCreated", "comments", r#"{"id":"x"}"#);
     let third = add_event(&blog, "PostCreated", "posts", "not json");
-    let events = blog.key("events");
+    let events = blog.events();
     let odd = xadd(
         &blog,
         &events,
@@ -418,7 +415,7 @@ fn dead_letters_are_listed_dropped_all_or_nothing_and_ids_checked() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     blog.ok(&["post", "create", "--wait", "Dead letters"]);
-    let events = blog.key("events");
+    let events = blog.events();
     // Dead-lettered by the services that use the type: comments and query, then comments.
     let bad_post = add_event(&blog, "PostCreated", "test", "not json");
     let bad_verdict = add_event(&blog, "CommentModerated", "test", "not json");
@@ -474,10 +471,10 @@ fn dead_letters_are_listed_dropped_all_or_nothing_and_ids_checked() {
     let partly = blog.run(&["dead", "drop", &dead_ids[0], "1-1"]);
     assert_eq!(partly.code, 3, "{partly:?}");
     assert!(partly.stderr.contains("1-1"));
-    assert_eq!(blog.entries(&blog.key("dead")).len(), 3);
+    assert_eq!(blog.entries(&blog.dead()).len(), 3);
     let retry_unknown = blog.run(&["dead", "retry", &dead_ids[0], "1-1"]);
     assert_eq!(retry_unknown.code, 3, "{retry_unknown:?}");
-    assert_eq!(blog.entries(&blog.key("dead")).len(), 3);
+    assert_eq!(blog.entries(&blog.dead()).len(), 3);
     assert_eq!(blog.run(&["dead", "drop", "not-an-id"]).code, 2);
     assert_eq!(blog.run(&["dead", "retry"]).code, 2);
 
@@ -485,7 +482,7 @@ fn dead_letters_are_listed_dropped_all_or_nothing_and_ids_checked() {
         blog.ok(&["dead", "drop", &dead_ids[0], &dead_ids[1], &dead_ids[0]]),
         format!("dropped {}\ndropped {}", dead_ids[0], dead_ids[1])
     );
-    let left = ids_of(&blog.entries(&blog.key("dead")));
+    let left = ids_of(&blog.entries(&blog.dead()));
     assert_eq!(left, [dead_ids[2].clone()]);
     assert_eq!(blog.run(&["dead", "drop", &dead_ids[0]]).code, 3);
 
@@ -513,7 +510,7 @@ fn dead_retry_puts_an_event_back_for_its_service_only() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     blog.ok(&["post", "create", "--wait", "Alive"]);
-    let events = blog.key("events");
+    let events = blog.events();
     wait_until_caught_up(&blog);
 
     // A PostCreated that query failed on: it only ever reached the dead letters.
@@ -526,7 +523,7 @@ fn dead_retry_puts_an_event_back_for_its_service_only() {
     .to_string();
     let dead_id = xadd(
         &blog,
-        &blog.key("dead"),
+        &blog.dead(),
         &[
             ("stream", events.as_bytes()),
             ("id", b"1-1"),
@@ -547,7 +544,7 @@ fn dead_retry_puts_an_event_back_for_its_service_only() {
         "{out}"
     );
     assert!(
-        blog.entries(&blog.key("dead")).is_empty(),
+        blog.entries(&blog.dead()).is_empty(),
         "the dead letter is gone"
     );
 
@@ -579,26 +576,23 @@ fn trim_archives_exactly_the_acknowledged_entries() {
     let post = blog.ok(&["post", "create", "--wait", "Trimmed"]);
     blog.ok(&["comment", "create", "--wait", &post, "old news"]);
     // A dead letter: a malformed request, which comments dead-letters (the events stay as they are).
-    let comments_inbox = format!("{}inbox", blog.key("comments"));
+    let comments_inbox = blog.inbox("comments");
     xadd(&blog, &comments_inbox, &[("garbage", b"yes")]);
-    assert!(wait_until(PATIENCE, || blog
-        .entries(&blog.key("dead"))
-        .len()
-        == 1));
+    assert!(wait_until(PATIENCE, || blog.entries(&blog.dead()).len() == 1));
     wait_until_caught_up(&blog);
     assert_eq!(services.terminate().0, 0);
     // A request waiting in the posts inbox while its service is stopped.
     let waiting = blog.run(&["--timeout", "0.3", "post", "create", "Waiting"]);
     assert_eq!(waiting.code, 5, "{waiting:?}");
-    let posts_inbox = format!("{}inbox", blog.key("posts"));
-    let untouchable = [posts_inbox, comments_inbox, blog.key("dead")];
+    let posts_inbox = blog.inbox("posts");
+    let untouchable = [posts_inbox, comments_inbox, blog.dead()];
     let before: Vec<_> = untouchable.iter().map(|key| blog.entries(key)).collect();
     assert_eq!(
         before.iter().map(Vec::len).collect::<Vec<_>>(),
         [1, 0, 1],
         "{before:?}"
     );
-    let events = blog.key("events");
+    let events = blog.events();
     let story = blog.entries(&events);
     assert_eq!(story.len(), 4);
 
@@ -684,7 +678,7 @@ fn trim_archives_exactly_the_acknowledged_entries() {
 #[test]
 fn trim_refuses_when_a_group_is_missing_or_behind() {
     let blog = Blog::new();
-    let events = blog.key("events");
+    let events = blog.events();
     create_group(&blog, &events, "comments");
     create_group(&blog, &events, "moderation");
     for _ in 0..3 {

@@ -132,7 +132,7 @@ fn a_full_or_read_only_redis_is_refused_with_exit_4_and_writes_nothing() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     let post = blog.ok(&["post", "create", "--wait", "Room"]);
-    let events = blog.key("events");
+    let events = blog.events();
     let length = blog.entries(&events).len();
     let mut connection = blog.redis.connection();
     let mut config = |args: &[&str]| {
@@ -228,7 +228,7 @@ fn losing_redis_while_waiting_for_an_answer_says_how_to_retry_safely() {
         .spawn()
         .unwrap();
     // No posts service runs: the request waits in the inbox until Redis goes away.
-    let inbox = format!("{}inbox", blog.key("posts"));
+    let inbox = blog.inbox("posts");
     assert!(wait_until(PATIENCE, || blog.entries(&inbox).len() == 1));
     blog.redis.stop();
     let output = client.wait_with_output().unwrap();
@@ -242,7 +242,7 @@ fn losing_redis_while_waiting_for_an_answer_says_how_to_retry_safely() {
 fn a_service_applies_nothing_while_redis_is_full_and_catches_up_after() {
     let blog = Blog::new();
     let moderation = blog.serve(&["moderation"]);
-    let events = blog.key("events");
+    let events = blog.events();
     let mut connection = blog.redis.connection();
     assert!(wait_until(PATIENCE, || {
         let groups: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
@@ -282,7 +282,7 @@ fn a_service_applies_nothing_while_redis_is_full_and_catches_up_after() {
     );
     assert_eq!(blog.pending(&events, "moderation"), 1);
     assert!(blog.events_of("CommentModerated").is_empty());
-    assert!(blog.entries(&blog.key("dead")).is_empty());
+    assert!(blog.entries(&blog.dead()).is_empty());
 
     let _: () = redis::cmd("CONFIG")
         .arg(&["SET", "maxmemory", "0"])
@@ -293,7 +293,7 @@ fn a_service_applies_nothing_while_redis_is_full_and_catches_up_after() {
     assert_eq!(verdicts.len(), 1);
     assert_eq!(verdicts[0]["id"], comment.as_str());
     assert_eq!(verdicts[0]["status"], "approved");
-    assert!(blog.entries(&blog.key("dead")).is_empty());
+    assert!(blog.entries(&blog.dead()).is_empty());
 }
 
 #[test]
@@ -303,11 +303,8 @@ fn running_services_wait_out_a_switch_to_a_read_only_replica_and_back() {
     let before = blog.ok(&["post", "create", "--wait", "Before"]);
     assert_eq!(blog.verdict(&before, "before the switch"), "approved");
     blog.wait_until_nothing_pending();
-    let events = blog.key("events");
-    let (posts_inbox, comments_inbox) = (
-        format!("{}inbox", blog.key("posts")),
-        format!("{}inbox", blog.key("comments")),
-    );
+    let events = blog.events();
+    let (posts_inbox, comments_inbox) = (blog.inbox("posts"), blog.inbox("comments"));
     let logged_events = blog.entries(&events).len();
 
     let master = make_read_only_replica(&blog);
@@ -385,7 +382,7 @@ fn running_services_wait_out_a_switch_to_a_read_only_replica_and_back() {
     assert_eq!(run.code, 4, "{run:?}");
     assert_eq!(blog.entries(&posts_inbox).len(), 1);
     assert_eq!(blog.entries(&events).len(), logged_events + 1);
-    assert!(blog.entries(&blog.key("dead")).is_empty());
+    assert!(blog.entries(&blog.dead()).is_empty());
 
     // Back to a primary: all of it is applied, once.
     replicate(&blog.redis, None);
@@ -437,5 +434,5 @@ fn running_services_wait_out_a_switch_to_a_read_only_replica_and_back() {
     }
     assert!(blog.entries(&posts_inbox).is_empty());
     assert!(blog.entries(&comments_inbox).is_empty());
-    assert!(blog.entries(&blog.key("dead")).is_empty());
+    assert!(blog.entries(&blog.dead()).is_empty());
 }

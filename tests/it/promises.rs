@@ -47,7 +47,7 @@ fn add_event(blog: &Blog, kind: &str, data: &serde_json::Value) -> String {
         ("producer", "test"),
         ("data", data.as_str()),
     ];
-    xadd(blog, &blog.key("events"), &fields)
+    xadd(blog, &blog.events(), &fields)
 }
 
 /// Adds a `PostCreated` for a new post titled `title`; returns the entry id.
@@ -105,7 +105,7 @@ fn held_by(blog: &Blog, stream: &str, group: &str, consumer: &str) -> usize {
 /// A service's `attempts` hash: counted tries of redelivered entries.
 fn attempts(blog: &Blog, service: &str) -> BTreeMap<String, String> {
     redis::cmd("HGETALL")
-        .arg(format!("{}attempts", blog.key(service)))
+        .arg(blog.attempts(service))
         .query(&mut blog.redis.connection())
         .unwrap()
 }
@@ -139,7 +139,7 @@ impl Drop for Paused {
 #[test]
 fn an_entry_that_keeps_failing_is_dead_lettered_with_its_last_error_and_its_tries_forgotten() {
     let blog = Blog::new();
-    let events = blog.key("events");
+    let events = blog.events();
     create_group(&blog, &events, "comments");
     // A verdict whose comment key holds a string (written by hand): recording it fails on its
     // first read, before the step acknowledges anything, every time.
@@ -149,7 +149,7 @@ fn an_entry_that_keeps_failing_is_dead_lettered_with_its_last_error_and_its_trie
     });
     let entry = add_event(&blog, "CommentModerated", &verdict);
     let mut connection = blog.redis.connection();
-    let comment_key = format!("{}0:comment:{comment}", blog.key("comments"));
+    let comment_key = format!("{}comment:{comment}", blog.generation("comments", 0));
     let _: () = redis::cmd("SET")
         .arg(&[&comment_key, "not a hash"])
         .query(&mut connection)
@@ -158,13 +158,13 @@ fn an_entry_that_keeps_failing_is_dead_lettered_with_its_last_error_and_its_trie
     assert_eq!(deliver_to(&blog, &events, "comments", "c1"), 1);
     let try_field = format!("{events}/{entry}");
     let _: () = redis::cmd("HSET")
-        .arg(format!("{}attempts", blog.key("comments")))
+        .arg(blog.attempts("comments"))
         .arg(&[&try_field, "1"])
         .query(&mut connection)
         .unwrap();
 
     let service = blog.serve(&["comments", "--consumer", "c1", "--max-deliveries", "4"]);
-    let dead = blog.key("dead");
+    let dead = blog.dead();
     assert!(
         wait_until(PATIENCE, || !blog.entries(&dead).is_empty()),
         "never dead-lettered; log:\n{}",
@@ -196,8 +196,8 @@ fn an_entry_that_keeps_failing_is_dead_lettered_with_its_last_error_and_its_trie
 fn malformed_requests_are_dead_lettered_and_deleted_from_the_inbox() {
     let blog = Blog::new();
     let _services = blog.serve(&["posts", "comments"]);
-    let posts_inbox = format!("{}inbox", blog.key("posts"));
-    let comments_inbox = format!("{}inbox", blog.key("comments"));
+    let posts_inbox = blog.inbox("posts");
+    let comments_inbox = blog.inbox("comments");
     let mut no_command = request_fields("r-1", "CreatePost", r#"{"title":"No command"}"#);
     no_command.retain(|(name, _)| *name != "command");
     let bad_json = request_fields("r-2", "CreateComment", r#"{"postId": oops"#);
@@ -213,7 +213,7 @@ fn malformed_requests_are_dead_lettered_and_deleted_from_the_inbox() {
     let first = send(&posts_inbox, &no_command);
     let second = send(&comments_inbox, &bad_json);
 
-    let dead = blog.key("dead");
+    let dead = blog.dead();
     assert!(wait_until(PATIENCE, || blog.entries(&dead).len() >= 2));
     let letters = blog.entries(&dead);
     assert_eq!(letters.len(), 2, "{letters:?}");
@@ -235,7 +235,7 @@ fn malformed_requests_are_dead_lettered_and_deleted_from_the_inbox() {
         assert_eq!(blog.entries(inbox), Vec::new(), "{inbox} still holds it");
         assert_eq!(blog.pending(inbox, group), 0);
     }
-    assert!(blog.entries(&blog.key("events")).is_empty());
+    assert!(blog.entries(&blog.events()).is_empty());
 }
 
 #[test]
@@ -299,7 +299,7 @@ fn a_redis_that_never_answers_fails_within_the_connect_timeout_with_exit_4() {
 #[test]
 fn a_restarted_consumer_applies_its_own_pending_entries_before_claim_idle() {
     let blog = Blog::new();
-    let events = blog.key("events");
+    let events = blog.events();
     // Long enough that a take-over cannot be what applies them within PATIENCE.
     let args = ["query", "--consumer", "q1", "--claim-idle", "60"];
     let query = blog.serve(&args);
@@ -322,7 +322,7 @@ fn a_restarted_consumer_applies_its_own_pending_entries_before_claim_idle() {
 fn entries_of_a_silent_consumer_are_taken_over_after_claim_idle_and_not_before() {
     let claim_idle = Duration::from_secs(3);
     let blog = Blog::new();
-    let events = blog.key("events");
+    let events = blog.events();
     create_group(&blog, &events, "query");
     add_post(&blog, "Held 1");
     add_post(&blog, "Held 2");
@@ -416,8 +416,8 @@ fn a_stop_leaves_the_work_in_hand_pending_for_the_restart(signal: &str) {
     let blog = Blog::new();
     let _others = blog.serve(&["posts", "moderation", "query"]);
     let post = blog.ok(&["post", "create", "--wait", "Held back"]);
-    let events = blog.key("events");
-    let inbox = format!("{}inbox", blog.key("comments"));
+    let events = blog.events();
+    let inbox = blog.inbox("comments");
     create_group(&blog, &events, "comments");
     create_group(&blog, &inbox, "comments");
     assert_eq!(deliver_to(&blog, &events, "comments", "ghost"), 1);
@@ -438,7 +438,7 @@ fn a_stop_leaves_the_work_in_hand_pending_for_the_restart(signal: &str) {
     assert!(took < Duration::from_secs(2), "SIG{signal} took {took:?}");
     // Left pending with live: not answered, not dead-lettered, not half-applied.
     assert_eq!(held_by(&blog, &inbox, "comments", "live"), 1);
-    assert!(blog.entries(&blog.key("dead")).is_empty());
+    assert!(blog.entries(&blog.dead()).is_empty());
     assert!(blog.events_of("CommentCreated").is_empty());
 
     // Restarted under its name, it resumes the request and applies it once the ghost's
@@ -491,7 +491,7 @@ fn a_service_paused_past_its_clients_timeout_never_applies_the_request() {
     drop(paused);
 
     // Awake, it finds the request given up on and deletes it unapplied.
-    let inbox = format!("{}inbox", blog.key("posts"));
+    let inbox = blog.inbox("posts");
     assert!(
         wait_until(PATIENCE, || blog.entries(&inbox).is_empty()),
         "{}",
@@ -505,14 +505,14 @@ fn a_service_paused_past_its_clients_timeout_never_applies_the_request() {
         .collect();
     assert_eq!(created, ["Before", "After"]);
     let remembered: bool = redis::cmd("EXISTS")
-        .arg(format!("{}request:paused-1", blog.key("posts")))
+        .arg(blog.answer("posts", "paused-1"))
         .query(&mut blog.redis.connection())
         .unwrap();
     assert!(
         !remembered,
         "an answer was recorded for the abandoned request"
     );
-    assert!(blog.entries(&blog.key("dead")).is_empty());
+    assert!(blog.entries(&blog.dead()).is_empty());
 }
 
 /// Every key with its DUMP (type, value, and for streams their groups and pending entries).

@@ -68,22 +68,22 @@ fn a_rebuilt_query_view_equals_the_live_one_and_keeps_serving() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     let before = story(&blog);
-    let live = dump(&blog, &format!("{}0:", blog.key("query")));
+    let live = dump(&blog, &blog.generation("query", 0));
 
     let report: serde_json::Value =
         serde_json::from_str(&blog.ok(&["rebuild", "query", "--json"])).unwrap();
     assert_eq!(report["generation"], 1);
-    assert_eq!(report["events"], blog.entries(&blog.key("events")).len());
+    assert_eq!(report["events"], blog.entries(&blog.events()).len());
     assert!(report["events_per_second"].as_f64().unwrap() > 0.0);
 
     assert_eq!(blog.view(), before);
     assert_eq!(
-        dump(&blog, &format!("{}1:", blog.key("query"))),
+        dump(&blog, &blog.generation("query", 1)),
         live,
         "the rebuilt keys differ"
     );
     assert!(
-        dump(&blog, &format!("{}0:", blog.key("query"))).is_empty(),
+        dump(&blog, &blog.generation("query", 0)).is_empty(),
         "the old generation is left"
     );
 
@@ -130,13 +130,12 @@ fn rebuilt_comments_state_equals_the_live_one() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     story(&blog);
-    let prefix = blog.key("comments");
-    let live = dump(&blog, &format!("{prefix}0:"));
+    let live = dump(&blog, &blog.generation("comments", 0));
     assert!(live.len() > 20, "{live:?}");
 
     blog.ok(&["rebuild", "comments"]);
-    assert_eq!(dump(&blog, &format!("{prefix}1:")), live);
-    assert!(dump(&blog, &format!("{prefix}0:")).is_empty());
+    assert_eq!(dump(&blog, &blog.generation("comments", 1)), live);
+    assert!(dump(&blog, &blog.generation("comments", 0)).is_empty());
     // The comments service goes on from the new generation: it still knows every post.
     let post = blog.view()[3]["id"].as_str().unwrap().to_owned();
     assert_eq!(blog.verdict(&post, "still known"), "approved");
@@ -180,7 +179,7 @@ fn a_last_archive_line_cut_short_is_ignored_but_a_bad_one_inside_is_refused() {
     assert!(run.stderr.contains("line 1"), "{run:?}");
     assert_eq!(blog.view(), before, "a refused rebuild changed the view");
     // The refused rebuild was filling generation 2: nothing of it is left.
-    let half_built = dump(&blog, &format!("{}2:", blog.key("query")));
+    let half_built = dump(&blog, &blog.generation("query", 2));
     assert!(
         half_built.is_empty(),
         "half-built keys left: {half_built:?}"
@@ -196,10 +195,7 @@ fn a_log_trimmed_to_nothing_is_rebuilt_from_its_archive() {
     let archive = dir.path().join("events.ndjson");
     let archive = archive.to_str().unwrap();
     blog.ok(&["trim", "--archive", archive, "--yes"]);
-    assert!(
-        blog.entries(&blog.key("events")).is_empty(),
-        "trim left entries"
-    );
+    assert!(blog.entries(&blog.events()).is_empty(), "trim left entries");
     // Without the archive the rebuilt view would miss every trimmed event: refused.
     let run = blog.run(&["rebuild", "query"]);
     assert_eq!(run.code, 2, "{run:?}");
@@ -221,8 +217,7 @@ fn a_rebuild_skips_entries_put_back_for_another_service() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     let before = story(&blog);
-    let prefix = blog.key("comments");
-    let live = dump(&blog, &format!("{prefix}0:"));
+    let live = dump(&blog, &blog.generation("comments", 0));
     // An event `dead retry` put back for the query service only.
     let post = before[0]["id"].as_str().unwrap();
     let data = serde_json::json!({
@@ -230,7 +225,7 @@ fn a_rebuild_skips_entries_put_back_for_another_service() {
     });
     let mut connection = blog.redis.connection();
     let _: String = redis::cmd("XADD")
-        .arg(blog.key("events"))
+        .arg(blog.events())
         .arg("*")
         .arg(&[
             ("type", "CommentCreated"),
@@ -245,7 +240,7 @@ fn a_rebuild_skips_entries_put_back_for_another_service() {
         .unwrap();
     blog.ok(&["rebuild", "comments"]);
     assert_eq!(
-        dump(&blog, &format!("{prefix}1:")),
+        dump(&blog, &blog.generation("comments", 1)),
         live,
         "the comments rebuild applied it"
     );
@@ -257,7 +252,7 @@ fn a_log_of_events_that_change_nothing_rebuilds_to_an_empty_view() {
     let mut connection = blog.redis.connection();
     for kind in ["CommentModerated", "PostPinned", "CommentModerated"] {
         let _: String = redis::cmd("XADD")
-            .arg(blog.key("events"))
+            .arg(blog.events())
             .arg("*")
             .arg(&[
                 ("type", kind),
@@ -273,5 +268,5 @@ fn a_log_of_events_that_change_nothing_rebuilds_to_an_empty_view() {
         serde_json::from_str(&blog.ok(&["rebuild", "query", "--json"])).unwrap();
     assert_eq!(report["events"], 3);
     assert_eq!(report["skipped"], 3);
-    assert!(dump(&blog, &format!("{}1:", blog.key("query"))).is_empty());
+    assert!(dump(&blog, &blog.generation("query", 1)).is_empty());
 }

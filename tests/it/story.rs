@@ -179,9 +179,9 @@ fn sigterm_stops_a_service_promptly_with_exit_code_zero() {
     // Holding nothing, it left its groups: stopped processes do not pile up as consumers.
     let mut connection = blog.redis.connection();
     for (stream, group) in [
-        (blog.key("events"), "query"),
-        (blog.key("events"), "comments"),
-        (format!("{}inbox", blog.key("posts")), "posts"),
+        (blog.events(), "query"),
+        (blog.events(), "comments"),
+        (blog.inbox("posts"), "posts"),
     ] {
         let consumers: Vec<redis::Value> = redis::cmd("XINFO")
             .arg("CONSUMERS")

@@ -6,6 +6,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use blogctl::keyspace::{self, Keys, Partition};
+
 /// How long any condition may take before a test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -293,12 +295,40 @@ impl Blog {
         Service { child, log }
     }
 
-    pub fn key(&self, name: &str) -> String {
-        let ns = &self.namespace;
-        match name {
-            "events" | "dead" => format!("{ns}:{name}:{{{ns}.0}}"),
-            service => format!("{ns}:{service}:{{{ns}.0}}:"),
-        }
+    /// The blog's key names, from the same module the services use.
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.namespace).unwrap()
+    }
+
+    pub fn events(&self) -> String {
+        self.keys().events(Partition::FIRST)
+    }
+
+    pub fn dead(&self) -> String {
+        self.keys().dead(Partition::FIRST)
+    }
+
+    pub fn inbox(&self, service: &str) -> String {
+        self.keys().inbox(service_named(service), Partition::FIRST)
+    }
+
+    pub fn attempts(&self, service: &str) -> String {
+        self.keys()
+            .attempts(service_named(service), Partition::FIRST)
+    }
+
+    /// Where `service` remembers its answer to `request_id`.
+    pub fn answer(&self, service: &str, request_id: &str) -> String {
+        self.keys()
+            .answer(service_named(service), Partition::FIRST, request_id)
+    }
+
+    /// The prefix of generation `number` of a rebuildable service's state.
+    pub fn generation(&self, service: &str, number: u64) -> String {
+        self.keys()
+            .generation(service_named(service), Partition::FIRST, number)
+            .base()
+            .to_owned()
     }
 
     /// All entries of a stream, as (id, fields).
@@ -327,7 +357,7 @@ impl Blog {
 
     /// Events of one type on the stream, their `data` parsed.
     pub fn events_of(&self, kind: &str) -> Vec<serde_json::Value> {
-        self.entries(&self.key("events"))
+        self.entries(&self.events())
             .into_iter()
             .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "type" && v == kind))
             .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "producer" && v != "test"))
@@ -398,13 +428,13 @@ impl Blog {
     /// Waits until no group of any service holds a pending entry (they may still be
     /// acknowledging what they skip when the view settles).
     pub fn wait_until_nothing_pending(&self) {
-        let events = self.key("events");
+        let events = self.events();
         let groups = [
             (events.clone(), "comments"),
             (events.clone(), "moderation"),
             (events, "query"),
-            (format!("{}inbox", self.key("posts")), "posts"),
-            (format!("{}inbox", self.key("comments")), "comments"),
+            (self.inbox("posts"), "posts"),
+            (self.inbox("comments"), "comments"),
         ];
         for (stream, group) in &groups {
             assert!(
@@ -463,6 +493,14 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The service of that name.
+pub fn service_named(name: &str) -> keyspace::Service {
+    keyspace::Service::ALL
+        .into_iter()
+        .find(|service| service.name() == name)
+        .unwrap_or_else(|| panic!("no service {name}"))
 }
 
 /// Sends a signal by name (TERM, KILL, ...) to a process.
