@@ -57,6 +57,58 @@ pub struct Comment {
     pub status: Status,
 }
 
+/// The type of an event: the `type` field of its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    PostCreated,
+    CommentCreated,
+    CommentModerated,
+    CommentUpdated,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::PostCreated,
+        EventKind::CommentCreated,
+        EventKind::CommentModerated,
+        EventKind::CommentUpdated,
+    ];
+
+    /// Its name on the wire.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::PostCreated => "PostCreated",
+            EventKind::CommentCreated => "CommentCreated",
+            EventKind::CommentModerated => "CommentModerated",
+            EventKind::CommentUpdated => "CommentUpdated",
+        }
+    }
+
+    /// The kind named `name`; `None` for a type this build does not know.
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// The Lua constant the step scripts publish it under (`POST_CREATED`, ...), set by
+    /// [`EventKind::lua_constants`].
+    pub fn lua_constant(self) -> &'static str {
+        match self {
+            EventKind::PostCreated => "POST_CREATED",
+            EventKind::CommentCreated => "COMMENT_CREATED",
+            EventKind::CommentModerated => "COMMENT_MODERATED",
+            EventKind::CommentUpdated => "COMMENT_UPDATED",
+        }
+    }
+
+    /// Lua that defines the constants of [`EventKind::lua_constant`].
+    pub fn lua_constants() -> String {
+        EventKind::ALL
+            .iter()
+            .map(|kind| format!("local {} = '{}'\n", kind.lua_constant(), kind.name()))
+            .collect()
+    }
+}
+
 /// One event, as read from the stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -73,12 +125,14 @@ impl Event {
         fn decode<T: serde::de::DeserializeOwned>(kind: &str, data: &str) -> Result<T, String> {
             serde_json::from_str(data).map_err(|error| format!("{kind} data is invalid: {error}"))
         }
-        let event = match kind {
-            "PostCreated" => Event::PostCreated(decode(kind, data)?),
-            "CommentCreated" => Event::CommentCreated(decode(kind, data)?),
-            "CommentModerated" => Event::CommentModerated(decode(kind, data)?),
-            "CommentUpdated" => Event::CommentUpdated(decode(kind, data)?),
-            _ => return Ok(None),
+        let Some(known) = EventKind::parse(kind) else {
+            return Ok(None);
+        };
+        let event = match known {
+            EventKind::PostCreated => Event::PostCreated(decode(kind, data)?),
+            EventKind::CommentCreated => Event::CommentCreated(decode(kind, data)?),
+            EventKind::CommentModerated => Event::CommentModerated(decode(kind, data)?),
+            EventKind::CommentUpdated => Event::CommentUpdated(decode(kind, data)?),
         };
         // Events obey the same limits as requests: an oversized or empty text is not ours.
         let checked = match &event {

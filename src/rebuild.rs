@@ -22,6 +22,7 @@ use crate::bus::{Delivery, RawEntry, SERVICE_RESPONSE_TIMEOUT};
 use crate::connection::{CONNECT_TIMEOUT, Connection, Redis};
 use crate::context::Context;
 use crate::error::Failure;
+use crate::events::EventKind;
 use crate::keyspace::{Generation, Keys, Partition, Service};
 use crate::output::{print_line, progress_bar};
 use crate::services::generations::{ApplyCall, Generations};
@@ -43,40 +44,12 @@ const LOCK_MS: u64 = 3_600_000;
 /// ARGV[4]: how many entries had been removed from the stream then.
 /// Returns 1 when switched, 0 when the log grew (apply the rest and try again), or
 /// `{err}` naming what changed.
-static SWITCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then
-  return {'switched'}
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  local length, added
-  for i = 1, #info, 2 do
-    if info[i] == 'length' then length = info[i + 1] end
-    if info[i] == 'entries-added' then added = info[i + 1] end
-  end
-  if added - length ~= tonumber(ARGV[4]) then
-    return {'trimmed'}
-  end
-elseif ARGV[4] ~= '0' then
-  return {'trimmed'}
-end
-if #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', 1) > 0 then
-  return 0
-end
-redis.call('SET', KEYS[2], ARGV[2])
-return 1
-"#,
-    )
-});
+static SWITCH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/rebuild_switch.lua")));
 
 /// Deletes the lock KEYS[1] if it still holds ARGV[1] (it may have expired and been taken).
-static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-    )
-});
+static UNLOCK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/rebuild_unlock.lua")));
 
 /// What to rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -92,8 +65,11 @@ impl Target {
 
     /// Whether events of type `kind` change its state (both states are built from the posts
     /// and the comments with their status; the verdicts reach them through `CommentUpdated`).
-    fn uses(self, kind: &str) -> bool {
-        matches!(kind, "PostCreated" | "CommentCreated" | "CommentUpdated")
+    fn uses(self, kind: EventKind) -> bool {
+        matches!(
+            kind,
+            EventKind::PostCreated | EventKind::CommentCreated | EventKind::CommentUpdated
+        )
     }
 
     /// The service whose state this is.
@@ -570,7 +546,8 @@ impl Counts {
     /// unread, and malformed and unknown entries are skipped, as the services skip them (they
     /// are in the dead letters).
     fn add(&mut self, target: Target, calls: &mut Vec<ApplyCall>, delivery: &Delivery) {
-        if matches!(delivery.field("type"), Ok(kind) if !target.uses(kind)) {
+        let unused = |name| EventKind::parse(name).is_none_or(|kind| !target.uses(kind));
+        if matches!(delivery.field("type"), Ok(name) if unused(name)) {
             self.skipped += 1;
             return;
         }

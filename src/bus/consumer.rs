@@ -17,6 +17,7 @@ use super::ids::{NEW_ENTRIES, OWN_PENDING};
 use super::step::{StepKeys, StepReply, read_reply};
 use crate::connection::{Connection, Redis};
 use crate::error::is_unavailable;
+use crate::events::EventKind;
 use crate::shutdown::Shutdown;
 
 /// Entries read per XREADGROUP call and per stream.
@@ -343,7 +344,9 @@ impl<H: Handler> Consumer<'_, H> {
             return true;
         }
         let is_request = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
-        !is_request && matches!(delivery.field("type"), Ok(kind) if !self.handler.uses(kind))
+        // Types it does not use, and types this build does not know, are skipped unread.
+        let unused = |name| EventKind::parse(name).is_none_or(|kind| !self.handler.uses(kind));
+        !is_request && matches!(delivery.field("type"), Ok(name) if unused(name))
     }
 
     /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.

@@ -7,6 +7,7 @@ use redis::RedisResult;
 use super::entry::Delivery;
 use super::step::{Step, StepReply};
 use crate::connection::Connection;
+use crate::events::EventKind;
 
 /// What became of one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +40,7 @@ pub enum Plan {
 pub trait Handler: Send {
     /// Whether the service uses events of type `kind`. Events of other types are acknowledged
     /// unread, so a service neither spends time on them nor dead-letters them when malformed.
-    fn uses(&self, kind: &str) -> bool {
+    fn uses(&self, kind: EventKind) -> bool {
         let _ = kind;
         true
     }

@@ -4,7 +4,7 @@ use redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
 use super::entry::Delivery;
 use crate::connection::Connection;
-use crate::events::ENVELOPE_VERSION;
+use crate::events::{ENVELOPE_VERSION, EventKind};
 use crate::keyspace::{Keys, Partition, Service};
 
 /// Lua run at the start of every step, after the declarations of its KEYS and ARGV: `claim()`
@@ -147,11 +147,12 @@ impl StepScript {
         };
         let lua = format!(
             "#!lua\n{}{}{}{}\
-             local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n{PRELUDE}{}{EPILOGUE}",
+             local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n{}{PRELUDE}{}{EPILOGUE}",
             declare("KEYS", 1, &COMMON_KEYS),
             declare("ARGV", 1, &COMMON_ARGS),
             declare("KEYS", COMMON_KEYS.len() + 1, keys),
             declare("ARGV", COMMON_ARGS.len() + 1, args),
+            EventKind::lua_constants(),
             parts.concat(),
         );
         StepScript {

@@ -17,7 +17,7 @@ use crate::bus::{
     Delivery, Handler, Outcome, Plan, Step, StepKeys, StepReply, StepScript, applied_up_to,
 };
 use crate::connection::Connection;
-use crate::events::{Comment, Event, Status, validate_content};
+use crate::events::{Comment, Event, EventKind, Status, validate_content};
 use crate::keyspace::{Keys, Partition, Service};
 use crate::request::{Inbox, Incoming, Reply, request_script};
 
@@ -225,8 +225,8 @@ fn parse_request(delivery: &Delivery) -> Result<(Incoming, CreateComment), Strin
 }
 
 impl Handler for Comments {
-    fn uses(&self, kind: &str) -> bool {
-        matches!(kind, "PostCreated" | "CommentModerated")
+    fn uses(&self, kind: EventKind) -> bool {
+        matches!(kind, EventKind::PostCreated | EventKind::CommentModerated)
     }
 
     fn plan(&mut self, delivery: &Delivery) -> Plan {

@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use crate::bus::{Delivery, Handler, Plan, Step, StepKeys, StepScript};
-use crate::events::{Comment, Event, moderate};
+use crate::events::{Comment, Event, EventKind, moderate};
 use crate::keyspace::{Keys, Partition, Service};
 
 pub const SERVICE: Service = Service::Moderation;
@@ -40,8 +40,8 @@ impl Moderation {
 }
 
 impl Handler for Moderation {
-    fn uses(&self, kind: &str) -> bool {
-        kind == "CommentCreated"
+    fn uses(&self, kind: EventKind) -> bool {
+        kind == EventKind::CommentCreated
     }
 
     fn plan(&mut self, delivery: &Delivery) -> Plan {

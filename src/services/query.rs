@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::generations::{self, ApplyCall, Generations, Rebuilder};
 use crate::bus::{Delivery, Handler, Plan, Step, StepKeys, StepScript};
 use crate::connection::Connection;
-use crate::events::{Event, Status};
+use crate::events::{Event, EventKind, Status};
 use crate::keyspace::{Keys, Partition, Service, generation_lua};
 
 pub const SERVICE: Service = Service::Query;
@@ -88,22 +88,7 @@ static READ_POSTS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "#!lua flags=no-writes\n{}{}",
         generation_lua(),
-        r#"local base = generation_base(ARGV[1], redis.call('GET', KEYS[1]))
-local ids
-if ARGV[2] == 'ids' then
-  ids = {unpack(ARGV, 4)}
-else
-  ids = redis.call('ZRANGE', view_posts(base), ARGV[2], '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[3]))
-end
-local posts = {}
-for _, id in ipairs(ids) do
-  local title = redis.call('HGET', view_post(base, id), 'title')
-  if title then
-    posts[#posts + 1] = {id, title, redis.call('HVALS', view_comments(base, id))}
-  end
-end
-return posts
-"#
+        include_str!("lua/query_read_posts.lua")
     ))
 });
 
@@ -113,9 +98,7 @@ static READ_COMMENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "#!lua flags=no-writes\n{}{}",
         generation_lua(),
-        r#"local base = generation_base(ARGV[1], redis.call('GET', KEYS[1]))
-return redis.call('HGET', view_comments(base, ARGV[2]), ARGV[3])
-"#
+        include_str!("lua/query_read_comment.lua")
     ))
 });
 
@@ -233,8 +216,11 @@ impl Query {
 }
 
 impl Handler for Query {
-    fn uses(&self, kind: &str) -> bool {
-        matches!(kind, "PostCreated" | "CommentCreated" | "CommentUpdated")
+    fn uses(&self, kind: EventKind) -> bool {
+        matches!(
+            kind,
+            EventKind::PostCreated | EventKind::CommentCreated | EventKind::CommentUpdated
+        )
     }
 
     fn plan(&mut self, delivery: &Delivery) -> Plan {

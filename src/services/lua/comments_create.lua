@@ -6,7 +6,7 @@ local function check_request()
 end
 local function apply_request()
   add_comment(base, comment_id, post_id, content, 'pending')
-  publish('CommentCreated', event)
+  publish(COMMENT_CREATED, event)
   remember(response)
   answer(response)
   return 'applied'

@@ -8,7 +8,7 @@ end
 local function apply()
   if status == 'pending' then
     set_status(base, comment_id, verdict)
-    publish('CommentUpdated', event)
+    publish(COMMENT_UPDATED, event)
   end
   return 'applied'
 end

@@ -1,5 +1,5 @@
 local function check() return nil end
 local function apply()
-  publish('CommentModerated', verdict)
+  publish(COMMENT_MODERATED, verdict)
   return 'applied'
 end

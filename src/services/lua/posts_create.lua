@@ -1,7 +1,7 @@
 local function check_request() return nil end
 local function apply_request()
   redis.call('HSET', post, 'id', post_id, 'title', title)
-  publish('PostCreated', event)
+  publish(POST_CREATED, event)
   remember(response)
   answer(response)
   return 'applied'
