@@ -271,4 +271,36 @@ mod tests {
             );
         }
     }
+
+    /// Every key the README's keyspace table lists is built here as the table says.
+    #[test]
+    fn the_readme_keyspace_table_matches() {
+        let readme = include_str!("../README.md");
+        let table = &readme[readme.find("## The keyspace").unwrap()..readme.find("## Requests").unwrap()];
+        let keys = Keys::new("NS").unwrap();
+        let generation = |service| keys.generation(service, P, 7);
+        let names = [
+            keys.events(P),
+            keys.dead(P),
+            keys.inbox(Service::Posts, P),
+            keys.post(P, "<id>"),
+            keys.answer(Service::Posts, P, "<request id>"),
+            keys.inbox(Service::Comments, P),
+            generation(Service::Comments).comment("<id>"),
+            generation(Service::Comments).known_posts(),
+            keys.answer(Service::Comments, P, "<request id>"),
+            generation(Service::Query).view_posts(),
+            generation(Service::Query).view_post("<id>"),
+            generation(Service::Query).view_comments("<post id>"),
+            keys.generation_pointer(Service::Query, P).replace("query", "<service>"),
+            keys.generation_counter(Service::Query, P).replace("query", "<service>"),
+            keys.rebuild_lock(Service::Query, P).replace("query", "<service>"),
+            keys.attempts(Service::Query, P).replace("query", "<service>"),
+            keys.reply(P, "<reply_to>"),
+        ];
+        for name in names {
+            let documented = format!("`{}", name.replace("NS", "<ns>").replace(":7:", ":<g>:"));
+            assert!(table.contains(&documented), "{documented} is not in the README's table");
+        }
+    }
 }

@@ -1,22 +1,27 @@
-//! `blogctl`: a blog built as four event-driven services on one Redis stream.
+//! `blogctl`: a blog built as four event-driven services on Redis Streams.
 //!
 //! # Layout
-//! - [`cli`]: the command line (clap), dispatching to the modules below.
-//! - [`services`]: `blogctl serve`; one module per service (posts, comments, moderation, query),
-//!   each holding its business rules and its own keyspace.
-//! - [`client`]: the shell client commands (`post ...`, `comment ...`).
-//! - [`ops`]: operator commands: `status`, `events`, `dead`, `trim`, `completions`.
-//! - [`bench`]: `blogctl bench`, throughput, latency and memory of the whole pipeline.
-//! - [`bus`]: everything about Redis Streams: groups, the envelope, the consumer loop,
-//!   atomic exactly-once steps, retries, take-over of stuck entries, dead letters.
-//! - [`rebuild`]: `blogctl rebuild`, and the generations that let a service's state be rebuilt
-//!   beside the live one.
+//! Where to look, by what you want to change:
+//! - [`cli`]: the command line (clap), dispatching to the modules below; `cli/values.rs` has the
+//!   small parsers (seconds, a choice of services), `cli/completions.rs` the shell completions.
+//! - [`services`]: `blogctl serve`; one module per service (posts, comments, moderation, query)
+//!   with its business rules, [`services::streams`] (which service reads which stream) and
+//!   `services/generations.rs` (rebuildable state). `services/lua/` holds each service's Lua:
+//!   its steps and, for comments and query, its apply functions, shared by the live steps and by
+//!   `rebuild`.
+//! - [`bus`]: everything about Redis Streams: ids and entries, the atomic exactly-once step
+//!   ([`bus::StepScript`]: named KEYS and ARGV, check, claim, apply), the consumer loop, take-over
+//!   of stuck entries, dead letters, backoff. Its Lua is in `bus/lua/`.
 //! - [`request`]: commands from the client to a service's inbox, and their replies.
+//! - [`keyspace`]: every Redis key name, and nothing else formats one.
 //! - [`events`]: the events (the wire contract) and pure rules (moderation, validation).
-//! - [`keys`]: every Redis key name.
-//! - [`connection`]: opening Redis connections.
-//! - [`shutdown`]: the stop signal shared by a process's tasks.
-//! - [`error`]: user-facing failures and their exit codes.
+//! - [`client`]: the shell client commands (`post ...`, `comment ...`).
+//! - [`ops`]: operator commands: `status`, `events`, `dead`, `trim`.
+//! - [`rebuild`]: `blogctl rebuild`: a service's state from the log, beside the live one.
+//! - [`bench`](mod@bench): `blogctl bench`, throughput, latency and memory of the whole pipeline.
+//! - [`context`] (the global flags), [`output`] (lines, tables, progress bars), [`connection`]
+//!   (opening Redis connections), [`shutdown`] (the stop signal), [`error`] (failures and their
+//!   exit codes).
 
 pub mod bench;
 pub mod bus;

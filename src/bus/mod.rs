@@ -3,12 +3,12 @@
 //!
 //! - [`ids`]: stream ids and the special ids of stream commands.
 //! - [`entry`]: an entry as a service gets it ([`Delivery`]) and the event envelope it carries.
-//! - [`step`]: the atomic, exactly-once Lua step that applies and acknowledges one entry.
-//! - [`handler`]: what a service implements ([`Handler`], [`Plan`], [`Outcome`]).
-//! - [`consumer`]: the consumer-group loop; `takeover`: entries of silent consumers; `dead`:
+//! - `step`: the atomic, exactly-once Lua step that applies and acknowledges one entry.
+//! - `handler`: what a service implements ([`Handler`], [`Plan`], [`Outcome`]).
+//! - `consumer`: the consumer-group loop; `takeover`: entries of silent consumers; `dead`:
 //!   dead letters and counted tries.
-//! - [`groups`]: creating groups, acknowledging, how far a group has got.
-//! - [`backoff`]: capped, jittered exponential backoff.
+//! - `groups`: creating groups, acknowledging, how far a group has got.
+//! - `backoff`: capped, jittered exponential backoff.
 //!
 //! The Lua scripts are in `lua/`.
 
