@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisResult};
+use std::collections::BTreeMap;
+
+use redis::{AsyncConnectionConfig, RedisResult, Value};
 
 use crate::error::{ExitCode, Failure};
 
@@ -96,4 +98,28 @@ pub async fn eviction_problem(connection: &mut Connection) -> RedisResult<Option
              (`redis-cli CONFIG SET maxmemory-policy noeviction`, and in redis.conf)"
         )),
     })
+}
+
+/// A reply that is a map (RESP3) or a flat list of names and values (RESP2), by name.
+pub fn map_of(value: Value) -> BTreeMap<String, Value> {
+    let pairs: Vec<(Value, Value)> = match value {
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(name), Some(value)) = (items.next(), items.next()) {
+                pairs.push((name, value));
+            }
+            pairs
+        }
+        _ => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(name, value)| {
+            redis::from_redis_value::<String>(name)
+                .ok()
+                .map(|name| (name, value))
+        })
+        .collect()
 }

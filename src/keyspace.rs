@@ -276,7 +276,8 @@ mod tests {
     #[test]
     fn the_readme_keyspace_table_matches() {
         let readme = include_str!("../README.md");
-        let table = &readme[readme.find("## The keyspace").unwrap()..readme.find("## Requests").unwrap()];
+        let table =
+            &readme[readme.find("## The keyspace").unwrap()..readme.find("## Requests").unwrap()];
         let keys = Keys::new("NS").unwrap();
         let generation = |service| keys.generation(service, P, 7);
         let names = [
@@ -292,15 +293,22 @@ mod tests {
             generation(Service::Query).view_posts(),
             generation(Service::Query).view_post("<id>"),
             generation(Service::Query).view_comments("<post id>"),
-            keys.generation_pointer(Service::Query, P).replace("query", "<service>"),
-            keys.generation_counter(Service::Query, P).replace("query", "<service>"),
-            keys.rebuild_lock(Service::Query, P).replace("query", "<service>"),
-            keys.attempts(Service::Query, P).replace("query", "<service>"),
+            keys.generation_pointer(Service::Query, P)
+                .replace("query", "<service>"),
+            keys.generation_counter(Service::Query, P)
+                .replace("query", "<service>"),
+            keys.rebuild_lock(Service::Query, P)
+                .replace("query", "<service>"),
+            keys.attempts(Service::Query, P)
+                .replace("query", "<service>"),
             keys.reply(P, "<reply_to>"),
         ];
         for name in names {
             let documented = format!("`{}", name.replace("NS", "<ns>").replace(":7:", ":<g>:"));
-            assert!(table.contains(&documented), "{documented} is not in the README's table");
+            assert!(
+                table.contains(&documented),
+                "{documented} is not in the README's table"
+            );
         }
     }
 }

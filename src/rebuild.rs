@@ -16,14 +16,15 @@ use color_eyre::Result;
 use color_eyre::eyre::WrapErr;
 use indicatif::ProgressBar;
 use redis::{AsyncCommands, Script, Value};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::bus::{Delivery, RawEntry, SERVICE_RESPONSE_TIMEOUT};
-use crate::connection::{CONNECT_TIMEOUT, Connection, Redis};
+use crate::connection::{CONNECT_TIMEOUT, Connection, Redis, map_of};
 use crate::context::Context;
 use crate::error::Failure;
 use crate::events::EventKind;
 use crate::keyspace::{Generation, Keys, Partition, Service};
+use crate::ops::trim::ArchiveLine;
 use crate::output::{print_line, progress_bar};
 use crate::services::generations::{ApplyCall, Generations};
 use crate::services::{comments, query};
@@ -61,8 +62,6 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 2] = [Target::Query, Target::Comments];
-
     /// Whether events of type `kind` change its state (both states are built from the posts
     /// and the comments with their status; the verdicts reach them through `CommentUpdated`).
     fn uses(self, kind: EventKind) -> bool {
@@ -102,13 +101,6 @@ pub struct Report {
     pub seconds: f64,
     pub events_per_second: f64,
     pub generation: u64,
-}
-
-/// One archived entry, as `blogctl trim` writes it.
-#[derive(Debug, Deserialize)]
-struct Archived {
-    id: String,
-    fields: std::collections::HashMap<String, String>,
 }
 
 pub async fn run(context: &Context, args: &RebuildArgs) -> Result<()> {
@@ -280,7 +272,7 @@ async fn fill(
             if line.trim().is_empty() {
                 continue;
             }
-            let entry: Archived = match serde_json::from_str(&line) {
+            let entry: ArchiveLine = match serde_json::from_str(&line) {
                 Ok(entry) => entry,
                 // A last line without its newline was cut short by a crash while `trim` wrote
                 // it; `trim` had not removed that entry from the stream yet, so it is read there.
@@ -484,9 +476,10 @@ async fn refuse_a_gap(connection: &mut Connection, events: &str, archived: u64) 
         // No stream at all: nothing was trimmed from it.
         return Ok(0);
     };
+    let info = map_of(info);
     let number = |name| {
-        field_of(&info, name)
-            .and_then(|value| value.parse::<u64>().ok())
+        info.get(name)
+            .and_then(|value| redis::from_redis_value_ref::<u64>(value).ok())
             .unwrap_or(0)
     };
     let removed = number("entries-added").saturating_sub(number("length"));
@@ -509,27 +502,6 @@ fn field_at(reply: &Value, index: usize) -> Option<String> {
             Value::SimpleString(text) => Some(text.clone()),
             _ => None,
         },
-        _ => None,
-    }
-}
-
-/// A field of a reply that is a map (RESP3) or a flat list of names and values (RESP2).
-fn field_of(reply: &Value, name: &str) -> Option<String> {
-    let text = |value: &Value| match value {
-        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        Value::SimpleString(text) => Some(text.clone()),
-        Value::Int(number) => Some(number.to_string()),
-        _ => None,
-    };
-    match reply {
-        Value::Map(pairs) => pairs
-            .iter()
-            .find(|(key, _)| text(key).as_deref() == Some(name))
-            .and_then(|(_, v)| text(v)),
-        Value::Array(items) => items
-            .chunks(2)
-            .find(|pair| text(&pair[0]).as_deref() == Some(name))
-            .and_then(|pair| pair.get(1).and_then(text)),
         _ => None,
     }
 }

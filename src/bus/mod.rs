@@ -27,5 +27,5 @@ pub use consumer::{ConsumerConfig, SERVICE_RESPONSE_TIMEOUT, consume};
 pub use entry::{Delivery, Envelope, FOR_SERVICE, RawEntry};
 pub use groups::{acknowledge, applied_up_to, ensure_group};
 pub use handler::{Handler, Outcome, Plan};
-pub use ids::{AUTO_ID, NEW_ENTRIES, OWN_PENDING, START_OF_STREAM, compare_ids};
+pub use ids::{AUTO_ID, NEW_ENTRIES, OWN_PENDING, START_OF_STREAM, StreamId, compare_ids};
 pub use step::{Step, StepKeys, StepReply, StepScript};

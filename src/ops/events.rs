@@ -8,8 +8,8 @@ use color_eyre::Result;
 use color_eyre::eyre::WrapErr;
 use serde::Serialize;
 
-use super::{Entry, FIRST_ENTRY, LAST_ENTRY, RawEntry, StreamId, page_through};
-use crate::bus::FOR_SERVICE;
+use super::{Entry, FIRST_ENTRY, LAST_ENTRY, RawEntry, page_through};
+use crate::bus::{FOR_SERVICE, StreamId};
 use crate::connection::Connection;
 use crate::context::Context;
 use crate::error::Failure;

@@ -12,6 +12,7 @@ pub mod trim;
 
 use redis::RedisResult;
 
+use crate::bus::StreamId;
 use crate::connection::Connection;
 use crate::error::Failure;
 use crate::keyspace::{Keys, Partition, Service};
@@ -97,52 +98,6 @@ pub async fn page_through(
     }
 }
 
-/// A stream id `<ms>-<seq>`, as numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct StreamId {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl StreamId {
-    /// Parses `<ms>-<seq>`, or `<ms>` alone when `seq_optional` (it then means `<ms>-0`).
-    pub fn parse(text: &str, seq_optional: bool) -> Option<StreamId> {
-        let number = |part: &str| {
-            (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| part.parse::<u64>().ok())
-                .flatten()
-        };
-        match text.split_once('-') {
-            Some((ms, seq)) => Some(StreamId {
-                ms: number(ms)?,
-                seq: number(seq)?,
-            }),
-            None if seq_optional => Some(StreamId {
-                ms: number(text)?,
-                seq: 0,
-            }),
-            None => None,
-        }
-    }
-
-    /// The smallest id after this one.
-    pub fn next(self) -> StreamId {
-        match self.seq.checked_add(1) {
-            Some(seq) => StreamId { ms: self.ms, seq },
-            None => StreamId {
-                ms: self.ms.saturating_add(1),
-                seq: 0,
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
 /// An entry id given on the command line (`<ms>-<seq>`); exit code 2 when it is not one.
 pub fn parse_entry_id(what: &str, text: &str) -> Result<String, Failure> {
     StreamId::parse(text, false)
@@ -189,32 +144,6 @@ pub fn read_streams(keys: &Keys) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stream_ids_parse_strictly_and_step_to_the_next() {
-        assert_eq!(
-            StreamId::parse("12-3", false),
-            Some(StreamId { ms: 12, seq: 3 })
-        );
-        assert_eq!(StreamId::parse("12", false), None);
-        assert_eq!(
-            StreamId::parse("12", true),
-            Some(StreamId { ms: 12, seq: 0 })
-        );
-        for bad in ["", "-", "a-1", "1-", "-1", "1-2-3", "+1-2", " 1-2"] {
-            assert_eq!(StreamId::parse(bad, true), None, "{bad:?} accepted");
-        }
-        assert_eq!(StreamId { ms: 5, seq: 7 }.next().to_string(), "5-8");
-        assert_eq!(
-            StreamId {
-                ms: 5,
-                seq: u64::MAX
-            }
-            .next()
-            .to_string(),
-            "6-0"
-        );
-    }
 
     #[test]
     fn every_service_group_is_expected() {

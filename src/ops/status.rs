@@ -15,11 +15,10 @@ use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPend
 use redis::{AsyncCommands, Value};
 use serde::Serialize;
 
-use super::{
-    ExpectedGroup, FIRST_ENTRY, LAST_ENTRY, StreamId, expected_groups, page_through, read_streams,
-};
+use super::{ExpectedGroup, FIRST_ENTRY, LAST_ENTRY, expected_groups, page_through, read_streams};
+use crate::bus::StreamId;
 use crate::cli::values::{self, ServiceChoice, parse_seconds};
-use crate::connection::{Connection, eviction_problem};
+use crate::connection::{Connection, eviction_problem, map_of};
 use crate::context::Context;
 use crate::error::{ExitCode, Failure};
 use crate::keyspace::Partition;
@@ -528,30 +527,6 @@ fn print_human(status: &Status) -> std::io::Result<()> {
         dead.stream,
         count_of(dead.count, "dead letter", "dead letters")
     ))
-}
-
-/// A reply that is a map (RESP3) or a flat list of names and values (RESP2), by name.
-fn map_of(value: Value) -> BTreeMap<String, Value> {
-    let pairs: Vec<(Value, Value)> = match value {
-        Value::Map(pairs) => pairs,
-        Value::Array(items) => {
-            let mut items = items.into_iter();
-            let mut pairs = Vec::new();
-            while let (Some(name), Some(value)) = (items.next(), items.next()) {
-                pairs.push((name, value));
-            }
-            pairs
-        }
-        _ => Vec::new(),
-    };
-    pairs
-        .into_iter()
-        .filter_map(|(name, value)| {
-            redis::from_redis_value::<String>(name)
-                .ok()
-                .map(|name| (name, value))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use crate::context::Context;
 use crate::error::Failure;
 use crate::keyspace::Partition;
 use crate::output::{count_of, print_line};
-use crate::rebuild::Target;
+use crate::services;
 
 /// KEYS[1]: the events stream, KEYS[2..]: the locks of rebuilds. ARGV[1]: the boundary;
 /// ARGV[2..]: the groups it was computed from. Trims only if no rebuild runs (it reads the
@@ -93,13 +93,9 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
         .into_iter()
         .filter(|expected| expected.stream == stream)
         .collect();
-    let locks: Vec<String> = Target::ALL
+    let locks: Vec<String> = services::REBUILDABLE
         .iter()
-        .map(|target| {
-            context
-                .keys
-                .rebuild_lock(target.service(), Partition::FIRST)
-        })
+        .map(|&service| context.keys.rebuild_lock(service, Partition::FIRST))
         .collect();
     refuse_while_rebuilding(&mut connection, &locks).await?;
     let status = inspect_stream(&mut connection, &stream, &expected).await?;

@@ -20,6 +20,9 @@ use crate::error::{ExitCode, Failure};
 use crate::keyspace::{Keys, Partition, Service};
 use crate::shutdown::Shutdown;
 
+/// The services whose state `blogctl rebuild` can rebuild (it lives in generations).
+pub const REBUILDABLE: [Service; 2] = [Service::Query, Service::Comments];
+
 /// The streams `service` reads with its group, in the order each batch is handled (events
 /// before requests: a batch's `PostCreated` is learnt before its comments are answered), and its
 /// inbox if it has one. The one list of who reads what.
