@@ -2,7 +2,7 @@
 //! `PostCreated`, and records moderation verdicts, announcing each with `CommentUpdated`.
 //!
 //! Keys: its rebuildable state lives under `<ns>:comments:{<ns>.0}:<generation>:` (see
-//! [`crate::rebuild`]): `comment:<id>` (hash: id, postId, content, status) and `posts` (set of
+//! `blogctl rebuild`): `comment:<id>` (hash: id, postId, content, status) and `posts` (set of
 //! the post ids it has seen). Outside it: `...:generation`, `...:request:<request id>` (its
 //! answer, for 24 hours) and `...:inbox`.
 
@@ -250,5 +250,43 @@ impl Handler for Comments {
             )),
             _ => Ok(Outcome::Done),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Post;
+
+    #[test]
+    fn a_rebuild_applies_what_the_live_steps_did() {
+        let post = Post {
+            id: Uuid::now_v7(),
+            title: "t".to_owned(),
+        };
+        let learnt = apply_call(&Event::PostCreated(post.clone())).unwrap();
+        assert_eq!(learnt.function, "learn_post");
+        assert_eq!(learnt.args, [post.id.to_string()]);
+        let comment = Comment {
+            id: Uuid::now_v7(),
+            post_id: post.id,
+            content: "hi".to_owned(),
+            status: Status::Pending,
+        };
+        let created = apply_call(&Event::CommentCreated(comment.clone())).unwrap();
+        assert_eq!(created.function, "add_comment");
+        assert_eq!(created.args[3], "pending");
+        let decided = Comment {
+            status: Status::Rejected,
+            ..comment.clone()
+        };
+        let updated = apply_call(&Event::CommentUpdated(decided.clone())).unwrap();
+        assert_eq!(updated.function, "set_status");
+        assert_eq!(
+            updated.args,
+            [comment.id.to_string(), "rejected".to_owned()]
+        );
+        // The verdict reaches the state through `CommentUpdated`.
+        assert!(apply_call(&Event::CommentModerated(decided)).is_none());
     }
 }

@@ -240,3 +240,42 @@ impl Handler for Query {
         Plan::Run(self.view.generations.fill(step).rest(call.args))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Comment, Post};
+
+    fn comment(status: Status) -> Comment {
+        Comment {
+            id: Uuid::now_v7(),
+            post_id: Uuid::now_v7(),
+            content: "hi".to_owned(),
+            status,
+        }
+    }
+
+    #[test]
+    fn each_event_maps_to_one_apply_function_of_the_view() {
+        let post = Post {
+            id: Uuid::now_v7(),
+            title: "t".to_owned(),
+        };
+        let call = apply_call(&Event::PostCreated(post.clone())).unwrap();
+        assert_eq!(call.function, "add_post");
+        assert_eq!(call.args, [post.id.to_string(), "t".to_owned()]);
+        // Only a final status replaces what is there: a late `CommentCreated` never undoes a
+        // verdict.
+        let pending = apply_call(&Event::CommentCreated(comment(Status::Pending))).unwrap();
+        let approved = apply_call(&Event::CommentUpdated(comment(Status::Approved))).unwrap();
+        assert_eq!(
+            (pending.function, approved.function),
+            ("put_comment", "put_comment")
+        );
+        assert_eq!(
+            (pending.args[3].as_str(), approved.args[3].as_str()),
+            ("0", "1")
+        );
+        assert!(apply_call(&Event::CommentModerated(comment(Status::Rejected))).is_none());
+    }
+}
