@@ -21,8 +21,8 @@ use color_eyre::eyre::{WrapErr, eyre};
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
-use super::status::inspect_stream;
-use super::{Entry, FIRST_ENTRY, expected_groups, page_through, read_range};
+use super::status::{StreamStatus, inspect_stream};
+use super::{Entry, ExpectedGroup, FIRST_ENTRY, expected_groups, page_through, read_range};
 use crate::bus::compare_ids;
 use crate::connection::Connection;
 use crate::context::Context;
@@ -89,16 +89,82 @@ struct Trimmed {
 pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
     let stream = context.keys.events(Partition::FIRST);
     let mut connection = context.connect().await?;
-    let expected: Vec<_> = expected_groups(&context.keys)
-        .into_iter()
-        .filter(|expected| expected.stream == stream)
-        .collect();
-    let locks: Vec<String> = services::REBUILDABLE
-        .iter()
-        .map(|&service| context.keys.rebuild_lock(service, Partition::FIRST))
-        .collect();
+    let expected = groups_reading(context, &stream);
+    let locks = rebuild_locks(context);
     refuse_while_rebuilding(&mut connection, &locks).await?;
     let status = inspect_stream(&mut connection, &stream, &expected).await?;
+    refuse_missing_groups(&stream, &status)?;
+    refuse_lagging_groups(&stream, &status, args.max_lag)?;
+    let boundary = first_needed_by_any_group(&stream, &status)?;
+    let before_boundary = format!("({boundary}");
+    let first = read_range(&mut connection, &stream, FIRST_ENTRY, &before_boundary, 1).await?;
+    let mut trimmed = Trimmed {
+        stream,
+        archive: args.archive.clone(),
+        boundary,
+        archived: 0,
+        already_archived: 0,
+        removed: 0,
+    };
+    if first.is_empty() {
+        return report(context, trimmed);
+    }
+    if !args.yes {
+        confirm(&trimmed.stream, &trimmed.boundary, &args.archive).await?;
+    }
+
+    let mut archive = Archive::open(&args.archive)?;
+    if let Err(error) = copy_to_archive(
+        &mut connection,
+        &before_boundary,
+        &mut archive,
+        &mut trimmed,
+    )
+    .await
+    {
+        archive.undo();
+        return Err(error.wrap_err(format!(
+            "archiving to {}; nothing was trimmed",
+            args.archive.display()
+        )));
+    }
+
+    match invoke_trim(&mut connection, &trimmed, &locks, &status).await? {
+        TrimOutcome::Trimmed { removed } => trimmed.removed = removed,
+        TrimOutcome::Rebuilding { lock } => {
+            archive.undo();
+            return Err(rebuilding(&lock).into());
+        }
+        TrimOutcome::Changed => {
+            archive.undo();
+            return Err(eyre!(
+                "the consumer groups of {} changed while trimming; nothing was trimmed \
+                 (run it again)",
+                trimmed.stream
+            ));
+        }
+    }
+    report(context, trimmed)
+}
+
+/// The groups the services read `stream` with.
+fn groups_reading(context: &Context, stream: &str) -> Vec<ExpectedGroup> {
+    expected_groups(&context.keys)
+        .into_iter()
+        .filter(|expected| expected.stream == stream)
+        .collect()
+}
+
+/// The locks the rebuilds of the first partition hold while they run.
+fn rebuild_locks(context: &Context) -> Vec<String> {
+    services::REBUILDABLE
+        .iter()
+        .map(|&service| context.keys.rebuild_lock(service, Partition::FIRST))
+        .collect()
+}
+
+/// Refuses (exit code 2) when a service's group does not exist yet.
+fn refuse_missing_groups(stream: &str, status: &StreamStatus) -> Result<()> {
     let missing: Vec<&str> = status
         .groups
         .iter()
@@ -114,52 +180,49 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
         ))
         .into());
     }
+    Ok(())
+}
+
+/// Refuses (exit code 2) when a group has more than `max_lag` entries left to read.
+fn refuse_lagging_groups(stream: &str, status: &StreamStatus, max_lag: u64) -> Result<()> {
     for group in &status.groups {
-        if let Some(lag) = group.lag.filter(|lag| *lag > args.max_lag) {
+        if let Some(lag) = group.lag.filter(|lag| *lag > max_lag) {
             return Err(Failure::invalid(format!(
                 "refusing to trim {stream}: group {} lags {} (more than --max-lag {}); \
                  let it catch up first",
                 group.group,
                 count_of(lag, "entry", "entries"),
-                args.max_lag
+                max_lag
             ))
             .into());
         }
     }
-    let boundary = status
+    Ok(())
+}
+
+/// The boundary: the oldest entry any group may still need.
+fn first_needed_by_any_group(stream: &str, status: &StreamStatus) -> Result<String> {
+    status
         .groups
         .iter()
         .filter_map(|group| group.first_needed())
         .min_by(|a, b| compare_ids(a, b))
-        .ok_or_else(|| eyre!("{stream} has no consumer group"))?;
-    let groups: Vec<String> = status.groups.iter().map(|g| g.group.clone()).collect();
-    let before_boundary = format!("({boundary}");
-    let first = read_range(&mut connection, &stream, FIRST_ENTRY, &before_boundary, 1).await?;
-    if first.is_empty() {
-        return report(
-            context,
-            Trimmed {
-                stream,
-                archive: args.archive.clone(),
-                boundary,
-                archived: 0,
-                already_archived: 0,
-                removed: 0,
-            },
-        );
-    }
-    if !args.yes {
-        confirm(&stream, &boundary, &args.archive).await?;
-    }
+        .ok_or_else(|| eyre!("{stream} has no consumer group"))
+}
 
-    let mut archive = Archive::open(&args.archive)?;
-    let mut archived = 0u64;
-    let mut already_archived = 0u64;
-    let written = page_through(
-        &mut connection,
-        &stream,
+/// Appends to `archive` the entries of the stream before the boundary that it does not hold
+/// yet, counting them in `trimmed`, then fsyncs it.
+async fn copy_to_archive(
+    connection: &mut Connection,
+    before_boundary: &str,
+    archive: &mut Archive,
+    trimmed: &mut Trimmed,
+) -> Result<()> {
+    page_through(
+        connection,
+        &trimmed.stream,
         FIRST_ENTRY,
-        &before_boundary,
+        before_boundary,
         |page| {
             for entry in &page {
                 let seen = archive
@@ -167,68 +230,73 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
                     .as_deref()
                     .is_some_and(|last| compare_ids(&entry.id, last).is_le());
                 if seen {
-                    already_archived += 1;
+                    trimmed.already_archived += 1;
                 } else {
                     archive.append(&ArchiveLine::from_entry(entry))?;
-                    archived += 1;
+                    trimmed.archived += 1;
                 }
             }
             Ok(true)
         },
     )
-    .await;
-    if let Err(error) = written.and_then(|()| archive.sync()) {
-        archive.undo();
-        return Err(error.wrap_err(format!(
-            "archiving to {}; nothing was trimmed",
-            args.archive.display()
-        )));
-    }
+    .await?;
+    archive.sync()
+}
 
+/// What the trim script did.
+enum TrimOutcome {
+    Trimmed {
+        removed: u64,
+    },
+    /// A rebuild started meanwhile; it holds `lock`.
+    Rebuilding {
+        lock: String,
+    },
+    /// The groups changed meanwhile.
+    Changed,
+}
+
+/// Runs the trim script (see [`TRIM`]) with the boundary and the groups of `status`, which
+/// it was computed from.
+async fn invoke_trim(
+    connection: &mut Connection,
+    trimmed: &Trimmed,
+    locks: &[String],
+    status: &StreamStatus,
+) -> Result<TrimOutcome> {
+    let groups: Vec<String> = status.groups.iter().map(|g| g.group.clone()).collect();
     static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TRIM));
-    let mut invocation = SCRIPT.key(&stream);
-    invocation.key(&locks);
-    invocation.arg(&boundary);
+    let mut invocation = SCRIPT.key(&trimmed.stream);
+    invocation.key(locks);
+    invocation.arg(&trimmed.boundary);
     for group in &groups {
         invocation.arg(group);
     }
     let reply: (String, Option<redis::Value>) = invocation
-        .invoke_async(&mut connection)
+        .invoke_async(connection)
         .await
         .wrap_err_with(|| {
             format!(
-                "trimming {stream} (the archive {} holds the entries; a later trim will not \
+                "trimming {} (the archive {} holds the entries; a later trim will not \
                  write them again)",
-                args.archive.display()
+                trimmed.stream,
+                trimmed.archive.display()
             )
         })?;
     let (outcome, detail) = reply;
     if outcome == "rebuilding" {
-        archive.undo();
         let lock: String = detail
             .and_then(|value| redis::from_redis_value(value).ok())
             .unwrap_or_default();
-        return Err(rebuilding(&lock).into());
+        return Ok(TrimOutcome::Rebuilding { lock });
     }
     let removed: Option<u64> = detail.and_then(|value| redis::from_redis_value(value).ok());
     if outcome != "trimmed" {
-        archive.undo();
-        return Err(eyre!(
-            "the consumer groups of {stream} changed while trimming; nothing was trimmed \
-             (run it again)"
-        ));
+        return Ok(TrimOutcome::Changed);
     }
-    report(
-        context,
-        Trimmed {
-            stream,
-            archive: args.archive.clone(),
-            boundary,
-            archived,
-            already_archived,
-            removed: removed.unwrap_or(0),
-        },
-    )
+    Ok(TrimOutcome::Trimmed {
+        removed: removed.unwrap_or(0),
+    })
 }
 
 /// Refuses (exit code 2) while a rebuild runs: it reads the stream, and entries removed before
