@@ -128,6 +128,48 @@ async fn measure(
     connection: &mut Connection,
 ) -> Result<Report> {
     let memory_start = used_memory(connection).await?;
+    let post_ids = create_posts(context, args, connection).await?;
+    wait_until_idle(context, connection).await?;
+    let memory_posts = used_memory(connection).await?;
+
+    let post_ids = Arc::new(post_ids);
+    let elapsed = time_comment_creation(context, args, connection, &post_ids).await?;
+    let memory_comments = used_memory(connection).await?;
+    let view = View::new(&context.keys);
+    check_every_comment_final(connection, &view, args.comments).await?;
+
+    let samples = sample_latency(context, args, connection, &view, post_ids[0]).await?;
+    let resident_kib = resident_memory(context, connection, args.embedded).await?;
+    let rebuilt = rebuild::rebuild(
+        connection,
+        &context.redis,
+        &context.keys,
+        Target::Query,
+        &[],
+    )
+    .await?;
+
+    Ok(Report {
+        posts: args.posts,
+        comments: args.comments,
+        in_flight: args.in_flight,
+        comments_per_second: args.comments as f64 / elapsed.as_secs_f64(),
+        latency_ms: latency(samples),
+        redis_bytes_per_post: (memory_posts - memory_start) as f64 / args.posts as f64,
+        redis_bytes_per_comment: (memory_comments - memory_posts) as f64
+            / args.comments.max(1) as f64,
+        rebuild_events: rebuilt.events,
+        rebuild_events_per_second: rebuilt.events_per_second,
+        resident_kib,
+    })
+}
+
+/// Creates the posts one at a time; their ids, in order.
+async fn create_posts(
+    context: &Context,
+    args: &BenchArgs,
+    connection: &mut Connection,
+) -> Result<Vec<Uuid>> {
     let progress = progress_bar(args.posts as u64, "posts");
     let mut post_ids = Vec::with_capacity(args.posts);
     for n in 0..args.posts {
@@ -146,13 +188,20 @@ async fn measure(
         progress.inc(1);
     }
     progress.finish_and_clear();
-    wait_until_idle(context, connection).await?;
-    let memory_posts = used_memory(connection).await?;
+    Ok(post_ids)
+}
 
-    // Throughput: `in_flight` clients, each with its own connection (BLPOP blocks it).
+/// The throughput run: `in_flight` clients create the comments, spread over the posts; the
+/// time from the first create until the pipeline is idle again.
+async fn time_comment_creation(
+    context: &Context,
+    args: &BenchArgs,
+    connection: &mut Connection,
+    post_ids: &Arc<Vec<Uuid>>,
+) -> Result<Duration> {
+    // Each client has its own connection (BLPOP blocks it).
     let progress = progress_bar(args.comments as u64, "comments");
     let next = Arc::new(AtomicUsize::new(0));
-    let post_ids = Arc::new(post_ids);
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..args.in_flight.min(args.comments.max(1)) {
@@ -180,66 +229,70 @@ async fn measure(
     }
     progress.finish_and_clear();
     wait_until_idle(context, connection).await?;
-    let elapsed = started.elapsed();
-    let memory_comments = used_memory(connection).await?;
-    let view = View::new(&context.keys);
+    Ok(started.elapsed())
+}
+
+/// Fails unless the view shows exactly `expected` comments with a final status.
+async fn check_every_comment_final(
+    connection: &mut Connection,
+    view: &View,
+    expected: usize,
+) -> Result<()> {
     let mut final_comments = 0;
     for post in view.list(connection, None, None).await? {
         final_comments += post.comments.iter().filter(|c| c.status.is_final()).count();
     }
-    if final_comments != args.comments {
-        bail!(
-            "the view shows {final_comments} final comments, not {}",
-            args.comments
-        );
+    if final_comments != expected {
+        bail!("the view shows {final_comments} final comments, not {expected}");
     }
+    Ok(())
+}
 
-    // Latency: one comment at a time, from the request to its final status in the view.
+/// The latency run: comments on `post` one at a time, each timed from the request to its final
+/// status in the view, in milliseconds.
+async fn sample_latency(
+    context: &Context,
+    args: &BenchArgs,
+    connection: &mut Connection,
+    view: &View,
+    post: Uuid,
+) -> Result<Vec<f64>> {
     let progress = progress_bar(args.latency_samples as u64, "latency");
     let mut samples = Vec::with_capacity(args.latency_samples);
-    let post = post_ids[0];
     for n in 0..args.latency_samples {
         let started = Instant::now();
         let comment = create_comment(context, connection, post, args.comments + n).await?;
         let deadline = started + context.timeout;
-        while !matches!(view.comment_status(connection, post, comment.id).await?, Some(status) if status.is_final())
-        {
-            if Instant::now() > deadline {
-                return Err(Failure::service_timeout(
-                    query::NAME,
-                    "show a final status",
-                    context.timeout,
-                )
-                .into());
-            }
-        }
+        wait_until_final(context, connection, view, post, comment.id, deadline).await?;
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
         progress.inc(1);
     }
     progress.finish_and_clear();
-    let resident_kib = resident_memory(context, connection, args.embedded).await?;
-    let rebuilt = rebuild::rebuild(
-        connection,
-        &context.redis,
-        &context.keys,
-        Target::Query,
-        &[],
-    )
-    .await?;
+    Ok(samples)
+}
 
-    Ok(Report {
-        posts: args.posts,
-        comments: args.comments,
-        in_flight: args.in_flight,
-        comments_per_second: args.comments as f64 / elapsed.as_secs_f64(),
-        latency_ms: latency(samples),
-        redis_bytes_per_post: (memory_posts - memory_start) as f64 / args.posts as f64,
-        redis_bytes_per_comment: (memory_comments - memory_posts) as f64
-            / args.comments.max(1) as f64,
-        rebuild_events: rebuilt.events,
-        rebuild_events_per_second: rebuilt.events_per_second,
-        resident_kib,
-    })
+/// Polls the view without pause until the comment has a final status; a service timeout
+/// after `deadline`.
+async fn wait_until_final(
+    context: &Context,
+    connection: &mut Connection,
+    view: &View,
+    post: Uuid,
+    comment: Uuid,
+    deadline: Instant,
+) -> Result<()> {
+    while !matches!(view.comment_status(connection, post, comment).await?, Some(status) if status.is_final())
+    {
+        if Instant::now() > deadline {
+            return Err(Failure::service_timeout(
+                query::NAME,
+                "show a final status",
+                context.timeout,
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 async fn create_comment(
