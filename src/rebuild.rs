@@ -7,7 +7,7 @@
 //! read resolves that pointer inside its own script, so each sees one generation, whole.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -240,115 +240,141 @@ async fn fill(
     keys: &Keys,
     fill: &Fill<'_>,
 ) -> Result<Counts> {
-    let Fill {
-        target,
-        generations,
-        live,
-        next,
-        archives,
-    } = *fill;
-    let mut tally = Counts::default();
-    let counts = &mut tally;
-    let base = generations.generation(next);
+    let mut counts = Counts::default();
+    let base = fill.generations.generation(fill.next);
     let events = keys.events(Partition::FIRST);
     let length: u64 = connection.xlen(&events).await?;
     let progress = progress_bar(length, "rebuild");
+    let log = Log {
+        target: fill.target,
+        events: &events,
+        base: &base,
+    };
     let mut last = "0-0".to_owned();
-    for archive in archives {
-        let file = std::fs::File::open(archive)
-            .wrap_err_with(|| format!("opening {}", archive.display()))?;
-        let mut calls = Vec::new();
-        let mut reader = std::io::BufReader::new(file);
-        let mut number = 0;
-        loop {
-            let mut line = String::new();
-            let read = reader
-                .read_line(&mut line)
-                .wrap_err_with(|| format!("reading {}", archive.display()))?;
-            if read == 0 {
-                break;
-            }
-            number += 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let entry: ArchiveLine = match serde_json::from_str(&line) {
-                Ok(entry) => entry,
-                // A last line without its newline was cut short by a crash while `trim` wrote
-                // it; `trim` had not removed that entry from the stream yet, so it is read there.
-                Err(_) if !line.ends_with('\n') => break,
-                Err(error) => {
-                    let place = format!("{} line {number}", archive.display());
-                    return Err(Failure::invalid(format!(
-                        "{place}: not an archived entry: {error}"
-                    ))
-                    .into());
-                }
-            };
-            let fields = entry
-                .fields
-                .into_iter()
-                .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
-                .collect();
-            let delivery = Delivery {
-                stream: events.clone(),
-                id: entry.id,
-                fields,
-                deliveries: 1,
-            };
-            counts.add(target, &mut calls, &delivery);
-            counts.from_archives += 1;
-            last = delivery.id;
-            if calls.len() >= CHUNK {
-                write(connection, target, &base, &calls).await?;
-                calls.clear();
-            }
-        }
-        write(connection, target, &base, &calls).await?;
+    for archive in fill.archives {
+        apply_archive(connection, &log, archive, &mut counts, &mut last).await?;
     }
     let removed = refuse_a_gap(connection, &events, counts.from_archives).await?;
     // The stream, from where the archives stopped; again until nothing new came meanwhile.
     loop {
-        let log = Log {
-            target,
-            events: &events,
-            base: &base,
-        };
-        last = apply_stream(connection, redis, &log, last, counts, &progress).await?;
-        let switched: Value = SWITCH
-            .key(&events)
-            .key(generations.pointer())
-            .arg(&last)
-            .arg(next)
-            .arg(live)
-            .arg(removed)
-            .invoke_async(connection)
-            .await?;
-        match switched {
-            Value::Int(1) => break,
-            Value::Int(_) => continue,
-            refused => {
-                let why = match field_at(&refused, 0).as_deref() {
-                    Some("switched") => format!(
-                        "another rebuild switched {} to a new generation meanwhile",
-                        target.service()
-                    ),
-                    _ => format!(
-                        "entries were trimmed from {events} while it ran (is a `blogctl trim` \
-                         running?)"
-                    ),
-                };
-                return Err(Failure::invalid(format!(
-                    "rebuild of {} abandoned, nothing switched: {why}; run it again (with \
-                     every archive `blogctl trim` wrote)",
-                    target.service()
-                ))
-                .into());
-            }
+        last = apply_stream(connection, redis, &log, last, &mut counts, &progress).await?;
+        if try_switch(connection, fill, &events, &last, removed).await? {
+            break;
         }
     }
     progress.finish_and_clear();
-    Ok(tally)
+    Ok(counts)
+}
+
+/// Applies one archive written by `blogctl trim` to the generation being filled, a chunk of
+/// writes at a time; `last` becomes the id of the last entry it holds.
+async fn apply_archive(
+    connection: &mut Connection,
+    log: &Log<'_>,
+    archive: &Path,
+    counts: &mut Counts,
+    last: &mut String,
+) -> Result<()> {
+    let file =
+        std::fs::File::open(archive).wrap_err_with(|| format!("opening {}", archive.display()))?;
+    let mut calls = Vec::new();
+    let mut reader = std::io::BufReader::new(file);
+    let mut number = 0;
+    loop {
+        let mut line = String::new();
+        let read = reader
+            .read_line(&mut line)
+            .wrap_err_with(|| format!("reading {}", archive.display()))?;
+        if read == 0 {
+            break;
+        }
+        number += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some(entry) = parse_archive_line(&line, archive, number)? else {
+            break;
+        };
+        let fields = entry
+            .fields
+            .into_iter()
+            .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
+            .collect();
+        let delivery = Delivery {
+            stream: log.events.to_owned(),
+            id: entry.id,
+            fields,
+            deliveries: 1,
+        };
+        counts.add(log.target, &mut calls, &delivery);
+        counts.from_archives += 1;
+        *last = delivery.id;
+        if calls.len() >= CHUNK {
+            write(connection, log.target, log.base, &calls).await?;
+            calls.clear();
+        }
+    }
+    write(connection, log.target, log.base, &calls).await?;
+    Ok(())
+}
+
+/// Line `number` of `archive` as an entry; `None` for a last line cut short, exit code 2 for
+/// anything else that is not an archived entry.
+fn parse_archive_line(line: &str, archive: &Path, number: u64) -> Result<Option<ArchiveLine>> {
+    match serde_json::from_str(line) {
+        Ok(entry) => Ok(Some(entry)),
+        // A last line without its newline was cut short by a crash while `trim` wrote
+        // it; `trim` had not removed that entry from the stream yet, so it is read there.
+        Err(_) if !line.ends_with('\n') => Ok(None),
+        Err(error) => {
+            let place = format!("{} line {number}", archive.display());
+            Err(Failure::invalid(format!("{place}: not an archived entry: {error}")).into())
+        }
+    }
+}
+
+/// Switches to the generation being filled if the log holds nothing after `last` (see
+/// [`SWITCH`]): true when switched, false when the log grew (apply the rest and try again),
+/// exit code 2 when another rebuild switched or entries were trimmed meanwhile.
+async fn try_switch(
+    connection: &mut Connection,
+    fill: &Fill<'_>,
+    events: &str,
+    last: &str,
+    removed: u64,
+) -> Result<bool> {
+    let switched: Value = SWITCH
+        .key(events)
+        .key(fill.generations.pointer())
+        .arg(last)
+        .arg(fill.next)
+        .arg(fill.live)
+        .arg(removed)
+        .invoke_async(connection)
+        .await?;
+    match switched {
+        Value::Int(1) => Ok(true),
+        Value::Int(_) => Ok(false),
+        refused => {
+            let target = fill.target;
+            let why = match field_at(&refused, 0).as_deref() {
+                Some("switched") => format!(
+                    "another rebuild switched {} to a new generation meanwhile",
+                    target.service()
+                ),
+                _ => format!(
+                    "entries were trimmed from {events} while it ran (is a `blogctl trim` \
+                     running?)"
+                ),
+            };
+            Err(Failure::invalid(format!(
+                "rebuild of {} abandoned, nothing switched: {why}; run it again (with \
+                 every archive `blogctl trim` wrote)",
+                target.service()
+            ))
+            .into())
+        }
+    }
 }
 
 /// What a rebuild reads and where it writes.
