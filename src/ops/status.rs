@@ -216,12 +216,11 @@ pub async fn inspect_stream(
     stream: &str,
     expected: &[ExpectedGroup],
 ) -> Result<StreamStatus> {
-    let context = || format!("reading the state of {stream}");
     let kind: String = redis::cmd("TYPE")
         .arg(stream)
         .query_async(connection)
         .await
-        .wrap_err_with(context)?;
+        .wrap_err_with(|| format!("reading the state of {stream}"))?;
     let mut groups: Vec<GroupStatus> = Vec::new();
     let mut status = StreamStatus {
         stream: stream.to_owned(),
@@ -241,33 +240,7 @@ pub async fn inspect_stream(
             )
             .into());
         }
-        let info: Value = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(stream)
-            .query_async(connection)
-            .await
-            .wrap_err_with(context)?;
-        let mut info = map_of(info);
-        status.length = info
-            .remove("length")
-            .and_then(|value| redis::from_redis_value(value).ok())
-            .unwrap_or(0);
-        status.last_id = info
-            .remove("last-generated-id")
-            .and_then(|value| redis::from_redis_value(value).ok());
-        status.memory_bytes = redis::cmd("MEMORY")
-            .arg("USAGE")
-            .arg(stream)
-            .query_async(connection)
-            .await
-            .wrap_err_with(context)?;
-        let infos: StreamInfoGroupsReply = connection
-            .xinfo_groups(stream)
-            .await
-            .wrap_err_with(context)?;
-        for info in infos.groups {
-            groups.push(inspect_group(connection, stream, info).await?);
-        }
+        groups = read_stream_info(connection, stream, &mut status).await?;
     }
     for wanted in expected.iter().filter(|wanted| wanted.stream == stream) {
         match groups.iter_mut().find(|group| group.group == wanted.group) {
@@ -278,6 +251,45 @@ pub async fn inspect_stream(
     groups.sort_by(|a, b| a.group.cmp(&b.group));
     status.groups = groups;
     Ok(status)
+}
+
+/// Fills in the length, last id and memory of an existing stream; returns the state of the
+/// groups it has.
+async fn read_stream_info(
+    connection: &mut Connection,
+    stream: &str,
+    status: &mut StreamStatus,
+) -> Result<Vec<GroupStatus>> {
+    let context = || format!("reading the state of {stream}");
+    let info: Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(connection)
+        .await
+        .wrap_err_with(context)?;
+    let mut info = map_of(info);
+    status.length = info
+        .remove("length")
+        .and_then(|value| redis::from_redis_value(value).ok())
+        .unwrap_or(0);
+    status.last_id = info
+        .remove("last-generated-id")
+        .and_then(|value| redis::from_redis_value(value).ok());
+    status.memory_bytes = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(stream)
+        .query_async(connection)
+        .await
+        .wrap_err_with(context)?;
+    let infos: StreamInfoGroupsReply = connection
+        .xinfo_groups(stream)
+        .await
+        .wrap_err_with(context)?;
+    let mut groups = Vec::new();
+    for info in infos.groups {
+        groups.push(inspect_group(connection, stream, info).await?);
+    }
+    Ok(groups)
 }
 
 async fn inspect_group(
