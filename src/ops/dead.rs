@@ -189,7 +189,6 @@ struct Retried<'a> {
 }
 
 async fn retry(context: &Context, args: &IdsArgs) -> Result<()> {
-    static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RETRY));
     let ids = ids_of(args)?;
     let mut connection = context.connect().await?;
     let dead = context.keys.dead(Partition::FIRST);
@@ -198,75 +197,111 @@ async fn retry(context: &Context, args: &IdsArgs) -> Result<()> {
     let letters = read_letters(&mut connection, &dead, &ids).await?;
     let mut targets = Vec::new();
     for letter in &letters {
-        let (Some(stream), Some(service)) = (letter.field("stream"), letter.field("service"))
-        else {
-            return Err(Failure::invalid(format!(
-                "dead letter {} has no stream or service field: it cannot be retried (drop it?)",
-                letter.id
-            ))
-            .into());
-        };
-        let is_request = Service::ALL
-            .into_iter()
-            .any(|owner| context.keys.inbox(owner, Partition::FIRST) == *stream);
-        if is_request {
-            return Err(Failure::invalid(format!(
-                "dead letter {} is a request to {service}: requests are not retried, as the \
-                 client that sent it has given up on it; send it again (drop this one)",
-                letter.id
-            ))
-            .into());
-        }
-        if !streams.iter().any(|known| known == stream) {
-            return Err(Failure::invalid(format!(
-                "dead letter {} came from {stream}, which no service of namespace {} reads: \
-                 it cannot be retried (drop it?)",
-                letter.id,
-                context.keys.namespace()
-            ))
-            .into());
-        }
-        targets.push((letter.id.clone(), stream.to_owned(), service.to_owned()));
+        targets.push(retry_target(context, &streams, letter)?);
     }
-    for (dead_id, stream, service) in &targets {
-        let reply: Vec<String> = SCRIPT
-            .key(&dead)
-            .key(stream)
-            .arg(dead_id)
-            .arg(FOR_SERVICE)
-            .invoke_async(&mut connection)
-            .await
-            .wrap_err_with(|| format!("retrying dead letter {dead_id}"))?;
-        let id = match reply.first().map(String::as_str) {
-            Some("retried") => reply.get(1).cloned().unwrap_or_default(),
-            Some("gone") => return Err(not_found(dead_id, &dead).into()),
-            Some("moved") => {
-                return Err(eyre!(
-                    "dead letter {dead_id} changed while it was being retried; nothing was done"
-                ));
-            }
-            Some("malformed") => {
-                return Err(Failure::invalid(format!(
-                    "dead letter {dead_id} cannot be retried: {} (drop it?)",
-                    reply.get(1).map_or("it is malformed", String::as_str)
-                ))
-                .into());
-            }
-            _ => return Err(eyre!("unexpected answer {reply:?} retrying {dead_id}")),
+    for target in &targets {
+        let id = retry_letter(&mut connection, &dead, target).await?;
+        print_retried(context, target, &id)?;
+    }
+    Ok(())
+}
+
+/// A dead letter to put back, and where.
+struct RetryTarget {
+    dead_id: String,
+    /// The stream it came from.
+    stream: String,
+    /// The service that dead-lettered it, the only one to handle it again.
+    service: String,
+}
+
+/// Where `letter` goes back to; exit code 2 when it cannot be retried: it lacks its stream or
+/// service, is a request, or came from a stream no service of the namespace reads.
+fn retry_target(context: &Context, streams: &[String], letter: &Entry) -> Result<RetryTarget> {
+    let (Some(stream), Some(service)) = (letter.field("stream"), letter.field("service")) else {
+        return Err(Failure::invalid(format!(
+            "dead letter {} has no stream or service field: it cannot be retried (drop it?)",
+            letter.id
+        ))
+        .into());
+    };
+    let is_request = Service::ALL
+        .into_iter()
+        .any(|owner| context.keys.inbox(owner, Partition::FIRST) == *stream);
+    if is_request {
+        return Err(Failure::invalid(format!(
+            "dead letter {} is a request to {service}: requests are not retried, as the \
+             client that sent it has given up on it; send it again (drop this one)",
+            letter.id
+        ))
+        .into());
+    }
+    if !streams.iter().any(|known| known == stream) {
+        return Err(Failure::invalid(format!(
+            "dead letter {} came from {stream}, which no service of namespace {} reads: \
+             it cannot be retried (drop it?)",
+            letter.id,
+            context.keys.namespace()
+        ))
+        .into());
+    }
+    Ok(RetryTarget {
+        dead_id: letter.id.clone(),
+        stream: stream.to_owned(),
+        service: service.to_owned(),
+    })
+}
+
+/// Puts one dead letter back on its stream and deletes it, in one script; the entry's new id.
+async fn retry_letter(
+    connection: &mut Connection,
+    dead: &str,
+    target: &RetryTarget,
+) -> Result<String> {
+    static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RETRY));
+    let dead_id = &target.dead_id;
+    let reply: Vec<String> = SCRIPT
+        .key(dead)
+        .key(&target.stream)
+        .arg(dead_id)
+        .arg(FOR_SERVICE)
+        .invoke_async(connection)
+        .await
+        .wrap_err_with(|| format!("retrying dead letter {dead_id}"))?;
+    match reply.first().map(String::as_str) {
+        Some("retried") => Ok(reply.get(1).cloned().unwrap_or_default()),
+        Some("gone") => Err(not_found(dead_id, dead).into()),
+        Some("moved") => Err(eyre!(
+            "dead letter {dead_id} changed while it was being retried; nothing was done"
+        )),
+        Some("malformed") => Err(Failure::invalid(format!(
+            "dead letter {dead_id} cannot be retried: {} (drop it?)",
+            reply.get(1).map_or("it is malformed", String::as_str)
+        ))
+        .into()),
+        _ => Err(eyre!("unexpected answer {reply:?} retrying {dead_id}")),
+    }
+}
+
+/// Prints that `target` is back on its stream as `id`.
+fn print_retried(context: &Context, target: &RetryTarget, id: &str) -> Result<()> {
+    let RetryTarget {
+        dead_id,
+        stream,
+        service,
+    } = target;
+    if context.json {
+        let line = Retried {
+            dead_id,
+            service,
+            stream,
+            id,
         };
-        if context.json {
-            let line = Retried {
-                dead_id,
-                service,
-                stream,
-                id: &id,
-            };
-            print_line(&serde_json::to_string(&line)?)?;
-        } else {
-            print_line(&format!(
-                "retried {dead_id}: back on {stream} as {id}, for {service} only"
-            ))?;
-        }
+        print_line(&serde_json::to_string(&line)?)?;
+    } else {
+        print_line(&format!(
+            "retried {dead_id}: back on {stream} as {id}, for {service} only"
+        ))?;
     }
     Ok(())
 }
