@@ -18,7 +18,7 @@ use crate::cli::values::{self, ServiceChoice, parse_seconds};
 use crate::connection::{CONNECT_TIMEOUT, Redis, eviction_problem};
 use crate::error::{ExitCode, Failure};
 use crate::keyspace::{Keys, Partition, Service};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Trigger};
 
 /// The services whose state `blogctl rebuild` can rebuild (it lives in generations).
 pub const REBUILDABLE: [Service; 2] = [Service::Query, Service::Comments];
@@ -72,15 +72,7 @@ pub async fn run(
     args: &ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> color_eyre::Result<()> {
-    // Fail fast, with exit code 4, when Redis is not there at all at start, or would evict keys.
-    let mut connection = redis.connect(Some(CONNECT_TIMEOUT)).await?;
-    if let Some(problem) = eviction_problem(&mut connection)
-        .await
-        .map_err(|error| redis.unreachable(&error))?
-    {
-        return Err(Failure::new(ExitCode::RedisUnreachable, problem).into());
-    }
-    drop(connection);
+    refuse_unusable_redis(redis).await?;
     let (trigger, shutdown) = Shutdown::from_future(shutdown);
     let consumer = args.consumer.clone().unwrap_or_else(default_consumer_name);
     let chosen = values::chosen(&args.services);
@@ -114,6 +106,26 @@ pub async fn run(
             Service::Query => tasks.spawn(serve(redis, config, query::Query::new(keys), shutdown)),
         };
     }
+    wait_for_services(tasks, &trigger).await
+}
+
+/// Fails fast, with exit code 4, when Redis is not there at all at start, or would evict keys.
+async fn refuse_unusable_redis(redis: &Redis) -> color_eyre::Result<()> {
+    let mut connection = redis.connect(Some(CONNECT_TIMEOUT)).await?;
+    if let Some(problem) = eviction_problem(&mut connection)
+        .await
+        .map_err(|error| redis.unreachable(&error))?
+    {
+        return Err(Failure::new(ExitCode::RedisUnreachable, problem).into());
+    }
+    Ok(())
+}
+
+/// Waits until every service has ended; the first failure, if any, after stopping the others.
+async fn wait_for_services(
+    mut tasks: JoinSet<color_eyre::Result<()>>,
+    trigger: &Trigger,
+) -> color_eyre::Result<()> {
     let mut failure = None;
     while let Some(result) = tasks.join_next().await {
         let outcome = result
