@@ -330,11 +330,7 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         .arg(command)
         .arg("data")
         .arg(&data);
-    let body = match send_and_wait(connection, &send, &reply_key, timeout).await {
-        Ok(Some(body)) => Ok(body),
-        Ok(None) => give_up(connection, &reply_key).await,
-        Err(error) => Err(error),
-    };
+    let body = send_or_give_up(connection, &send, &reply_key, timeout).await;
     let body = body.map_err(|error| match error {
         AnswerError::Sending(error) => {
             color_eyre::Report::new(error).wrap_err(format!("sending {command} to {inbox}"))
@@ -354,7 +350,27 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         )),
         AnswerError::GaveUp => Failure::service_timeout(service.name(), "answer", timeout).into(),
     })?;
-    let reply: Reply<T> = serde_json::from_str(&body)
+    read_reply(service, &body)
+}
+
+/// Sends `request` and waits up to `timeout` for its answer; with none in time, gives up on
+/// the request (see [`give_up`]).
+async fn send_or_give_up(
+    connection: &mut Connection,
+    request: &redis::Cmd,
+    reply_key: &str,
+    timeout: Duration,
+) -> Result<String, AnswerError> {
+    match send_and_wait(connection, request, reply_key, timeout).await? {
+        Some(body) => Ok(body),
+        None => give_up(connection, reply_key).await,
+    }
+}
+
+/// The value of a service's answer; exit code 3 or 2 when it found nothing or refused the
+/// input.
+fn read_reply<T: DeserializeOwned>(service: Service, body: &str) -> color_eyre::Result<T> {
+    let reply: Reply<T> = serde_json::from_str(body)
         .wrap_err_with(|| format!("reading the {service} service's answer {body:?}"))?;
     match reply {
         Reply::Ok { value } => Ok(value),
