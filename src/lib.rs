@@ -1,6 +1,7 @@
 //! `blogctl`: a blog built as four event-driven services on Redis Streams.
 //!
 //! # Layout
+//! (Modules in `code` without a link are private: the binary reaches them through [`cli`].)
 //! Where to look, by what you want to change:
 //! - [`cli`]: the command line (clap), dispatching to the modules below; `cli/values.rs` has the
 //!   small parsers (seconds, a choice of services), `cli/completions.rs` the shell completions.
@@ -15,26 +16,26 @@
 //! - [`request`]: commands from the client to a service's inbox, and their replies.
 //! - [`keyspace`]: every Redis key name, and nothing else formats one.
 //! - [`events`]: the events (the wire contract) and pure rules (moderation, validation).
-//! - [`client`]: the shell client commands (`post ...`, `comment ...`).
-//! - [`ops`]: operator commands: `status`, `events`, `dead`, `trim`.
-//! - [`rebuild`]: `blogctl rebuild`: a service's state from the log, beside the live one.
-//! - [`bench`](mod@bench): `blogctl bench`, throughput, latency and memory of the whole pipeline.
-//! - [`context`] (the global flags), [`output`] (lines, tables, progress bars), [`connection`]
-//!   (opening Redis connections), [`shutdown`] (the stop signal), [`error`] (failures and their
+//! - `client`: the shell client commands (`post ...`, `comment ...`).
+//! - `ops`: operator commands: `status`, `events`, `dead`, `trim`.
+//! - `rebuild`: `blogctl rebuild`: a service's state from the log, beside the live one.
+//! - `bench`: `blogctl bench`, throughput, latency and memory of the whole pipeline.
+//! - `context` (the global flags), `output` (lines, tables, progress bars), [`connection`]
+//!   (opening Redis connections), `shutdown` (the stop signal), [`error`] (failures and their
 //!   exit codes).
 
-pub mod bench;
+mod bench;
 pub mod bus;
 pub mod cli;
-pub mod client;
+mod client;
 pub mod connection;
-pub mod context;
+mod context;
 pub mod error;
 pub mod events;
 pub mod keyspace;
-pub mod ops;
-pub mod output;
-pub mod rebuild;
+mod ops;
+mod output;
+mod rebuild;
 pub mod request;
 pub mod services;
-pub mod shutdown;
+mod shutdown;

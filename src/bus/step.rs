@@ -145,15 +145,21 @@ impl StepScript {
                 .map(|(index, name)| format!("local {name} = {table}[{}]\n", first + index))
                 .collect()
         };
+        let body = parts.concat();
+        // Only the event names the body publishes.
+        let constants: String = EventKind::ALL
+            .iter()
+            .filter(|kind| mentions(&body, kind.lua_constant()))
+            .map(|kind| format!("local {} = '{}'\n", kind.lua_constant(), kind.name()))
+            .collect();
         let lua = format!(
             "#!lua\n{}{}{}{}\
-             local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n{}{PRELUDE}{}{EPILOGUE}",
+             local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n{constants}{}",
             declare("KEYS", 1, &COMMON_KEYS),
             declare("ARGV", 1, &COMMON_ARGS),
             declare("KEYS", COMMON_KEYS.len() + 1, keys),
             declare("ARGV", COMMON_ARGS.len() + 1, args),
-            EventKind::lua_constants(),
-            parts.concat(),
+            keep_used(&format!("{PRELUDE}{body}{EPILOGUE}")),
         );
         StepScript {
             script: Script::new(&lua),
@@ -161,6 +167,70 @@ impl StepScript {
             args: args.to_vec(),
         }
     }
+}
+
+/// The Lua without comments and without the `local function`s nothing calls: each run of a
+/// script creates every function it defines, and the shared Lua (key names, apply functions,
+/// request helpers) defines more than one script uses. A function is a line `local function
+/// name(...) ... end`, or starts with such a line and ends at a line `end` in the first column.
+fn keep_used(lua: &str) -> String {
+    // (the function's name, its text); `None` for the code around functions.
+    let mut items: Vec<(Option<&str>, String)> = Vec::new();
+    let mut lines = lua
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"));
+    while let Some(line) = lines.next() {
+        let Some(signature) = line.strip_prefix("local function ") else {
+            items.push((None, format!("{line}\n")));
+            continue;
+        };
+        let name = signature.split('(').next().unwrap_or_default();
+        let mut text = format!("{line}\n");
+        if !line.trim_end().ends_with(" end") {
+            for line in lines.by_ref() {
+                text.push_str(line);
+                text.push('\n');
+                if line == "end" {
+                    break;
+                }
+            }
+        }
+        items.push((Some(name), text));
+    }
+    let mut kept: Vec<bool> = items.iter().map(|(name, _)| name.is_none()).collect();
+    loop {
+        let reached: Vec<usize> = (0..items.len())
+            .filter(|&index| !kept[index])
+            .filter(|&index| {
+                let name = items[index].0.unwrap_or_default();
+                items
+                    .iter()
+                    .zip(&kept)
+                    .any(|((_, text), &kept)| kept && mentions(text, name))
+            })
+            .collect();
+        if reached.is_empty() {
+            break;
+        }
+        for index in reached {
+            kept[index] = true;
+        }
+    }
+    items
+        .into_iter()
+        .zip(kept)
+        .filter_map(|((_, text), kept)| kept.then_some(text))
+        .collect()
+}
+
+/// Whether `text` uses the identifier `name` (not as part of a longer one).
+fn mentions(text: &str, name: &str) -> bool {
+    let is_identifier = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(name).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + name.len()..].chars().next();
+        !before.is_some_and(is_identifier) && !after.is_some_and(is_identifier)
+    })
 }
 
 /// One atomic step ready to run: a step script with its keys and arguments.
@@ -320,6 +390,23 @@ mod tests {
                 "5", "s", "e", "d", "a", "p", "query", "1-0", "r", "1", "x", "t"
             ]
         );
+    }
+
+    #[test]
+    fn functions_nothing_calls_are_left_out() {
+        let lua = "local function unused(a) return a end\n\
+                   local function helper(a) return a end\n\
+                   -- a comment naming unused()\n\
+                   local function used(a)\n  return helper(a)\nend\n\
+                   return used(1)\n";
+        assert_eq!(
+            keep_used(lua),
+            "local function helper(a) return a end\n\
+             local function used(a)\n  return helper(a)\nend\n\
+             return used(1)\n"
+        );
+        assert!(mentions("x = view_post(base)", "view_post"));
+        assert!(!mentions("x = view_posts(base)", "view_post"));
     }
 
     #[test]

@@ -100,10 +100,18 @@ pub struct Rebuilder {
 
 impl Rebuilder {
     pub fn new(apply_lua: &str) -> Rebuilder {
+        // The batch finds each apply function by name in `calls`.
+        let functions: Vec<String> = apply_lua
+            .lines()
+            .filter_map(|line| line.strip_prefix("local function "))
+            .filter_map(|signature| signature.split('(').next())
+            .map(|name| format!("{name} = {name}"))
+            .collect();
         Rebuilder {
             script: Script::new(&format!(
-                "#!lua\n{}{apply_lua}{REBUILD_BATCH}",
-                generation_lua()
+                "#!lua\n{}{apply_lua}local calls = {{{}}}\n{REBUILD_BATCH}",
+                generation_lua(),
+                functions.join(", ")
             )),
         }
     }

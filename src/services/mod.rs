@@ -46,7 +46,7 @@ pub struct ServeArgs {
     /// The services to run in this process (`all` for the four).
     #[arg(required = true, value_enum)]
     pub services: Vec<ServiceChoice>,
-    /// This process's consumer name in each group [default: <host>-<pid>].
+    /// This process's consumer name in each group [default: `<host>-<pid>`].
     #[arg(long)]
     pub consumer: Option<String>,
     /// Words that get a comment rejected, comma-separated, matched ignoring case.

@@ -10,4 +10,3 @@ end
 local function set_status(base, comment_id, status)
   redis.call('HSET', comment_key(base, comment_id), 'status', status)
 end
-local calls = {learn_post = learn_post, add_comment = add_comment, set_status = set_status}

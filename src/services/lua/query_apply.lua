@@ -14,4 +14,3 @@ local function put_comment(base, post_id, comment_id, view, final)
     redis.call('HSETNX', comments, comment_id, view)
   end
 end
-local calls = {add_post = add_post, put_comment = put_comment}
