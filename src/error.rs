@@ -20,6 +20,17 @@ pub enum ExitCode {
     Unhealthy = 6,
 }
 
+/// Why an entry can never be applied (not JSON, a field missing, an unknown version): the
+/// reason it is dead-lettered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed(pub String);
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// An expected failure: a one-line message for stderr and the exit code that goes with it.
 #[derive(Debug)]
 pub struct Failure {

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::Failure;
+use crate::error::{Failure, Malformed};
 
 /// The envelope version this build writes and reads.
 pub const ENVELOPE_VERSION: &str = "1";
@@ -121,9 +121,10 @@ pub enum Event {
 impl Event {
     /// Parses `data` for a known `type`. `Ok(None)` means a type this build does not know:
     /// a newer producer's event, to be skipped. `Err` is a malformed entry, with the reason.
-    pub fn parse(kind: &str, data: &str) -> Result<Option<Event>, String> {
-        fn decode<T: serde::de::DeserializeOwned>(kind: &str, data: &str) -> Result<T, String> {
-            serde_json::from_str(data).map_err(|error| format!("{kind} data is invalid: {error}"))
+    pub fn parse(kind: &str, data: &str) -> Result<Option<Event>, Malformed> {
+        fn decode<T: serde::de::DeserializeOwned>(kind: &str, data: &str) -> Result<T, Malformed> {
+            serde_json::from_str(data)
+                .map_err(|error| Malformed(format!("{kind} data is invalid: {error}")))
         }
         let Some(known) = EventKind::parse(kind) else {
             return Ok(None);
@@ -141,7 +142,7 @@ impl Event {
             | Event::CommentModerated(comment)
             | Event::CommentUpdated(comment) => validate_content(&comment.content).map(drop),
         };
-        checked.map_err(|failure| format!("{kind} data is invalid: {failure}"))?;
+        checked.map_err(|failure| Malformed(format!("{kind} data is invalid: {failure}")))?;
         Ok(Some(event))
     }
 }

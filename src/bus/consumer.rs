@@ -303,7 +303,7 @@ impl<H: Handler> Consumer<'_, H> {
                         Outcome::Done => {}
                         Outcome::Later => later.push(delivery),
                         Outcome::Dead(reason) => {
-                            self.dead_letter(&delivery, &reason, 1).await?;
+                            self.dead_letter(&delivery, &reason.0, 1).await?;
                         }
                     },
                     Err(error) if is_unavailable(&error) => return Err(error),
@@ -381,7 +381,7 @@ impl<H: Handler> Consumer<'_, H> {
                 Ok(Outcome::Dead(reason)) => {
                     warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
                         %reason, "dead-lettering a malformed entry");
-                    return self.dead_letter(delivery, &reason, tries).await;
+                    return self.dead_letter(delivery, &reason.0, tries).await;
                 }
                 Ok(outcome) => {
                     if redelivered && outcome == Outcome::Done {

@@ -3,6 +3,7 @@
 use redis::Value;
 use redis::streams::StreamId;
 
+use crate::error::Malformed;
 use crate::events::{ENVELOPE_VERSION, Event};
 
 /// Entry field restricting it to one service's group; other groups acknowledge and skip it.
@@ -51,21 +52,20 @@ impl Delivery {
     }
 
     /// A text field; the error is the reason to dead-letter the entry.
-    pub fn field(&self, name: &str) -> Result<&str, String> {
+    pub fn field(&self, name: &str) -> Result<&str, Malformed> {
         match self
             .fields
             .iter()
             .find(|(field, _)| field == name.as_bytes())
         {
-            Some((_, bytes)) => {
-                std::str::from_utf8(bytes).map_err(|_| format!("field {name:?} is not UTF-8"))
-            }
-            None => Err(format!("field {name:?} is missing")),
+            Some((_, bytes)) => std::str::from_utf8(bytes)
+                .map_err(|_| Malformed(format!("field {name:?} is not UTF-8"))),
+            None => Err(Malformed(format!("field {name:?} is missing"))),
         }
     }
 
     /// A text field the entry may lack; the error is the reason to dead-letter the entry.
-    pub fn optional_field(&self, name: &str) -> Result<Option<&str>, String> {
+    pub fn optional_field(&self, name: &str) -> Result<Option<&str>, Malformed> {
         match self
             .fields
             .iter()
@@ -77,10 +77,12 @@ impl Delivery {
     }
 
     /// The envelope's event. `Ok(None)`: a type this build does not know, to be skipped.
-    pub fn event(&self) -> Result<Option<Envelope>, String> {
+    pub fn event(&self) -> Result<Option<Envelope>, Malformed> {
         let version = self.field("version")?;
         if version != ENVELOPE_VERSION {
-            return Err(format!("envelope version {version:?} is not supported"));
+            return Err(Malformed(format!(
+                "envelope version {version:?} is not supported"
+            )));
         }
         let kind = self.field("type")?;
         let data = self.field("data")?;

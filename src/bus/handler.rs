@@ -7,6 +7,7 @@ use redis::RedisResult;
 use super::entry::Delivery;
 use super::step::{Step, StepReply};
 use crate::connection::Connection;
+use crate::error::Malformed;
 use crate::events::EventKind;
 
 /// What became of one entry.
@@ -17,7 +18,7 @@ pub enum Outcome {
     /// Cannot be decided yet (it depends on entries still in flight): try again shortly.
     Later,
     /// Can never succeed: move it to the dead-letter stream with this reason.
-    Dead(String),
+    Dead(Malformed),
 }
 
 /// What a service wants done with one entry, decided without I/O.
@@ -26,7 +27,7 @@ pub enum Plan {
     /// Nothing to change: acknowledge it (an event the service does not use).
     Skip,
     /// Can never succeed: move it to the dead-letter stream with this reason.
-    Dead(String),
+    Dead(Malformed),
     /// Run this atomic step.
     Run(Step),
 }

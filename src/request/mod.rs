@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::{Delivery, Step, StepKeys, StepScript};
 use crate::connection::Connection;
-use crate::error::{ExitCode, Failure, is_unavailable};
+use crate::error::{ExitCode, Failure, Malformed, is_unavailable};
 use crate::keyspace::{Keys, Partition, Service};
 
 /// Version of the request envelope.
@@ -110,15 +110,17 @@ pub struct Incoming {
 
 impl Incoming {
     /// Reads the request envelope; the error is the reason to dead-letter it.
-    pub fn parse(delivery: &Delivery) -> Result<Incoming, String> {
+    pub fn parse(delivery: &Delivery) -> Result<Incoming, Malformed> {
         let version = delivery.field("version")?;
         if version != REQUEST_VERSION {
-            return Err(format!("request version {version:?} is not supported"));
+            return Err(Malformed(format!(
+                "request version {version:?} is not supported"
+            )));
         }
         let deadline_ms = delivery.field("deadline_ms")?;
         let after = delivery.field("after")?;
         if !is_stream_id(after) {
-            return Err(format!("after {after:?} is not a stream id"));
+            return Err(Malformed(format!("after {after:?} is not a stream id")));
         }
         let reply_to = match delivery.optional_field("reply_to")? {
             Some(name) => {
@@ -126,7 +128,7 @@ impl Incoming {
                     && name.len() <= MAX_REPLY_TO_CHARS
                     && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
                 if !valid {
-                    return Err(format!("reply_to {name:?} is not a UUID"));
+                    return Err(Malformed(format!("reply_to {name:?} is not a UUID")));
                 }
                 Some(name.to_owned())
             }
@@ -137,7 +139,7 @@ impl Incoming {
             request_id: delivery.field("request_id")?.to_owned(),
             deadline_ms: deadline_ms
                 .parse()
-                .map_err(|_| format!("deadline_ms {deadline_ms:?} is not a number"))?,
+                .map_err(|_| Malformed(format!("deadline_ms {deadline_ms:?} is not a number")))?,
             after: after.to_owned(),
             command: delivery.field("command")?.to_owned(),
             data: delivery.field("data")?.to_owned(),
@@ -145,9 +147,9 @@ impl Incoming {
     }
 
     /// The command's data, or the reason to dead-letter the request.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Malformed> {
         serde_json::from_str(&self.data)
-            .map_err(|error| format!("{} data is invalid: {error}", self.command))
+            .map_err(|error| Malformed(format!("{} data is invalid: {error}", self.command)))
     }
 }
 

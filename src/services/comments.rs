@@ -17,6 +17,7 @@ use crate::bus::{
     Delivery, Handler, Outcome, Plan, Step, StepKeys, StepReply, StepScript, applied_up_to,
 };
 use crate::connection::Connection;
+use crate::error::Malformed;
 use crate::events::{Comment, Event, EventKind, Status, validate_content};
 use crate::keyspace::{Keys, Partition, Service};
 use crate::request::{Inbox, Incoming, Reply, request_script};
@@ -215,10 +216,10 @@ impl Comments {
     }
 }
 
-fn parse_request(delivery: &Delivery) -> Result<(Incoming, CreateComment), String> {
+fn parse_request(delivery: &Delivery) -> Result<(Incoming, CreateComment), Malformed> {
     let request = Incoming::parse(delivery)?;
     if request.command != CREATE_COMMENT {
-        return Err(format!("unknown command {:?}", request.command));
+        return Err(Malformed(format!("unknown command {:?}", request.command)));
     }
     let command = request.decode()?;
     Ok((request, command))
@@ -245,9 +246,9 @@ impl Handler for Comments {
     ) -> RedisResult<Outcome> {
         match reply {
             StepReply::UnknownPost => self.unknown_post(connection, delivery).await,
-            StepReply::UnknownComment => Ok(Outcome::Dead(
+            StepReply::UnknownComment => Ok(Outcome::Dead(Malformed(
                 "a verdict for a comment that was never created".to_owned(),
-            )),
+            ))),
             _ => Ok(Outcome::Done),
         }
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::bus::{Delivery, Handler, Plan, StepScript};
+use crate::error::Malformed;
 use crate::events::{Post, validate_title};
 use crate::keyspace::{Keys, Partition, Service};
 use crate::request::{Inbox, Incoming, Reply, request_script};
@@ -51,7 +52,10 @@ impl Handler for Posts {
     fn plan(&mut self, delivery: &Delivery) -> Plan {
         let request = match Incoming::parse(delivery) {
             Ok(request) if request.command == CREATE_POST => request,
-            Ok(request) => return Plan::Dead(format!("unknown command {:?}", request.command)),
+            Ok(request) => {
+                let reason = format!("unknown command {:?}", request.command);
+                return Plan::Dead(Malformed(reason));
+            }
             Err(reason) => return Plan::Dead(reason),
         };
         let command: CreatePost = match request.decode() {
