@@ -117,6 +117,12 @@ impl Keys {
         format!("{}attempts", self.service_prefix(service, partition))
     }
 
+    /// The prefix of the liveness keys of a service's consumers: `<prefix>alive:`; a running
+    /// consumer keeps `<prefix>alive:<consumer>` with a short expiry.
+    pub fn alive_prefix(&self, service: Service, partition: Partition) -> String {
+        format!("{}alive:", self.service_prefix(service, partition))
+    }
+
     /// Where a service remembers its answer to one request id: `<prefix>request:<id>`.
     pub fn answer(&self, service: Service, partition: Partition, request_id: &str) -> String {
         format!(
@@ -300,6 +306,8 @@ mod tests {
             keys.rebuild_lock(Service::Query, P)
                 .replace("query", "<service>"),
             keys.attempts(Service::Query, P)
+                .replace("query", "<service>"),
+            format!("{}<consumer>", keys.alive_prefix(Service::Query, P))
                 .replace("query", "<service>"),
             keys.reply(P, "<reply_to>"),
         ];

@@ -28,6 +28,13 @@ const BLOCK: Duration = Duration::from_millis(500);
 const BLOCK_WHILE_DEFERRED: Duration = Duration::from_millis(10);
 /// Commands of a service that do not block must answer within this or the connection is redone.
 pub const SERVICE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a consumer's liveness key lives unless renewed: a consumer whose key is gone, and
+/// that has not read for as long, is gone, and its entries are taken over at once.
+pub(super) const ALIVE_FOR: Duration = Duration::from_secs(3);
+/// How often a running consumer renews its liveness key.
+const RENEW_ALIVE_EVERY: Duration = Duration::from_secs(1);
+/// How often a consumer looks for consumers that are gone.
+const LOOK_FOR_GONE_EVERY: Duration = Duration::from_secs(1);
 /// The category of the error a service waits on when its group vanished while it ran.
 const GROUP_VANISHED: &str = "group vanished";
 /// Who reads what, and how patiently.
@@ -45,6 +52,8 @@ pub struct ConsumerConfig {
     pub step_keys: StepKeys,
     /// Entries pending this long with another consumer are taken over.
     pub claim_idle: Duration,
+    /// The prefix of the consumers' liveness keys (`<prefix><consumer>`).
+    pub alive_prefix: String,
     /// Deliveries after which an entry that keeps failing is dead-lettered.
     pub max_deliveries: u64,
 }
@@ -64,6 +73,7 @@ pub async fn consume(
     // server, a group that vanished is not silently recreated at the start of a stream that
     // holds entries.
     let mut served: Option<String> = None;
+    let heartbeat = tokio::spawn(keep_alive(redis.clone(), config.clone(), shutdown.clone()));
     while !shutdown.requested() {
         let connected = tokio::select! {
             connected = redis.try_connect(Some(SERVICE_RESPONSE_TIMEOUT)) => connected,
@@ -100,9 +110,44 @@ pub async fn consume(
             }
         }
     }
+    let _ = heartbeat.await;
     leave_groups(redis, config).await;
     info!(service = %config.group, "stopped");
     Ok(())
+}
+
+/// Keeps this consumer's liveness key while the service runs, on a connection of its own and
+/// apart from the consumer loop, so that a consumer busy with a slow step stays alive; deletes
+/// it on a graceful stop. A consumer that is killed stops renewing it: it expires after
+/// [`ALIVE_FOR`], and the others take over its entries (see `take_over_from_the_gone`).
+async fn keep_alive(redis: Redis, config: ConsumerConfig, mut shutdown: Shutdown) {
+    let key = format!("{}{}", config.alive_prefix, config.consumer);
+    let mut connection = None;
+    while !shutdown.requested() {
+        if connection.is_none() {
+            connection = redis.try_connect(Some(RENEW_ALIVE_EVERY)).await.ok();
+        }
+        if let Some(open) = connection.as_mut() {
+            let renewed: RedisResult<()> = redis::cmd("SET")
+                .arg(&key)
+                .arg(std::process::id())
+                .arg("PX")
+                .arg(ALIVE_FOR.as_millis() as u64)
+                .query_async(open)
+                .await;
+            if renewed.is_err() {
+                // Redis trouble is reported by the consumer loop; try again on a new connection.
+                connection = None;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RENEW_ALIVE_EVERY) => {}
+            () = shutdown.wait() => {}
+        }
+    }
+    if let Some(open) = connection.as_mut() {
+        let _: RedisResult<()> = open.del(&key).await;
+    }
 }
 
 /// Deletes this consumer from its groups (KEYS: the streams; ARGV[1]: group, ARGV[2]: consumer)
@@ -165,7 +210,12 @@ impl<H: Handler> Consumer<'_, H> {
         self.resume_own_pending().await?;
         let claim_every = (self.config.claim_idle / 2).max(Duration::from_millis(100));
         let mut last_claim: Option<Instant> = None;
+        let mut last_look: Option<Instant> = None;
         while !self.shutdown.requested() {
+            if last_look.is_none_or(|at| at.elapsed() >= LOOK_FOR_GONE_EVERY) {
+                self.take_over_from_the_gone().await?;
+                last_look = Some(Instant::now());
+            }
             if last_claim.is_none_or(|at| at.elapsed() >= claim_every) {
                 self.take_over_stuck().await?;
                 last_claim = Some(Instant::now());

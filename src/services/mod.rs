@@ -88,6 +88,7 @@ pub async fn run(
             inbox,
             step_keys: StepKeys::new(keys, service, Partition::FIRST),
             claim_idle: args.claim_idle,
+            alive_prefix: keys.alive_prefix(service, Partition::FIRST),
             max_deliveries: args.max_deliveries,
         };
         let (redis, shutdown) = (redis.clone(), shutdown.clone());

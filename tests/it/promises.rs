@@ -329,6 +329,13 @@ fn entries_of_a_silent_consumer_are_taken_over_after_claim_idle_and_not_before()
     // Idle time counts from the delivery, which is after this instant.
     let delivered = Instant::now();
     assert_eq!(deliver_to(&blog, &events, "query", "silent"), 2);
+    // Silent but alive (its liveness key stays): only --claim-idle lets another take over.
+    let alive = blog.keys().alive_prefix(Service::Query, Partition::FIRST) + "silent";
+    let _: () = redis::cmd("SET")
+        .arg(&alive)
+        .arg("1")
+        .query(&mut blog.redis.connection())
+        .unwrap();
 
     let live = blog.serve(&["query", "--consumer", "live", "--claim-idle", "3"]);
     // Once a new post is in the view, live has scanned for stuck entries at least once.
@@ -360,7 +367,11 @@ fn entries_of_a_silent_consumer_are_taken_over_after_claim_idle_and_not_before()
     assert!(delivered.elapsed() >= claim_idle);
     assert_eq!(held_by(&blog, &events, "query", "silent"), 0);
     assert_eq!(blog.pending(&events, "query"), 0);
-    assert!(live.log().contains("took over entries"), "{}", live.log());
+    assert!(
+        live.log().contains("took over entries idle for"),
+        "{}",
+        live.log()
+    );
 }
 
 /// A `blogctl serve` process this file stops with a signal of its choice (support's
@@ -767,4 +778,91 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     assert_eq!(view.as_array().unwrap().len(), 1, "{view}");
     assert_eq!(view[0]["comments"][0]["status"], "approved", "{view}");
     assert_eq!(view[0]["comments"].as_array().unwrap().len(), 1, "{view}");
+}
+
+/// The consumers of `group` on `stream`.
+fn consumer_names(blog: &Blog, stream: &str, group: &str) -> Vec<String> {
+    let info: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg(&["CONSUMERS", stream, group])
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    info.consumers
+        .into_iter()
+        .map(|consumer| consumer.name)
+        .collect()
+}
+
+#[test]
+fn a_killed_consumers_entries_are_taken_over_in_seconds_and_it_leaves_the_group() {
+    let blog = Blog::new();
+    let _posts = blog.serve(&["posts"]);
+    let events = blog.events();
+    create_group(&blog, &events, "query");
+    for title in ["one", "two", "three"] {
+        blog.ok(&["post", "create", title]);
+    }
+    // Held by a consumer that was killed: it renews no liveness key.
+    assert_eq!(deliver_to(&blog, &events, "query", "killed"), 3);
+    let started = Instant::now();
+    let query = blog.serve(&["query", "--claim-idle", "60"]);
+    let taken = wait_until(PATIENCE, || blog.view().as_array().unwrap().len() == 3);
+    let delay = started.elapsed();
+    assert!(taken, "never taken over; log:\n{}", query.log());
+    println!("a killed consumer's entries were taken over after {delay:?} (claim-idle 60 s)");
+    assert!(delay < Duration::from_secs(10), "took {delay:?}");
+    assert!(
+        query.log().contains("consumer that is gone"),
+        "{}",
+        query.log()
+    );
+    let left = wait_until(PATIENCE, || {
+        !consumer_names(&blog, &events, "query").contains(&"killed".to_owned())
+    });
+    assert!(left, "the gone consumer stayed in the group");
+}
+
+#[test]
+fn a_live_but_slow_consumer_keeps_its_entries_until_claim_idle() {
+    let blog = Blog::new();
+    let _posts = blog.serve(&["posts"]);
+    let events = blog.events();
+    create_group(&blog, &events, "query");
+    for title in ["one", "two"] {
+        blog.ok(&["post", "create", title]);
+    }
+    assert_eq!(deliver_to(&blog, &events, "query", "slow"), 2);
+    let alive = format!(
+        "{}slow",
+        blog.keys().alive_prefix(Service::Query, Partition::FIRST)
+    );
+    let mut connection = blog.redis.connection();
+    let mut renew = || {
+        let _: () = redis::cmd("SET")
+            .arg(&alive)
+            .arg("1")
+            .arg("PX")
+            .arg(3000)
+            .query(&mut connection)
+            .unwrap();
+    };
+    renew();
+    let query = blog.serve(&["query", "--claim-idle", "60", "--consumer", "q"]);
+    assert!(wait_until(PATIENCE, || consumer_names(
+        &blog, &events, "query"
+    )
+    .contains(&"q".to_owned())));
+    // Longer than a liveness key lives, with the slow consumer renewing its own: its entries
+    // stay with it.
+    let lost = wait_until(Duration::from_secs(5), || {
+        renew();
+        held_by(&blog, &events, "query", "slow") != 2
+    });
+    assert!(
+        !lost,
+        "a live consumer's entries were taken; log:\n{}",
+        query.log()
+    );
+    // It stops renewing (killed): they are taken over.
+    let taken = wait_until(PATIENCE, || blog.view().as_array().unwrap().len() == 2);
+    assert!(taken, "never taken over; log:\n{}", query.log());
 }
