@@ -3,10 +3,11 @@
 
 Usage: scripts/compare.py NAME=PATH[,NAME=PATH...] [ROUNDS] [COMMENTS]
 
-Each turn runs `blogctl bench --embedded` (COMMENTS comments, 128 in flight, 500 latency samples,
+Each turn empties Redis (`FLUSHALL SYNC`), then runs `blogctl bench --embedded` (COMMENTS comments, 128 in flight, 500 latency samples,
 then its `rebuild query`) in a fresh namespace, and prints its figures with Redis's CPU per
 comment (`INFO CPU` before and after) and the bench process's CPU per comment (getrusage); both
-cover the whole run, rebuild included. Then the medians per binary. CPU figures vary far less
+cover the whole run, rebuild included. The binaries take turns in a rotating order, so none always
+runs first or last in a round. Then the medians per binary. CPU figures vary far less
 than wall-clock ones on a noisy machine: compare those first.
 """
 import json
@@ -56,9 +57,13 @@ def main():
     results = {name: [] for name in binaries}
     turn = 0
     try:
+        names = list(binaries)
         for round_number in range(rounds):
-            for name, path in binaries.items():
+            order = names[round_number % len(names):] + names[:round_number % len(names)]
+            for name in order:
+                path = binaries[name]
                 turn += 1
+                cli("FLUSHALL", "SYNC")
                 env = dict(os.environ, BLOGCTL_REDIS_URL=f"redis://127.0.0.1:{port}",
                            BLOGCTL_NAMESPACE=f"compare-{turn}")
                 before, usage = redis_cpu(), resource.getrusage(resource.RUSAGE_CHILDREN)

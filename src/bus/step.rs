@@ -348,6 +348,15 @@ pub fn read_reply(word: &str) -> RedisResult<StepReply> {
 mod tests {
     use super::*;
 
+    fn step_keys() -> StepKeys {
+        StepKeys {
+            group: "query".to_owned(),
+            events: "e".to_owned(),
+            dead: "d".to_owned(),
+            attempts: "a".to_owned(),
+        }
+    }
+
     #[test]
     fn every_reply_word_reads_back() {
         for reply in StepReply::ALL {
@@ -366,13 +375,7 @@ mod tests {
             )
         });
         let delivery = Delivery::new("s", ("1-0".to_owned(), Vec::new()), 1);
-        let keys = StepKeys {
-            group: "query".to_owned(),
-            events: "e".to_owned(),
-            dead: "d".to_owned(),
-            attempts: "a".to_owned(),
-        };
-        let step = Step::new(&SCRIPT, &keys, &delivery, "r")
+        let step = Step::new(&SCRIPT, &step_keys(), &delivery, "r")
             .key("pointer", "p")
             .arg("post_id", "x")
             .arg("title", "t");
@@ -415,12 +418,6 @@ mod tests {
         static SCRIPT: std::sync::LazyLock<StepScript> =
             std::sync::LazyLock::new(|| StepScript::new(&[], &["post_id"], &[]));
         let delivery = Delivery::new("s", ("1-0".to_owned(), Vec::new()), 1);
-        let keys = StepKeys {
-            group: "query".to_owned(),
-            events: "e".to_owned(),
-            dead: "d".to_owned(),
-            attempts: "a".to_owned(),
-        };
-        let _ = Step::new(&SCRIPT, &keys, &delivery, "r").arg("title", "t");
+        let _ = Step::new(&SCRIPT, &step_keys(), &delivery, "r").arg("title", "t");
     }
 }
