@@ -21,7 +21,7 @@ use crate::cli::values::{self, ServiceChoice, parse_seconds};
 use crate::connection::{Connection, eviction_problem, map_of};
 use crate::context::Context;
 use crate::error::{ExitCode, Failure};
-use crate::keyspace::Partition;
+use crate::keyspace::{Keys, Partition, Service};
 use crate::output::{Table, count_of, human_bytes, human_duration, print_line};
 
 /// When Redis cannot tell a group's lag (entries were deleted after its last delivered entry),
@@ -102,6 +102,8 @@ pub struct ConsumerStatus {
     pub name: String,
     pub idle_ms: u64,
     pub pending: u64,
+    /// Whether its liveness key is there: a running consumer renews it every second.
+    pub alive: bool,
 }
 
 /// The dead-letter stream.
@@ -194,6 +196,7 @@ async fn gather(
             continue;
         }
         for group in &mut stream_status.groups {
+            mark_alive(connection, keys, group).await?;
             group.dead_letters = dead
                 .per_stream
                 .as_ref()
@@ -208,6 +211,33 @@ async fn gather(
         eviction: eviction_problem(connection).await?,
         problems: Vec::new(),
     })
+}
+
+/// Marks the consumers of a service's group whose liveness key is there.
+async fn mark_alive(
+    connection: &mut Connection,
+    keys: &Keys,
+    group: &mut GroupStatus,
+) -> Result<()> {
+    let Some(service) = Service::ALL
+        .into_iter()
+        .find(|service| service.name() == group.group)
+    else {
+        return Ok(());
+    };
+    if group.consumers.is_empty() {
+        return Ok(());
+    }
+    let prefix = keys.alive_prefix(service, Partition::FIRST);
+    let mut pipe = redis::pipe();
+    for consumer in &group.consumers {
+        pipe.exists(format!("{prefix}{}", consumer.name));
+    }
+    let alive: Vec<bool> = pipe.query_async(connection).await?;
+    for (consumer, alive) in group.consumers.iter_mut().zip(alive) {
+        consumer.alive = alive;
+    }
+    Ok(())
 }
 
 /// The state of one stream and of its groups: those it has, and the `expected` ones it lacks.
@@ -334,6 +364,7 @@ async fn inspect_group(
                 name: consumer.name,
                 idle_ms: consumer.idle as u64,
                 pending: consumer.pending as u64,
+                alive: false,
             })
             .collect(),
     })
@@ -415,6 +446,15 @@ pub fn problems(status: &Status, max_lag: u64, max_pending_age: Duration) -> Vec
                     group.group
                 ));
                 continue;
+            }
+            let waiting = group.lag.unwrap_or(0) + group.pending;
+            if waiting > 0 && !group.consumers.iter().any(|consumer| consumer.alive) {
+                problems.push(format!(
+                    "no consumer of {name} is alive, and {} wait: start the service \
+                     (`blogctl serve {}`)",
+                    count_of(waiting, "entry", "entries"),
+                    group.group
+                ));
             }
             if let Some(lag) = group.lag.filter(|lag| *lag > max_lag) {
                 let at_least = if group.lag_exact { "" } else { "at least " };
@@ -525,10 +565,11 @@ fn consumers_cell(group: &GroupStatus) -> String {
         .iter()
         .map(|consumer| {
             format!(
-                "{} (idle {}, {} pending)",
+                "{} (idle {}, {} pending{})",
                 consumer.name,
                 human_duration(consumer.idle_ms),
-                consumer.pending
+                consumer.pending,
+                if consumer.alive { "" } else { ", gone" }
             )
         })
         .collect();
@@ -569,6 +610,12 @@ mod tests {
             missing: false,
             lag: Some(0),
             last_delivered_id: Some("5-1".into()),
+            consumers: vec![ConsumerStatus {
+                name: "c".into(),
+                idle_ms: 0,
+                pending: 0,
+                alive: true,
+            }],
             ..GroupStatus::missing(name)
         }
     }
@@ -605,6 +652,11 @@ mod tests {
                         ..group("moderation")
                     },
                     group("fine"),
+                    GroupStatus {
+                        lag: Some(1),
+                        consumers: Vec::new(),
+                        ..group("posts")
+                    },
                 ],
             }],
             dead_letters: DeadLetters {
@@ -617,10 +669,11 @@ mod tests {
             problems: Vec::new(),
         };
         let problems = problems(&status, 10, Duration::from_secs(60));
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems[0].contains("query") && problems[0].contains("missing"));
         assert!(problems[1].contains("lags 11 entries"));
         assert!(problems[2].contains("pending for 1m01s"));
-        assert!(super::problems(&status, 100, Duration::from_secs(120)).len() == 1);
+        assert!(problems[3].contains("no consumer of group posts on s is alive, and 1 entry wait"));
+        assert!(super::problems(&status, 100, Duration::from_secs(120)).len() == 2);
     }
 }

@@ -204,8 +204,12 @@ fn check_exits_6_when_a_stopped_service_falls_behind() {
         .lines()
         .filter(|line| line.contains("unhealthy"))
         .collect();
-    assert_eq!(problems.len(), 1, "{}", check.stderr);
-    assert!(problems[0].contains("group query") && problems[0].contains("lags 3 entries"));
+    assert_eq!(problems.len(), 2, "{}", check.stderr);
+    assert!(
+        problems[0].contains("no consumer of group query")
+            && problems[0].contains("3 entries wait")
+    );
+    assert!(problems[1].contains("group query") && problems[1].contains("lags 3 entries"));
     assert!(
         check.stdout.contains("query"),
         "the report is still printed"
@@ -217,8 +221,18 @@ fn check_exits_6_when_a_stopped_service_falls_behind() {
     assert!(!posts.stdout.contains("moderation"), "{}", posts.stdout);
     let query = blog.run(&["status", "--check", "--max-lag", "0", "--service", "query"]);
     assert_eq!(query.code, 6, "{query:?}");
-    // The default threshold tolerates a short lag.
-    assert_eq!(blog.run(&["status", "--check"]).code, 0);
+    // Under the default threshold, the lag alone is fine; that no query consumer is alive is not.
+    let dead = blog.run(&["status", "--check"]);
+    assert_eq!(dead.code, 6, "{dead:?}");
+    assert!(
+        dead.stderr.contains("no consumer of group query"),
+        "{dead:?}"
+    );
+    let _query = blog.serve(&["query"]);
+    assert!(wait_until(PATIENCE, || blog
+        .run(&["status", "--check"])
+        .code
+        == 0));
 }
 
 #[test]
@@ -246,13 +260,29 @@ fn check_exits_6_for_missing_groups_and_old_pending_entries() {
     }
     let stuck = add_event(&blog, "Unknown", "test", "{}");
     assert_eq!(deliver(&blog, "query", 10), std::slice::from_ref(&stuck));
+    // Held by a consumer that is alive (its liveness key is there), only slow.
+    let alive = blog.keys().alive_prefix(
+        blogctl::keyspace::Service::Query,
+        blogctl::keyspace::Partition::FIRST,
+    ) + "operator";
+    let _: () = redis::cmd("SET")
+        .arg(&alive)
+        .arg("1")
+        .query(&mut blog.redis.connection())
+        .unwrap();
     let check = |age: &str| blog.run(&["status", "--check", "--max-pending-age", age]);
-    assert_eq!(check("600").code, 0);
+    // (The groups with lag and no consumer alive are problems of their own.)
+    let patient = check("600");
+    assert!(!patient.stderr.contains("pending for"), "{patient:?}");
+    assert!(
+        !patient.stderr.contains("no consumer of group query"),
+        "{patient:?}"
+    );
     let mut run = check("0.05");
     assert!(
         wait_until(PATIENCE, || {
             run = check("0.05");
-            run.code == 6
+            run.code == 6 && run.stderr.contains("pending for")
         }),
         "{run:?}"
     );
@@ -820,4 +850,32 @@ fn a_rebuild_reads_the_trim_archive_then_the_rest_of_the_log() {
             .unwrap();
     assert_eq!(rebuilt["from_archives"], 8, "{rebuilt}");
     assert_eq!(blog.view(), live);
+}
+
+#[test]
+fn check_exits_6_when_requests_wait_and_no_consumer_is_alive() {
+    let blog = Blog::new();
+    let all = blog.serve(&["all"]);
+    blog.ok(&["post", "create", "--wait", "Before"]);
+    wait_until_caught_up(&blog);
+    assert_eq!(blog.run(&["status", "--check"]).code, 0);
+    assert_eq!(all.terminate().0, 0);
+    // A request waits in the posts inbox, and nothing serves it.
+    let waiting = blog.run(&["post", "create", "--timeout", "0.2", "Nobody home"]);
+    assert_eq!(waiting.code, 5, "{waiting:?}");
+    let check = blog.run(&["status", "--check"]);
+    assert_eq!(check.code, 6, "{check:?}");
+    assert!(
+        check.stderr.contains(&format!(
+            "no consumer of group posts on {} is alive, and 1 entry wait",
+            blog.inbox("posts")
+        )),
+        "{}",
+        check.stderr
+    );
+    let _posts = blog.serve(&["posts"]);
+    assert!(wait_until(PATIENCE, || blog
+        .run(&["status", "--check"])
+        .code
+        == 0));
 }
