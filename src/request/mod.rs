@@ -57,9 +57,10 @@ const LAYER: &str = include_str!("lua/layer.lua");
 const ANSWER_ONLY: &str = include_str!("lua/answer_only.lua");
 
 /// The keys and arguments of every request step, before the body's own: the reply key, where
-/// the answer to the request id is remembered, and the request's deadline (Redis time, ms).
+/// the answer to the request id is remembered; the request's deadline (Redis time, ms) and
+/// fingerprint ([`Incoming::fingerprint`]).
 const KEYS: [&str; 2] = ["reply", "remembered"];
-const ARGS: [&str; 1] = ["deadline"];
+const ARGS: [&str; 2] = ["deadline", "fingerprint"];
 
 /// A script for one request step: `parts` define `check_request()` (reads; a reply to leave
 /// the request pending, or nil) and `apply_request()` (writes, after the claim), and use the
@@ -146,6 +147,17 @@ impl Incoming {
         })
     }
 
+    /// What makes two requests the same request: its command and data, hashed (FNV-1a, 64
+    /// bits, as hex). A retry must send the same; another request under a used id is refused.
+    pub fn fingerprint(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.command.bytes().chain([0]).chain(self.data.bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+
     /// The command's data, or the reason to dead-letter the request.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Malformed> {
         serde_json::from_str(&self.data)
@@ -194,6 +206,7 @@ impl Inbox {
                     .answer(self.service, Partition::FIRST, &request.request_id),
             )
             .arg("deadline", request.deadline_ms)
+            .arg("fingerprint", request.fingerprint())
     }
 
     /// A step that answers a request and changes nothing (invalid input, unknown post).

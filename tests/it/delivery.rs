@@ -253,6 +253,31 @@ fn a_retried_request_id_creates_nothing_new() {
         "only once",
     ]);
     assert_eq!(c1, c2);
+    // The same id for a different request is refused (exit 2), as idempotency keys are.
+    for other in [
+        vec!["post", "create", "--request-id", "retry-1", "Another title"],
+        vec![
+            "comment",
+            "create",
+            "--request-id",
+            "c-1",
+            &first,
+            "other words",
+        ],
+    ] {
+        let run = blog.run(&other);
+        assert_eq!(run.code, 2, "{other:?}: {run:?}");
+        assert!(
+            run.stderr
+                .contains("was already used for a different request"),
+            "{run:?}"
+        );
+    }
+    // ... and the first answer stays: the same request again still gets it.
+    assert_eq!(
+        blog.ok(&["post", "create", "--request-id", "retry-1", "Once"]),
+        first
+    );
     blog.wait_for_view(1, 1);
     assert_eq!(blog.events_of("PostCreated").len(), 1);
     assert_eq!(blog.events_of("CommentCreated").len(), 1);

@@ -302,7 +302,9 @@ fn a_step_that_fails_after_acknowledging_is_dead_lettered_with_its_error() {
     });
     assert!(found, "no dead letter for the failed step: {dead:?}");
     // Its `CommentUpdated` fails the same way, and may still be in hand: nothing stays pending.
-    assert!(wait_until(PATIENCE, || blog.pending(&keys().events(P), "query") == 0));
+    assert!(wait_until(PATIENCE, || blog
+        .pending(&keys().events(P), "query")
+        == 0));
     drop(services);
 }
 

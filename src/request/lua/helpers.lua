@@ -9,7 +9,8 @@ local function answer(body)
   redis.call('PEXPIRE', reply, REPLY_TTL_MS)
   drop()
 end
--- Keeps the answer under the request id, for a retry with the same id.
+-- Keeps the answer under the request id, for a retry with the same id, after the request's
+-- fingerprint (see the request layer).
 local function remember(body)
-  redis.call('SET', remembered, body, 'PX', ANSWER_MEMORY_MS)
+  redis.call('SET', remembered, fingerprint .. ' ' .. body, 'PX', ANSWER_MEMORY_MS)
 end

@@ -1,6 +1,7 @@
 -- Every request step, after the body's check_request() and apply_request(): a request its client
 -- gave up on, one past its deadline and one whose id was answered before are claimed and
--- settled here, without the body.
+-- settled here, without the body. An answer is remembered as `<fingerprint> <answer>`: the same
+-- request again gets the answer; another request under the same id is refused.
 local abandoned, expired, earlier
 local function check()
   -- The client's mark is a string; an earlier answer under the same name would be a list.
@@ -23,8 +24,16 @@ local function apply()
     return 'expired'
   end
   if earlier then
-    answer(earlier)
-    return 'repeated'
+    local seen, first = string.match(earlier, '^(%x+) (.*)$')
+    if seen == nil or seen == fingerprint then
+      -- (An answer remembered before fingerprints were kept is taken as is.)
+      answer(first or earlier)
+      return 'repeated'
+    end
+    -- The `Invalid` answer of `Reply` in src/request/mod.rs.
+    answer(cjson.encode({outcome = 'invalid', message = 'request id ' .. request_id ..
+      ' was already used for a different request'}))
+    return 'answered'
   end
   return apply_request()
 end
