@@ -2,8 +2,8 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
 use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 use blogctl::cli::{Cli, Command};
@@ -56,8 +56,15 @@ fn main() {
     }
 }
 
-/// Parses the command line; a usage error is one line on stderr and exit code 2.
+/// Parses the command line; a usage error is one line on stderr and exit code 2, with clap's
+/// suggestion ("did you mean ...?") and the help of the subcommand at hand. Bare `blogctl`
+/// shows the help.
 fn parse_command_line() -> Cli {
+    if std::env::args_os().len() == 1 {
+        let mut command = Cli::command();
+        let _ = command.print_help();
+        std::process::exit(0);
+    }
     match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error)
@@ -76,10 +83,44 @@ fn parse_command_line() -> Cli {
                 .collect();
             let message = message.join(" ");
             let message = message.strip_prefix("error: ").unwrap_or(&message);
-            eprintln!("blogctl: error: {message} (see 'blogctl --help')");
+            eprintln!(
+                "blogctl: error: {message}{} (see '{} --help')",
+                suggestion(&rendered),
+                subcommand_at_hand()
+            );
             std::process::exit(2);
         }
     }
+}
+
+/// Clap's "a similar ... exists: 'x'" tip, as "; did you mean 'x'?".
+fn suggestion(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .filter_map(|line| line.strip_prefix("tip: "))
+        .find(|tip| tip.contains("similar"))
+        .and_then(|tip| tip.rsplit_once(": "))
+        .map(|(_, names)| format!("; did you mean {names}?"))
+        .unwrap_or_default()
+}
+
+/// `blogctl` and the subcommands the arguments name before the first that is not one
+/// (`blogctl post` for `blogctl post creat hi`).
+fn subcommand_at_hand() -> String {
+    let mut command = Cli::command();
+    let mut path = vec!["blogctl".to_owned()];
+    let args = std::env::args_os()
+        .skip(1)
+        .map(|arg| arg.to_string_lossy().into_owned());
+    for arg in args.filter(|arg| !arg.starts_with('-')) {
+        let Some(sub) = command.find_subcommand(&arg).cloned() else {
+            break;
+        };
+        path.push(arg);
+        command = sub;
+    }
+    path.join(" ")
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -45,11 +45,18 @@ pub struct Global {
         long,
         global = true,
         env = "BLOGCTL_REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
     /// Prefix of every key, so several blogs can share one Redis.
-    #[arg(long, global = true, env = "BLOGCTL_NAMESPACE", default_value = "blog")]
+    #[arg(
+        long,
+        global = true,
+        env = "BLOGCTL_NAMESPACE",
+        hide_env_values = true,
+        default_value = "blog"
+    )]
     pub namespace: String,
     /// Print results as JSON.
     #[arg(long, global = true)]
@@ -62,44 +69,42 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run services until SIGINT or SIGTERM.
-    ///
-    /// Example: blogctl serve all   (or: blogctl serve posts comments)
+    #[command(after_help = r#"Example: blogctl serve all   (or: blogctl serve posts comments)"#)]
     Serve(ServeArgs),
     /// Create, list and show posts.
     #[command(subcommand)]
+    #[command(
+        after_help = r#"Example: id=$(blogctl post create "Hello world") && blogctl post show "$id""#
+    )]
     Post(PostCommand),
     /// Comment on posts.
     #[command(subcommand)]
+    #[command(after_help = r#"Example: blogctl comment create --wait "$id" "Nice post""#)]
     Comment(CommentCommand),
     /// Show each consumer group: lag, pending entries, consumers, dead letters (--check: health).
-    ///
-    /// Example: blogctl status --check --max-lag 100
+    #[command(after_help = r#"Example: blogctl status --check --max-lag 100"#)]
     Status(ops::status::StatusArgs),
     /// List or follow the events on the stream.
-    ///
-    /// Example: blogctl events list --type PostCreated
+    #[command(after_help = r#"Example: blogctl events list --type PostCreated"#)]
     #[command(subcommand)]
     Events(ops::events::EventsCommand),
     /// Inspect dead letters, retry them for their service, or drop them.
-    ///
-    /// Example: blogctl dead list
+    #[command(after_help = r#"Example: blogctl dead list"#)]
     #[command(subcommand)]
     Dead(ops::dead::DeadCommand),
     /// Archive, then remove, the events every group has acknowledged.
-    ///
-    /// Example: blogctl trim --archive events.ndjson --yes
+    #[command(after_help = r#"Example: blogctl trim --archive events.ndjson --yes"#)]
     Trim(ops::trim::TrimArgs),
     /// Print a shell completion script.
-    ///
-    /// Example: blogctl completions bash > /etc/bash_completion.d/blogctl
+    #[command(after_help = r#"Example: blogctl completions bash > /etc/bash_completion.d/blogctl"#)]
     Completions(completions::CompletionsArgs),
     /// Rebuild the query view or the comments state from the whole log, then switch to it.
-    ///
-    /// Example: blogctl rebuild query --archive events.ndjson
+    #[command(after_help = r#"Example: blogctl rebuild query --archive events.ndjson"#)]
     Rebuild(RebuildArgs),
     /// Measure throughput, latency and memory of the whole pipeline, in a fresh namespace.
-    ///
-    /// Example: blogctl --namespace bench-1 bench --embedded --comments 100000
+    #[command(
+        after_help = r#"Example: blogctl --namespace bench-1 bench --embedded --comments 100000"#
+    )]
     Bench(BenchArgs),
 }
 

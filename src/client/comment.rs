@@ -19,8 +19,9 @@ use crate::services::query::{self, View};
 #[derive(Debug, Subcommand)]
 pub enum CommentCommand {
     /// Comment on a post and print the new comment's id; it starts "pending".
-    ///
-    /// Example: echo "Nice post" | blogctl comment create --wait "$post_id" -
+    #[command(
+        after_help = r#"Example: echo "Nice post" | blogctl comment create --wait "$post_id" -"#
+    )]
     Create(CreateArgs),
 }
 

@@ -19,16 +19,13 @@ use crate::services::query::{self, PostView, View};
 #[derive(Debug, Subcommand)]
 pub enum PostCommand {
     /// Create a post and print its id.
-    ///
-    /// Example: id=$(blogctl post create "Hello world")
+    #[command(after_help = r#"Example: id=$(blogctl post create "Hello world")"#)]
     Create(CreateArgs),
     /// List posts, oldest first, with their comments and their status.
-    ///
-    /// Example: blogctl post list --json | jq '.[].title'
+    #[command(after_help = r#"Example: blogctl post list --json | jq '.[].title'"#)]
     List(ListArgs),
     /// Show one post with its comments.
-    ///
-    /// Example: blogctl post show "$id"
+    #[command(after_help = r#"Example: blogctl post show "$id""#)]
     Show(ShowArgs),
 }
 
@@ -44,10 +41,21 @@ pub struct CreateArgs {
     pub request_id: Option<String>,
 }
 
+/// `--limit`: a number of posts, at least 1.
+fn parse_limit(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("--limit must be at least 1".to_owned()),
+        Ok(limit) => Ok(limit),
+        Err(_) => Err(format!(
+            "--limit must be a whole number of posts, not {text:?}"
+        )),
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Show at most this many posts (at least 1).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = parse_limit)]
     pub limit: Option<u64>,
     /// Start after this post id (the last one of the previous page).
     #[arg(long)]

@@ -38,16 +38,15 @@ const DROP: &str = include_str!("lua/dead_drop.lua");
 #[derive(Debug, Subcommand)]
 pub enum DeadCommand {
     /// List dead letters, oldest first: id, service, stream, original id, tries, reason, entry.
-    ///
-    /// Example: blogctl dead list --json | jq -r 'select(.service == "query") | .dead_id'
+    #[command(
+        after_help = r#"Example: blogctl dead list --json | jq -r 'select(.service == "query") | .dead_id'"#
+    )]
     List,
     /// Put dead letters back on their stream for the service that failed them, and delete them.
-    ///
-    /// Example: blogctl dead retry 1700000000000-0 1700000000001-0
+    #[command(after_help = r#"Example: blogctl dead retry 1700000000000-0 1700000000001-0"#)]
     Retry(IdsArgs),
     /// Delete dead letters for good.
-    ///
-    /// Example: blogctl dead drop 1700000000000-0
+    #[command(after_help = r#"Example: blogctl dead drop 1700000000000-0"#)]
     Drop(IdsArgs),
 }
 

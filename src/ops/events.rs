@@ -28,12 +28,12 @@ const BEFORE_ANY_ENTRY: &str = "0-0";
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     /// List events, oldest first, one line each: id, type, producer, request id, data.
-    ///
-    /// Example: blogctl events list --type CommentModerated --json | jq -r .data.status
+    #[command(
+        after_help = r#"Example: blogctl events list --type CommentModerated --json | jq -r .data.status"#
+    )]
     List(ListArgs),
     /// Print new events as they arrive, like `tail -f`, until SIGINT or SIGTERM.
-    ///
-    /// Example: blogctl events tail --type PostCreated
+    #[command(after_help = r#"Example: blogctl events tail --type PostCreated"#)]
     Tail(TailArgs),
 }
 

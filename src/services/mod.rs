@@ -54,7 +54,8 @@ pub struct ServeArgs {
         long,
         value_delimiter = ',',
         default_value = "orange",
-        env = "BLOGCTL_BANNED_WORDS"
+        env = "BLOGCTL_BANNED_WORDS",
+        hide_env_values = true
     )]
     pub banned_words: Vec<String>,
     /// Seconds an entry may stay with a silent consumer before another one takes it over.

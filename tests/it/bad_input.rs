@@ -78,7 +78,23 @@ fn invalid_input_exits_2_and_writes_nothing() {
         "--redis-url",
     );
     assert_eq!(blog.run(&["post", "frobnicate"]).code, 2);
-    assert_eq!(blog.run(&[]).code, 2);
+    // A typo gets clap's suggestion and the help of the subcommand at hand.
+    fails(
+        &blog,
+        &["post", "creat", "hi"],
+        2,
+        "did you mean 'create'? (see 'blogctl post --help')",
+    );
+    fails(
+        &blog,
+        &["post", "list", "--limit", "0"],
+        2,
+        "--limit must be at least 1",
+    );
+    // Bare `blogctl` shows the help.
+    let bare = blog.run(&[]);
+    assert_eq!(bare.code, 0, "{bare:?}");
+    assert!(bare.stdout.contains("Usage: blogctl"), "{bare:?}");
     assert_eq!(
         blog.entries(&blog.events()).len(),
         length_before,
