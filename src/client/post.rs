@@ -1,5 +1,6 @@
 //! `blogctl post create|list|show`.
 
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
@@ -126,21 +127,31 @@ async fn list(context: &Context, args: &ListArgs) -> Result<()> {
         .map(|id| parse_id("--after", id))
         .transpose()?;
     let mut connection = context.connect().await?;
-    let posts = View::new(&context.keys)
-        .list(
-            &mut connection,
-            after,
-            args.limit.map(|limit| limit as usize),
-        )
+    let limit = args.limit.map(|limit| limit as usize);
+    // One more than the page: whether a next page exists.
+    let mut posts = View::new(&context.keys)
+        .list(&mut connection, after, limit.map(|limit| limit + 1))
         .await?;
+    let more = limit.is_some_and(|limit| posts.len() > limit);
+    if let Some(limit) = limit {
+        posts.truncate(limit);
+    }
+    // stdout carries results only: an empty blog prints nothing there.
     if context.json {
         print_line(&serde_json::to_string(&posts)?)?;
-    } else if posts.is_empty() {
-        print_line("no posts yet")?;
     } else {
         for post in &posts {
             print_post(post)?;
         }
+    }
+    if posts.is_empty() && !context.json && std::io::stderr().is_terminal() {
+        eprintln!("no posts yet");
+    }
+    if let (true, Some(last), Some(limit)) = (more, posts.last(), limit) {
+        eprintln!(
+            "more posts: the next page is `blogctl post list --limit {limit} --after {}`",
+            last.id
+        );
     }
     Ok(())
 }

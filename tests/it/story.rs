@@ -211,4 +211,16 @@ fn paging_through_the_list() {
         .map(|p| p["id"].as_str().unwrap())
         .collect();
     assert_eq!(got, [ids[2].as_str(), ids[3].as_str()]);
+    // A page that is not the last says on stderr where the next one starts; the last says
+    // nothing.
+    let run = blog.run(&["post", "list", "--limit", "2", "--after", &ids[1]]);
+    assert_eq!(run.stdout.lines().count(), 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("blogctl post list --limit 2 --after {}", ids[3])),
+        "{run:?}"
+    );
+    let last = blog.run(&["post", "list", "--limit", "2", "--after", &ids[3]]);
+    assert_eq!(last.stdout.lines().count(), 1, "{last:?}");
+    assert_eq!(last.stderr, "", "{last:?}");
 }
