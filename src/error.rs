@@ -115,6 +115,11 @@ fn refusal_hint(error: &redis::RedisError) -> Option<&'static str> {
     }
 }
 
+/// Whether Redis is up but refuses the command (full, read-only, loading, ...).
+pub fn is_refusal(error: &redis::RedisError) -> bool {
+    refusal_hint(error).is_some()
+}
+
 /// Whether Redis is gone or refuses to work for now (full, read-only, loading): a condition to
 /// wait out, not a failure of the command itself.
 pub fn is_unavailable(error: &redis::RedisError) -> bool {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::{Delivery, Step, StepKeys, StepScript};
 use crate::connection::Connection;
-use crate::error::{ExitCode, Failure, Malformed, is_unavailable};
+use crate::error::{ExitCode, Failure, Malformed, is_refusal, is_unavailable};
 use crate::keyspace::{Keys, Partition, Service};
 
 /// Version of the request envelope.
@@ -267,14 +267,25 @@ async fn send_and_wait(
 
 /// When no answer came in time, marks the request given up, unless the answer got there first.
 async fn give_up(connection: &mut Connection, reply_key: &str) -> Result<String, AnswerError> {
-    let gave_up: Option<String> = redis::cmd("SET")
+    let gave_up: redis::RedisResult<Option<String>> = redis::cmd("SET")
         .arg(reply_key)
         .arg("abandoned")
         .arg("NX")
         .arg("PX")
         .arg(GAVE_UP_TTL_MS)
         .query_async(connection)
-        .await?;
+        .await;
+    let gave_up = match gave_up {
+        // Redis refuses writes (full, read-only): no mark, but the request carries its
+        // deadline, past which the service drops it unapplied; and the wait ran out by Redis's
+        // clock after the deadline was stamped (the `BLPOP` follows the request), so the
+        // deadline has passed. An answer that got there first is read without writing.
+        Err(error) if is_refusal(&error) => {
+            let body: Option<String> = connection.lindex(reply_key, 0).await?;
+            return body.ok_or(AnswerError::GaveUp);
+        }
+        gave_up => gave_up?,
+    };
     if gave_up.is_some() {
         return Err(AnswerError::GaveUp);
     }
@@ -345,7 +356,14 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         .arg(command)
         .arg("data")
         .arg(&data);
-    let body = send_or_give_up(connection, &send, &reply_key, timeout).await;
+    let body = match send_or_give_up(connection, &send, &reply_key, timeout).await {
+        Err(AnswerError::GaveUp) => {
+            return Err(why_no_answer(connection, keys, service, timeout)
+                .await
+                .into());
+        }
+        body => body,
+    };
     let body = body.map_err(|error| match error {
         AnswerError::Sending(error) => {
             color_eyre::Report::new(error).wrap_err(format!("sending {command} to {inbox}"))
@@ -380,6 +398,96 @@ async fn send_or_give_up(
         Some(body) => Ok(body),
         None => give_up(connection, reply_key).await,
     }
+}
+
+/// Why a service did not answer in time (its request is now given up, never to be applied),
+/// when Redis can tell: it refuses writes, so the service's step cannot run (exit code 4,
+/// naming the cause and the fix); or no consumer of the service is alive (exit code 5, saying
+/// how to start it). Otherwise the service is running but did not answer in time (exit code 5).
+async fn why_no_answer(
+    connection: &mut Connection,
+    keys: &Keys,
+    service: Service,
+    timeout: Duration,
+) -> Failure {
+    let late = format!(
+        "the {service} service did not answer within {:.1}s",
+        timeout.as_secs_f64()
+    );
+    let never = "the request will never be applied";
+    if let Ok(Some(refusal)) = redis_refusal(connection).await {
+        return Failure::new(
+            ExitCode::RedisUnreachable,
+            format!("{late}: {refusal}; {never}"),
+        );
+    }
+    match alive_consumers(connection, keys, service).await {
+        Ok(0) => Failure::new(
+            ExitCode::ServiceTimeout,
+            format!(
+                "{late}: no consumer of it is alive; start it with `blogctl serve {service}` \
+                 (same --redis-url and --namespace); {never}"
+            ),
+        ),
+        Ok(_) => Failure::new(
+            ExitCode::ServiceTimeout,
+            format!("{late}: it is running, but busy or slow; {never} (try a longer --timeout)"),
+        ),
+        Err(_) => Failure::service_timeout(service.name(), "answer", timeout),
+    }
+}
+
+/// Why Redis refuses writes, if it does: full, a read-only replica, or loading.
+async fn redis_refusal(connection: &mut Connection) -> redis::RedisResult<Option<&'static str>> {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .arg("replication")
+        .arg("persistence")
+        .query_async(connection)
+        .await?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let number = |name: &str| field(name).and_then(|value| value.parse::<u64>().ok());
+    let full = matches!((number("used_memory"), number("maxmemory")),
+        (Some(used), Some(max)) if max > 0 && used >= max);
+    Ok(if full {
+        Some(
+            "Redis is full (maxmemory reached), so the service cannot apply it: free memory or raise maxmemory",
+        )
+    } else if field("role") == Some("slave") {
+        Some("Redis is a read-only replica: point --redis-url at the primary")
+    } else if field("loading") == Some("1") {
+        Some("Redis is still loading its data: try again in a moment")
+    } else {
+        None
+    })
+}
+
+/// How many consumers of `service`'s inbox group have their liveness key.
+async fn alive_consumers(
+    connection: &mut Connection,
+    keys: &Keys,
+    service: Service,
+) -> redis::RedisResult<usize> {
+    let inbox = keys.inbox(service, Partition::FIRST);
+    let consumers: redis::RedisResult<redis::streams::StreamInfoConsumersReply> =
+        connection.xinfo_consumers(&inbox, service.name()).await;
+    let Ok(consumers) = consumers else {
+        // No group yet: the service never ran here.
+        return Ok(0);
+    };
+    let prefix = keys.alive_prefix(service, Partition::FIRST);
+    let mut alive = 0;
+    for consumer in consumers.consumers {
+        let exists: bool = connection
+            .exists(format!("{prefix}{}", consumer.name))
+            .await?;
+        alive += usize::from(exists);
+    }
+    Ok(alive)
 }
 
 /// The value of a service's answer; exit code 3 or 2 when it found nothing or refused the

@@ -437,3 +437,51 @@ fn running_services_wait_out_a_switch_to_a_read_only_replica_and_back() {
     assert!(blog.entries(&comments_inbox).is_empty());
     assert!(blog.entries(&blog.dead()).is_empty());
 }
+
+#[test]
+fn a_timeout_says_redis_is_full_when_it_refuses_the_step_and_the_request_is_never_applied() {
+    let blog = Blog::new();
+    // The groups exist; then the posts service is down while a request waits.
+    let posts = blog.serve(&["posts"]);
+    blog.ok(&["post", "create", "First"]);
+    assert_eq!(posts.terminate().0, 0);
+    let client = blog
+        .command()
+        .args(["post", "create", "--timeout", "2", "Too late"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let inbox = blog.inbox("posts");
+    assert!(wait_until(PATIENCE, || blog.entries(&inbox).len() == 1));
+    // Redis is full: the service, back, cannot apply the request.
+    let mut connection = blog.redis.connection();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "1"])
+        .query(&mut connection)
+        .unwrap();
+    let _posts = blog.serve(&["posts"]);
+    let run: crate::support::Run = client.wait_with_output().unwrap().into();
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("Redis is full"), "{run:?}");
+    assert!(run.stderr.contains("will never be applied"), "{run:?}");
+    // Memory back: the request, past its deadline, is dropped unapplied.
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "0"])
+        .query(&mut connection)
+        .unwrap();
+    assert!(wait_until(PATIENCE, || blog.entries(&inbox).is_empty()));
+    assert_eq!(blog.events_of("PostCreated").len(), 1);
+}
+
+#[test]
+fn a_timeout_with_no_consumer_alive_says_so() {
+    let blog = Blog::new();
+    let run = blog.run(&["post", "create", "--timeout", "0.3", "Nobody"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr.contains("no consumer of it is alive")
+            && run.stderr.contains("blogctl serve posts"),
+        "{run:?}"
+    );
+}
