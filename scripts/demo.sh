@@ -81,9 +81,16 @@ else
         echo "error: cargo is not installed; install a Rust toolchain (https://rustup.rs) or set BLOGCTL_BIN" >&2
         exit 1
     fi
-    echo "demo: building blogctl (cargo build --release)" >&2
-    cargo build --release --quiet
-    bin=$repo/target/release/blogctl
+    echo "demo: building blogctl (cargo build --release; about a minute the first time)" >&2
+    cargo build --release
+    # Where cargo put it: CARGO_TARGET_DIR when set (relative to the repository), else target/.
+    target_dir=${CARGO_TARGET_DIR:-target}
+    [[ $target_dir == /* ]] || target_dir=$repo/$target_dir
+    bin=$target_dir/release/blogctl
+fi
+if [[ ! -x $bin ]]; then
+    echo "demo: error: no blogctl binary at $bin (set BLOGCTL_BIN to the one to use)" >&2
+    exit 1
 fi
 blogctl() { "$bin" "$@"; }
 
@@ -96,8 +103,8 @@ free_port() {
     fi
 }
 
-# Ready once the client can read from it.
-redis_ready() { blogctl post list >/dev/null 2>&1; }
+# Ready once the client can read from it; the client's last error is kept for the report.
+redis_ready() { blogctl post list >/dev/null 2>"$workdir/ready.err"; }
 
 if [[ -n ${BLOGCTL_REDIS_URL:-} ]]; then
     echo "demo: using the Redis at $BLOGCTL_REDIS_URL" >&2
@@ -126,8 +133,10 @@ else
         [[ -n $redis_pid ]] && break
     done
     if [[ -z $redis_pid ]]; then
-        echo "demo: could not start redis-server; its log:" >&2
-        cat "$workdir/redis.log" >&2 || true
+        echo "demo: could not start redis-server, or blogctl could not use it:" >&2
+        cat "$workdir/ready.err" >&2 || true
+        echo "demo: redis-server's log:" >&2
+        tail -n 20 "$workdir/redis.log" >&2 || true
         exit 1
     fi
     echo "demo: started a private redis-server at $BLOGCTL_REDIS_URL (AOF, fsync every second)" >&2
@@ -184,3 +193,10 @@ if [[ $status != 3 ]]; then
 fi
 
 show post list
+
+printf '\n# What the services did, as an operator sees it:\n'
+show status
+show events list --count 6
+
+printf '\n# Done. To go on, start a Redis and the services yourself and follow the README'"'"'s Tour\n'
+printf '# (README.md, "Tour"): blogctl serve all & blogctl post create "Hello" ...\n'
