@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 pub mod completions;
+pub mod man;
 pub mod values;
 
 use clap::{Args, Parser, Subcommand};
@@ -98,6 +99,11 @@ pub enum Command {
     /// Print a shell completion script.
     #[command(after_help = r#"Example: blogctl completions bash > /etc/bash_completion.d/blogctl"#)]
     Completions(completions::CompletionsArgs),
+    /// Write man pages for blogctl and each subcommand into a directory.
+    #[command(
+        after_help = r#"Example: blogctl man --dir ~/.local/share/man/man1 && man blogctl-post-create"#
+    )]
+    Man(man::ManArgs),
     /// Rebuild the query view or the comments state from the whole log, then switch to it.
     #[command(after_help = r#"Example: blogctl rebuild query --archive events.ndjson"#)]
     Rebuild(RebuildArgs),
@@ -134,6 +140,7 @@ pub async fn run(
         Command::Dead(command) => ops::dead::run(&context, command).await,
         Command::Trim(args) => ops::trim::run(&context, args).await,
         Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
         Command::Rebuild(args) => rebuild::run(&context, args).await,
         Command::Bench(args) => bench::run(&context, args).await,
     }

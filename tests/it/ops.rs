@@ -879,3 +879,31 @@ fn check_exits_6_when_requests_wait_and_no_consumer_is_alive() {
         .code
         == 0));
 }
+
+#[test]
+fn man_pages_are_written_for_every_subcommand() {
+    let blog = Blog::new();
+    let dir = tempfile::tempdir().unwrap();
+    let dir_text = dir.path().to_str().unwrap();
+    let listed = blog.ok(&["man", "--dir", dir_text]);
+    for name in [
+        "blogctl",
+        "blogctl-post-create",
+        "blogctl-dead-retry",
+        "blogctl-rebuild",
+    ] {
+        let path = dir.path().join(format!("{name}.1"));
+        assert!(listed.contains(path.to_str().unwrap()), "{listed}");
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            page.contains(&format!(".TH {} 1", name.to_uppercase())),
+            "{name}: {page}"
+        );
+        assert!(page.contains(&name.replace('-', " ")), "{name}: {page}");
+    }
+    let post_create = std::fs::read_to_string(dir.path().join("blogctl-post-create.1")).unwrap();
+    assert!(post_create.contains("request\\-id"), "{post_create}");
+    let missing = blog.run(&["man", "--dir", "/nonexistent/blogctl-man"]);
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(missing.stderr.contains("is not a directory"), "{missing:?}");
+}
