@@ -100,6 +100,7 @@ pub async fn run(context: &Context, args: &BenchArgs) -> Result<()> {
             banned_words: vec!["orange".to_owned()],
             claim_idle: Duration::from_secs(30),
             max_deliveries: 5,
+            metrics: None,
         };
         let mut stop = stop.clone();
         Some(tokio::spawn(async move {

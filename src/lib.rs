@@ -33,6 +33,7 @@ mod context;
 pub mod error;
 pub mod events;
 pub mod keyspace;
+mod metrics;
 mod ops;
 mod output;
 mod rebuild;

@@ -2,7 +2,7 @@
 //! and a graceful stop.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use redis::streams::StreamInfoGroupsReply;
@@ -18,6 +18,7 @@ use super::step::{StepKeys, StepReply, read_reply};
 use crate::connection::{Connection, Redis};
 use crate::error::is_unavailable;
 use crate::events::EventKind;
+use crate::metrics::{Handled, Metrics};
 use crate::shutdown::Shutdown;
 
 /// Entries read per XREADGROUP call and per stream.
@@ -56,6 +57,8 @@ pub struct ConsumerConfig {
     pub alive_prefix: String,
     /// Deliveries after which an entry that keeps failing is dead-lettered.
     pub max_deliveries: u64,
+    /// Where to count what the consumer does (`serve --metrics`), if anywhere.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Runs the consumer loop until shutdown. Whatever goes wrong with Redis (lost connection,
@@ -97,6 +100,9 @@ pub async fn consume(
             Ok(()) => break,
             Err(error) => {
                 let kind = format!("{:?}", error.kind());
+                if let Some(metrics) = &config.metrics {
+                    metrics.reconnect(&config.group);
+                }
                 if trouble.as_deref() != Some(kind.as_str()) {
                     if error.to_string().starts_with(GROUP_VANISHED) {
                         error!(service = %config.group, %error, "waiting for the group");
@@ -214,6 +220,7 @@ impl<H: Handler> Consumer<'_, H> {
         while !self.shutdown.requested() {
             if last_look.is_none_or(|at| at.elapsed() >= LOOK_FOR_GONE_EVERY) {
                 self.take_over_from_the_gone().await?;
+                self.measure_groups().await?;
                 last_look = Some(Instant::now());
             }
             if last_claim.is_none_or(|at| at.elapsed() >= claim_every) {
@@ -322,6 +329,7 @@ impl<H: Handler> Consumer<'_, H> {
         let mut alone: Vec<Delivery> = Vec::new();
         for delivery in deliveries {
             if self.ignores(&delivery) {
+                self.count(&delivery, Handled::Skipped);
                 skipped
                     .entry(delivery.stream.clone())
                     .or_default()
@@ -329,10 +337,13 @@ impl<H: Handler> Consumer<'_, H> {
                 continue;
             }
             match self.handler.plan(&delivery) {
-                Plan::Skip => skipped
-                    .entry(delivery.stream.clone())
-                    .or_default()
-                    .push(delivery.id.clone()),
+                Plan::Skip => {
+                    self.count(&delivery, Handled::Skipped);
+                    skipped
+                        .entry(delivery.stream.clone())
+                        .or_default()
+                        .push(delivery.id.clone());
+                }
                 Plan::Dead(_) => alone.push(delivery),
                 Plan::Run(step) => {
                     pipe.add_command(step.command());
@@ -346,13 +357,24 @@ impl<H: Handler> Consumer<'_, H> {
         let mut later = Vec::new();
         if !stepped.is_empty() || !skipped.is_empty() {
             // Step results are strings; the trailing XACKs' counts read as strings too.
+            let started = Instant::now();
             let results: Vec<RedisResult<String>> = pipe.query_async(&mut self.connection).await?;
+            if let (Some(metrics), false) = (&self.config.metrics, stepped.is_empty()) {
+                let each = started.elapsed() / stepped.len() as u32;
+                for _ in &stepped {
+                    metrics.step(&self.config.group, each);
+                }
+            }
             for (delivery, result) in stepped.into_iter().zip(results) {
                 match result.and_then(|word| read_reply(&word)) {
                     Ok(reply) => match self.settle(&delivery, reply).await? {
-                        Outcome::Done => {}
-                        Outcome::Later => later.push(delivery),
+                        Outcome::Done => self.count(&delivery, done(reply)),
+                        Outcome::Later => {
+                            self.count(&delivery, Handled::Deferred);
+                            later.push(delivery);
+                        }
                         Outcome::Dead(reason) => {
+                            self.count(&delivery, Handled::DeadLettered);
                             self.dead_letter(&delivery, &reason.0, 1).await?;
                         }
                     },
@@ -368,6 +390,50 @@ impl<H: Handler> Consumer<'_, H> {
             }
         }
         Ok(later)
+    }
+
+    /// Sets the metrics' gauges of this service's groups: lag, pending, consumers.
+    async fn measure_groups(&mut self) -> RedisResult<()> {
+        let Some(metrics) = self.config.metrics.clone() else {
+            return Ok(());
+        };
+        for stream in &self.config.streams {
+            let groups: StreamInfoGroupsReply = self.connection.xinfo_groups(stream).await?;
+            if let Some(group) = groups
+                .groups
+                .iter()
+                .find(|group| group.name == self.config.group)
+            {
+                metrics.group(
+                    &group.name,
+                    stream,
+                    group.lag.unwrap_or(0) as u64,
+                    group.pending as u64,
+                    group.consumers as u64,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts an entry's outcome in the metrics, under its event type (or request command);
+    /// only names this build knows, so that what others write cannot add labels without end.
+    fn count(&self, delivery: &Delivery, outcome: Handled) {
+        let Some(metrics) = &self.config.metrics else {
+            return;
+        };
+        let is_request = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
+        let name = if is_request {
+            delivery.field("command").ok()
+        } else {
+            delivery.field("type").ok()
+        };
+        let kind = match name {
+            Some(name @ ("CreatePost" | "CreateComment")) if is_request => name,
+            Some(name) if !is_request => EventKind::parse(name).map_or("unknown", EventKind::name),
+            _ => "unknown",
+        };
+        metrics.handled(&self.config.group, kind, outcome);
     }
 
     /// What a step's result means: the handler's reading of it, unless the step failed after
@@ -402,6 +468,7 @@ impl<H: Handler> Consumer<'_, H> {
     /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.
     pub(super) async fn process(&mut self, delivery: &Delivery) -> RedisResult<Outcome> {
         if self.ignores(delivery) {
+            self.count(delivery, Handled::Skipped);
             return acknowledge(&mut self.connection, &self.config.group, delivery).await;
         }
         let max = self.config.max_deliveries;
@@ -415,39 +482,62 @@ impl<H: Handler> Consumer<'_, H> {
         };
         if tries > max {
             let reason = format!("tried {} times without being applied", tries - 1);
+            self.count(delivery, Handled::DeadLettered);
             return self.dead_letter(delivery, &reason, tries - 1).await;
         }
         let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
+            // What a done entry counts as in the metrics.
+            let mut handled = Handled::Skipped;
             let outcome = match self.handler.plan(delivery) {
                 Plan::Skip => acknowledge(&mut self.connection, &self.config.group, delivery).await,
                 Plan::Dead(reason) => Ok(Outcome::Dead(reason)),
-                Plan::Run(step) => match step.run(&mut self.connection).await {
-                    Ok(reply) => self.settle(delivery, reply).await,
-                    Err(error) => Err(error),
-                },
+                Plan::Run(step) => {
+                    let started = Instant::now();
+                    match step.run(&mut self.connection).await {
+                        Ok(reply) => {
+                            if let Some(metrics) = &self.config.metrics {
+                                metrics.step(&self.config.group, started.elapsed());
+                            }
+                            handled = done(reply);
+                            self.settle(delivery, reply).await
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
             };
             match outcome {
                 Ok(Outcome::Dead(reason)) => {
                     warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
                         %reason, "dead-lettering a malformed entry");
+                    self.count(delivery, Handled::DeadLettered);
                     return self.dead_letter(delivery, &reason.0, tries).await;
                 }
                 Ok(outcome) => {
                     if redelivered && outcome == Outcome::Done {
                         self.forget_tries(delivery).await?;
                     }
+                    let handled = if outcome == Outcome::Later {
+                        Handled::Deferred
+                    } else {
+                        handled
+                    };
+                    self.count(delivery, handled);
                     return Ok(outcome);
                 }
                 Err(error) if is_unavailable(&error) => return Err(error),
                 Err(error) if tries >= max => {
                     let reason = format!("failed {tries} times; last error: {error}");
                     error!(service = %self.config.group, id = %delivery.id, %reason, "giving up on an entry");
+                    self.count(delivery, Handled::DeadLettered);
                     return self.dead_letter(delivery, &reason, tries).await;
                 }
                 Err(error) => {
                     warn!(service = %self.config.group, id = %delivery.id, %error, try_number = tries,
                         "an entry failed; retrying");
+                    if let Some(metrics) = &self.config.metrics {
+                        metrics.retry(&self.config.group);
+                    }
                     tries += 1;
                     if self.shutdown.sleep(retry.next_delay()).await {
                         // Left pending: handled again after the restart.
@@ -486,5 +576,15 @@ impl<H: Handler> Consumer<'_, H> {
         // Handle streams in the configured order: events before requests.
         batch.sort_by_key(|(stream, _)| self.config.streams.iter().position(|s| s == stream));
         Ok(batch)
+    }
+}
+
+/// How the metrics count a step that is done: applied, found already applied, or
+/// dead-lettered by the step itself.
+fn done(reply: StepReply) -> Handled {
+    match reply {
+        StepReply::Stale => Handled::Stale,
+        StepReply::FailedAfterClaim | StepReply::Dead => Handled::DeadLettered,
+        _ => Handled::Applied,
     }
 }

@@ -7,6 +7,7 @@ pub mod posts;
 pub mod query;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use color_eyre::eyre::eyre;
@@ -18,6 +19,7 @@ use crate::cli::values::{self, ServiceChoice, parse_seconds};
 use crate::connection::{CONNECT_TIMEOUT, Redis, eviction_problem};
 use crate::error::{ExitCode, Failure};
 use crate::keyspace::{Keys, Partition, Service};
+use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, Trigger};
 
 /// The services whose state `blogctl rebuild` can rebuild (it lives in generations).
@@ -64,6 +66,9 @@ pub struct ServeArgs {
     /// Tries after which an entry that keeps failing goes to the dead-letter stream.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_deliveries: u64,
+    /// Serve Prometheus metrics of this process at http://ADDR/metrics (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs the chosen services until `shutdown` completes; each finishes the entry in hand.
@@ -74,7 +79,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> color_eyre::Result<()> {
     refuse_unusable_redis(redis).await?;
+    let listener = match args.metrics {
+        Some(address) => Some(crate::metrics::bind(address).await?),
+        None => None,
+    };
     let (trigger, shutdown) = Shutdown::from_future(shutdown);
+    let metrics = listener.map(|listener| {
+        let metrics = Arc::new(Metrics::new());
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        metrics
+    });
     let consumer = args.consumer.clone().unwrap_or_else(default_consumer_name);
     let chosen = values::chosen(&args.services);
     let names: Vec<&str> = chosen.iter().map(|service| service.name()).collect();
@@ -91,6 +109,7 @@ pub async fn run(
             claim_idle: args.claim_idle,
             alive_prefix: keys.alive_prefix(service, Partition::FIRST),
             max_deliveries: args.max_deliveries,
+            metrics: metrics.clone(),
         };
         let (redis, shutdown) = (redis.clone(), shutdown.clone());
         match service {

@@ -907,3 +907,57 @@ fn man_pages_are_written_for_every_subcommand() {
     assert_eq!(missing.code, 2, "{missing:?}");
     assert!(missing.stderr.contains("is not a directory"), "{missing:?}");
 }
+
+/// What an HTTP GET of `path` on `port` answers, whole; `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn serve_exposes_prometheus_metrics_that_move() {
+    let blog = Blog::new();
+    let port = crate::support::free_port();
+    let address = format!("127.0.0.1:{port}");
+    let _services = blog.serve(&["all", "--metrics", &address]);
+    let mut scraped = String::new();
+    assert!(wait_until(PATIENCE, || {
+        scraped = http_get(port, "/metrics").unwrap_or_default();
+        scraped.starts_with("HTTP/1.1 200")
+    }));
+    let post = blog.ok(&["post", "create", "--wait", "Measured"]);
+    assert_eq!(blog.verdict(&post, "counted"), "approved");
+    let events = blog.events();
+    let expected = [
+        r#"blogctl_entries_handled_total{service="posts",type="CreatePost",outcome="applied"} 1"#
+            .to_owned(),
+        r#"blogctl_entries_handled_total{service="moderation",type="CommentCreated",outcome="applied"} 1"#
+            .to_owned(),
+        r#"blogctl_entries_handled_total{service="moderation",type="PostCreated",outcome="skipped"} 1"#
+            .to_owned(),
+        format!(r#"blogctl_group_lag{{group="query",stream="{events}"}} 0"#),
+        format!(r#"blogctl_group_consumers{{group="query",stream="{events}"}} 1"#),
+    ];
+    let moved = wait_until(PATIENCE, || {
+        scraped = http_get(port, "/metrics").unwrap_or_default();
+        expected.iter().all(|line| scraped.contains(line.as_str()))
+    });
+    assert!(moved, "{scraped}");
+    assert!(
+        scraped.contains(r#"blogctl_step_duration_seconds_count{service="query"}"#),
+        "{scraped}"
+    );
+    assert!(
+        http_get(port, "/other")
+            .unwrap()
+            .starts_with("HTTP/1.1 404")
+    );
+    // An address that cannot be served is refused at start.
+    let taken = blog.serve(&["posts", "--metrics", &address]);
+    let refused = wait_until(PATIENCE, || taken.log().contains("cannot serve metrics"));
+    assert!(refused, "{}", taken.log());
+}
