@@ -17,25 +17,34 @@ pub type Connection = MultiplexedConnection;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Where Redis is, checked once so connecting again (after an outage) cannot fail on the URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Redis {
-    url: String,
+    /// The URL with its password hidden: the only form that is ever printed or logged.
+    shown: String,
     client: redis::Client,
 }
 
 impl Redis {
     /// Checks the URL; exit code 2 when it is not a Redis URL.
     pub fn open(url: &str) -> Result<Redis, Failure> {
-        let client = redis::Client::open(url)
-            .map_err(|error| Failure::invalid(format!("invalid --redis-url {url:?}: {error}")))?;
-        Ok(Redis {
-            url: url.to_owned(),
-            client,
-        })
+        let shown = without_password(url);
+        let client = redis::Client::open(url).map_err(|error| {
+            // A value that is not even `scheme://...` is not echoed: it may be a password.
+            let value = if url.contains("://") {
+                format!(" {shown:?}")
+            } else {
+                String::new()
+            };
+            Failure::invalid(format!(
+                "invalid --redis-url{value}: {error} (expected redis://[user:password@]host:port[/db])"
+            ))
+        })?;
+        Ok(Redis { shown, client })
     }
 
+    /// The URL, its password (if any) replaced by `***`.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.shown
     }
 
     /// The client, for a connection of its own on another thread (a blocking one).
@@ -64,14 +73,27 @@ impl Redis {
             .map_err(|error| self.unreachable(&error))
     }
 
-    /// The failure to report when Redis cannot be reached.
+    /// The failure to report when Redis cannot be reached, or refuses the credentials.
     pub fn unreachable(&self, error: &redis::RedisError) -> Failure {
+        let refused_credentials = error.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(error.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
+        if refused_credentials {
+            return Failure::new(
+                ExitCode::RedisUnreachable,
+                format!(
+                    "Redis at {} refused the credentials ({}): check the user and password in \
+                     --redis-url (BLOGCTL_REDIS_URL)",
+                    self.shown,
+                    error.code().unwrap_or("AUTH failed")
+                ),
+            );
+        }
         Failure::new(
             ExitCode::RedisUnreachable,
             format!(
                 "cannot reach Redis at {}: {error}; start one (`redis-server`) or point \
                  --redis-url (BLOGCTL_REDIS_URL) at yours",
-                self.url
+                self.shown
             ),
         )
     }
@@ -122,4 +144,52 @@ pub fn map_of(value: Value) -> BTreeMap<String, Value> {
                 .map(|name| (name, value))
         })
         .collect()
+}
+
+/// Shows the URL without its password (the client's own form would show it).
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").field("url", &self.shown).finish()
+    }
+}
+
+/// `url` with the password of its user part replaced by `***` (`redis://user:***@host:6379`),
+/// as far as it can be found even in a URL that does not parse.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = &rest[..at];
+    let shown_user = match user.split_once(':') {
+        Some((name, _)) => format!("{name}:***"),
+        None => user.to_owned(),
+    };
+    format!("{scheme}://{shown_user}{}", &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_never_shown() {
+        assert_eq!(
+            without_password("redis://user:s3cret@127.0.0.1:1/0"),
+            "redis://user:***@127.0.0.1:1/0"
+        );
+        assert_eq!(
+            without_password("rediss://:p@ss@host"),
+            "rediss://:***@host"
+        );
+        assert_eq!(
+            without_password("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(without_password("redis://user@host"), "redis://user@host");
+        assert_eq!(without_password("not a url s3cret"), "not a url s3cret");
+    }
 }

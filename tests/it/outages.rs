@@ -485,3 +485,74 @@ fn a_timeout_with_no_consumer_alive_says_so() {
         "{run:?}"
     );
 }
+
+#[test]
+fn the_redis_password_is_never_printed_and_a_wrong_one_is_named() {
+    let blog = Blog::new();
+    // (Set after the start: the harness checks the server is its own without a password.)
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "s3cret"])
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    let port = blog.redis.port;
+    let with = |password: &str| format!("redis://default:{password}@127.0.0.1:{port}");
+    // A wrong password: exit 4, said to be the credentials, the password not shown.
+    let wrong = blog
+        .command()
+        .env("BLOGCTL_REDIS_URL", with("wr0ng"))
+        .args(["post", "list"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert!(
+        !stderr.contains("wr0ng") && stderr.contains("default:***@"),
+        "{stderr}"
+    );
+    // Unreachable, an unparsable URL, `--help` with the variable set: never the password.
+    for args in [
+        vec![
+            "--redis-url",
+            "redis://user:s3cret@127.0.0.1:1",
+            "post",
+            "list",
+        ],
+        vec!["--redis-url", "redis://user:s3cret@[bad", "post", "list"],
+        vec!["--help"],
+    ] {
+        let run = blog
+            .command()
+            .env("BLOGCTL_REDIS_URL", with("s3cret"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(!all.contains("s3cret"), "{args:?}: {all}");
+    }
+    // The services' logs, at start and on trouble.
+    let services = blog
+        .command()
+        .env("BLOGCTL_REDIS_URL", with("s3cret"))
+        .env("RUST_LOG", "info")
+        .args(["serve", "posts"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = blog
+        .command()
+        .env("BLOGCTL_REDIS_URL", with("s3cret"))
+        .args(["post", "create", "Secretly"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    crate::support::signal(services.id(), "TERM");
+    let output = services.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("default:***@"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
+}
