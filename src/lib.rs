@@ -40,3 +40,5 @@ mod rebuild;
 pub mod request;
 pub mod services;
 mod shutdown;
+
+pub use output::without_controls;

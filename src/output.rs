@@ -3,10 +3,34 @@
 use std::io::Write;
 
 /// Prints one line on stdout; a closed pipe surfaces as an error the binary exits quietly on.
+///
+/// Control characters (terminal escape sequences in a title, say, or anything else read from
+/// Redis) are written as `\u001b` and the like, never raw: they cannot colour, retitle or clear
+/// the terminal. The same form is a valid escape inside a JSON string, so JSON stays JSON.
 pub fn print_line(line: &str) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}")?;
+    writeln!(stdout, "{}", without_controls(line))?;
     stdout.flush()
+}
+
+/// `text` with every control character but the tab written as `\uXXXX`.
+pub fn without_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_escaped(c) {
+            shown.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
+}
+
+fn is_escaped(c: char) -> bool {
+    c.is_control() && c != '\t'
 }
 
 /// A progress bar on stderr when it is a terminal (and nothing otherwise): `what` names it.
@@ -109,6 +133,18 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(
+            without_controls("Hi \u{1b}[31mRED \u{1b}]0;pwned\u{7} \u{9b}2J\tok"),
+            "Hi \\u001b[31mRED \\u001b]0;pwned\\u0007 \\u009b2J\tok"
+        );
+        let json = serde_json::json!({"title": "a\u{9b}b"}).to_string();
+        let shown = without_controls(&json);
+        let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back["title"], "a\u{9b}b");
+    }
 
     #[test]
     fn durations_and_sizes_read_naturally() {

@@ -51,7 +51,8 @@ fn main() {
         }
         let mut message: Vec<String> = report.chain().map(ToString::to_string).collect();
         message.extend(hint(&report).map(str::to_owned));
-        eprintln!("blogctl: error: {}", message.join(": ").replace('\n', " "));
+        let message = message.join(": ").replace('\n', " ");
+        eprintln!("blogctl: error: {}", blogctl::without_controls(&message));
         std::process::exit(exit_code(&report));
     }
 }
@@ -83,11 +84,12 @@ fn parse_command_line() -> Cli {
                 .collect();
             let message = message.join(" ");
             let message = message.strip_prefix("error: ").unwrap_or(&message);
-            eprintln!(
+            let line = format!(
                 "blogctl: error: {message}{} (see '{} --help')",
                 suggestion(&rendered),
                 subcommand_at_hand()
             );
+            eprintln!("{}", blogctl::without_controls(&line));
             std::process::exit(2);
         }
     }

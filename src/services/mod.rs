@@ -48,8 +48,9 @@ pub struct ServeArgs {
     /// The services to run in this process (`all` for the four).
     #[arg(required = true, value_enum)]
     pub services: Vec<ServiceChoice>,
-    /// This process's consumer name in each group [default: `<host>-<pid>`].
-    #[arg(long)]
+    /// This process's consumer name in each group: 1 to 64 letters, digits, `.`, `_`, `-`
+    /// [default: `<host>-<pid>`].
+    #[arg(long, value_parser = parse_consumer)]
     pub consumer: Option<String>,
     /// Words that get a comment rejected, comma-separated, matched ignoring case.
     #[arg(
@@ -69,6 +70,20 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics of this process at http://ADDR/metrics (e.g. 127.0.0.1:9100).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// A `--consumer` name: it shows in `status` and in keys, so nothing a terminal would act on.
+fn parse_consumer(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("use 1 to 64 letters, digits, '.', '_' or '-'".to_owned())
+    }
 }
 
 /// Runs the chosen services until `shutdown` completes; each finishes the entry in hand.

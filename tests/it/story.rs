@@ -224,3 +224,32 @@ fn paging_through_the_list() {
     assert_eq!(last.stdout.lines().count(), 1, "{last:?}");
     assert_eq!(last.stderr, "", "{last:?}");
 }
+
+#[test]
+fn terminal_control_sequences_are_never_printed_raw() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let title = "Hi \u{1b}[31mRED \u{1b}]0;pwned\u{7} \u{9b}2J";
+    let post = blog.ok(&["post", "create", "--wait", title]);
+    assert_eq!(blog.verdict(&post, "\u{1b}[2Jclear"), "approved");
+    for args in [
+        vec!["post", "list"],
+        vec!["post", "show", &post],
+        vec!["events", "list"],
+        vec!["status"],
+        vec!["post", "list", "--json"],
+    ] {
+        let run = blog.run(&args);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert!(
+            !run.stdout
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{args:?} printed a control character: {:?}",
+            run.stdout
+        );
+    }
+    assert!(blog.ok(&["post", "list"]).contains("Hi \\u001b[31mRED"));
+    // JSON stays JSON, with the title as it was.
+    assert_eq!(blog.view()[0]["title"], title.trim());
+}
