@@ -13,6 +13,12 @@ pub fn print_line(line: &str) -> std::io::Result<()> {
     stdout.flush()
 }
 
+/// Prints text on stdout without ending the line, as [`print_line`] escapes it.
+pub fn print_text(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{}", without_controls(text))
+}
+
 /// `text` with every control character but the tab written as `\uXXXX`.
 pub fn without_controls(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(is_escaped) {

@@ -12,7 +12,7 @@ use crate::context::Context;
 use crate::error::Failure;
 use crate::events::{Post, parse_id, validate_title};
 use crate::output::one_line;
-use crate::output::print_line;
+use crate::output::{print_line, print_text};
 use crate::request::{call, request_id};
 use crate::services::posts::{self, CREATE_POST, CreatePost};
 use crate::services::query::{self, PostView, View};
@@ -127,7 +127,10 @@ async fn list(context: &Context, args: &ListArgs) -> Result<()> {
         .map(|id| parse_id("--after", id))
         .transpose()?;
     let mut connection = context.connect().await?;
-    let limit = args.limit.map(|limit| limit as usize);
+    let Some(limit) = args.limit.map(|limit| limit as usize) else {
+        return list_all(context, &mut connection, after).await;
+    };
+    let limit = Some(limit);
     // One more than the page: whether a next page exists.
     let mut posts = View::new(&context.keys)
         .list(&mut connection, after, limit.map(|limit| limit + 1))
@@ -152,6 +155,43 @@ async fn list(context: &Context, args: &ListArgs) -> Result<()> {
             "more posts: the next page is `blogctl post list --limit {limit} --after {}`",
             last.id
         );
+    }
+    Ok(())
+}
+
+/// Posts read per script when listing without `--limit`: each read is short for Redis, and the
+/// client holds one page at a time, however big the blog.
+const LIST_PAGE: usize = 500;
+
+/// Every post after `after`, read a page at a time and printed as it comes (one JSON array,
+/// written piece by piece, with `--json`).
+async fn list_all(
+    context: &Context,
+    connection: &mut crate::connection::Connection,
+    mut after: Option<Uuid>,
+) -> Result<()> {
+    let view = View::new(&context.keys);
+    let mut printed = 0usize;
+    loop {
+        let posts = view.list(connection, after, Some(LIST_PAGE)).await?;
+        for post in &posts {
+            if context.json {
+                let separator = if printed == 0 { "[" } else { "," };
+                print_text(&format!("{separator}{}", serde_json::to_string(post)?))?;
+            } else {
+                print_post(post)?;
+            }
+            printed += 1;
+        }
+        match posts.last() {
+            Some(last) if posts.len() == LIST_PAGE => after = Some(last.id),
+            _ => break,
+        }
+    }
+    if context.json {
+        print_line(if printed == 0 { "[]" } else { "]" })?;
+    } else if printed == 0 && std::io::stderr().is_terminal() {
+        eprintln!("no posts yet");
     }
     Ok(())
 }

@@ -253,3 +253,55 @@ fn terminal_control_sequences_are_never_printed_raw() {
     // JSON stays JSON, with the title as it was.
     assert_eq!(blog.view()[0]["title"], title.trim());
 }
+
+#[test]
+fn listing_a_big_blog_reads_it_a_page_at_a_time_and_misses_nothing() {
+    let blog = Blog::new();
+    // 1,234 posts in the view, written as the query service writes them.
+    let view = blog.keys().generation(
+        blogctl::keyspace::Service::Query,
+        blogctl::keyspace::Partition::FIRST,
+        0,
+    );
+    let ids: Vec<String> = (0..1234)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.cmd("HSET")
+            .arg(view.view_post(id))
+            .arg(&["id", id, "title", "t"])
+            .ignore();
+        pipe.cmd("ZADD")
+            .arg(view.view_posts())
+            .arg(0)
+            .arg(id)
+            .ignore();
+    }
+    let () = pipe.query(&mut blog.redis.connection()).unwrap();
+    let listed: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&blog.ok(&["post", "list", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|post| post["id"].as_str().unwrap().to_owned())
+            .collect();
+    assert_eq!(listed, ids);
+    assert_eq!(blog.ok(&["post", "list"]).lines().count(), 1234);
+    let after: Vec<String> = serde_json::from_str::<serde_json::Value>(
+        &blog.ok(&["post", "list", "--json", "--after", &ids[999]]),
+    )
+    .unwrap()
+    .as_array()
+    .unwrap()
+    .iter()
+    .map(|post| post["id"].as_str().unwrap().to_owned())
+    .collect();
+    assert_eq!(after, ids[1000..]);
+    // An empty blog is an empty array in JSON.
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    assert_eq!(blog.ok(&["post", "list", "--json"]), "[]");
+}
