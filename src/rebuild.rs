@@ -18,7 +18,7 @@ use indicatif::ProgressBar;
 use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
 
-use crate::bus::{Delivery, RawEntry, SERVICE_RESPONSE_TIMEOUT};
+use crate::bus::{Delivery, RawEntry, SERVICE_RESPONSE_TIMEOUT, StreamId, compare_ids};
 use crate::connection::{CONNECT_TIMEOUT, Connection, Redis, map_of};
 use crate::context::Context;
 use crate::error::Failure;
@@ -251,9 +251,18 @@ async fn fill(
         base: &base,
     };
     let mut last = "0-0".to_owned();
+    // Archived ids the stream still holds (a trim stopped between its archive and its XTRIM).
+    let first_on_stream = first_id(connection, &events).await?;
+    let mut overlap = Vec::new();
     for archive in fill.archives {
-        apply_archive(connection, &log, archive, &mut counts, &mut last).await?;
+        let read = ArchiveRead {
+            last: &mut last,
+            first_on_stream: first_on_stream.as_deref(),
+            overlap: &mut overlap,
+        };
+        apply_archive(connection, &log, archive, &mut counts, read).await?;
     }
+    refuse_archives_past_the_stream(connection, &events, &last, &overlap).await?;
     let removed = refuse_a_gap(connection, &events, counts.from_archives).await?;
     // The stream, from where the archives stopped; again until nothing new came meanwhile.
     loop {
@@ -268,13 +277,28 @@ async fn fill(
 
 /// Applies one archive written by `blogctl trim` to the generation being filled, a chunk of
 /// writes at a time; `last` becomes the id of the last entry it holds.
+/// Where the reading of the archives stands.
+struct ArchiveRead<'a> {
+    /// The id of the last line read (`0-0` before the first).
+    last: &'a mut String,
+    /// The stream's first entry, if it has one.
+    first_on_stream: Option<&'a str>,
+    /// Ids of archived lines at or after it.
+    overlap: &'a mut Vec<String>,
+}
+
 async fn apply_archive(
     connection: &mut Connection,
     log: &Log<'_>,
     archive: &Path,
     counts: &mut Counts,
-    last: &mut String,
+    read: ArchiveRead<'_>,
 ) -> Result<()> {
+    let ArchiveRead {
+        last,
+        first_on_stream,
+        overlap,
+    } = read;
     let file =
         std::fs::File::open(archive).wrap_err_with(|| format!("opening {}", archive.display()))?;
     let mut calls = Vec::new();
@@ -295,6 +319,23 @@ async fn apply_archive(
         let Some(entry) = parse_archive_line(&line, archive, number)? else {
             break;
         };
+        // Ids increase from line to line, across archives, and stay before the stream's
+        // first entry (checked once the archives are read): a line that breaks this is not
+        // from `blogctl trim`, and would make the rebuild skip what the stream holds.
+        let in_order = StreamId::parse(&entry.id, false).is_some()
+            && (last.as_str() == "0-0" || compare_ids(&entry.id, last).is_gt());
+        if first_on_stream.is_some_and(|first| compare_ids(&entry.id, first).is_ge()) {
+            overlap.push(entry.id.clone());
+        }
+        if !in_order {
+            return Err(Failure::invalid(format!(
+                "{} line {number}: id {:?} does not follow {last}: not an archive `blogctl trim` \
+                 wrote (ids increase from line to line, archives given oldest first)",
+                archive.display(),
+                entry.id
+            ))
+            .into());
+        }
         let fields = entry
             .fields
             .into_iter()
@@ -330,6 +371,49 @@ fn parse_archive_line(line: &str, archive: &Path, number: u64) -> Result<Option<
             let place = format!("{} line {number}", archive.display());
             Err(Failure::invalid(format!("{place}: not an archived entry: {error}")).into())
         }
+    }
+}
+
+/// The id of the stream's first entry, if it has one.
+async fn first_id(connection: &mut Connection, events: &str) -> Result<Option<String>> {
+    let first: redis::streams::StreamRangeReply =
+        connection.xrange_count(events, "-", "+", 1).await?;
+    Ok(first.ids.into_iter().next().map(|entry| entry.id))
+}
+
+/// Refuses (exit code 2) archives that reach into the stream with entries it does not hold:
+/// the rebuild reads the stream after the archives' last id, so every entry of the stream up
+/// to that id must be in the archives (as after a trim that stopped between its archive and
+/// its `XTRIM`), else the rebuild would skip entries only the stream holds.
+async fn refuse_archives_past_the_stream(
+    connection: &mut Connection,
+    events: &str,
+    last_archived: &str,
+    overlap: &[String],
+) -> Result<()> {
+    if last_archived == "0-0" {
+        return Ok(());
+    }
+    // One more than the overlap is enough to find an entry the archives lack.
+    let on_stream: Vec<RawEntry> = redis::cmd("XRANGE")
+        .arg(events)
+        .arg("-")
+        .arg(last_archived)
+        .arg("COUNT")
+        .arg(overlap.len() + 1)
+        .query_async(connection)
+        .await?;
+    let archived: std::collections::HashSet<&str> = overlap.iter().map(String::as_str).collect();
+    match on_stream
+        .iter()
+        .find(|(id, _)| !archived.contains(id.as_str()))
+    {
+        Some((missing, _)) => Err(Failure::invalid(format!(
+            "the archives end at {last_archived}, but {events} holds {missing} before that and \
+             they do not: they are not archives of this log (or were edited)"
+        ))
+        .into()),
+        None => Ok(()),
     }
 }
 
