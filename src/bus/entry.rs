@@ -6,6 +6,9 @@ use redis::streams::StreamId;
 use crate::error::Malformed;
 use crate::events::{ENVELOPE_VERSION, Event};
 
+/// The most of one field's value a dead letter keeps.
+pub const DEAD_LETTER_FIELD_BYTES: usize = 4096;
+
 /// Entry field restricting it to one service's group; other groups acknowledge and skip it.
 pub const FOR_SERVICE: &str = "for_service";
 
@@ -98,12 +101,19 @@ impl Delivery {
     }
 
     /// All fields as a JSON object, bytes that are not UTF-8 replaced, for dead letters.
+    /// Each value is cut to [`DEAD_LETTER_FIELD_BYTES`] (marked, with its full length), so a huge
+    /// malformed entry makes a small dead letter.
     pub fn fields_json(&self) -> String {
         let fields: serde_json::Map<String, serde_json::Value> = self
             .fields
             .iter()
             .map(|(name, value)| {
-                let text = String::from_utf8_lossy(value).into_owned();
+                let text = if value.len() > DEAD_LETTER_FIELD_BYTES {
+                    let kept = String::from_utf8_lossy(&value[..DEAD_LETTER_FIELD_BYTES]);
+                    format!("{kept}... ({} bytes in all)", value.len())
+                } else {
+                    String::from_utf8_lossy(value).into_owned()
+                };
                 (
                     String::from_utf8_lossy(name).into_owned(),
                     serde_json::Value::String(text),

@@ -2,7 +2,7 @@
 
 use redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
-use super::entry::Delivery;
+use super::entry::{DEAD_LETTER_FIELD_BYTES, Delivery};
 use crate::connection::Connection;
 use crate::events::{ENVELOPE_VERSION, EventKind};
 use crate::keyspace::{Keys, Partition, Service};
@@ -32,6 +32,10 @@ const PRELUDE: &str = include_str!("lua/step_prelude.lua");
 /// reply is [`StepReply::FailedAfterClaim`]. An error before the claim changed nothing and is
 /// raised again: the entry stays pending and is retried.
 const EPILOGUE: &str = include_str!("lua/step_epilogue.lua");
+
+/// About how many dead letters the dead-letter stream keeps (`XADD ... MAXLEN ~`): the oldest
+/// go first.
+pub const DEAD_LETTERS_KEPT: u64 = 100_000;
 
 /// The KEYS and ARGV every step starts with, before the script's own.
 const COMMON_KEYS: [&str; 4] = ["stream", "events", "dead", "attempts"];
@@ -154,7 +158,9 @@ impl StepScript {
             .collect();
         let lua = format!(
             "#!lua\n{}{}{}{}\
-             local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n{constants}{}",
+             local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n\
+             local DEAD_LETTERS_KEPT = {DEAD_LETTERS_KEPT}\n\
+             local DEAD_LETTER_FIELD_BYTES = {DEAD_LETTER_FIELD_BYTES}\n{constants}{}",
             declare("KEYS", 1, &COMMON_KEYS),
             declare("ARGV", 1, &COMMON_ARGS),
             declare("KEYS", COMMON_KEYS.len() + 1, keys),

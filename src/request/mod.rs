@@ -35,6 +35,9 @@ const REQUEST_VERSION: &str = "2";
 const REPLY_TTL_MS: u64 = 60_000;
 /// How long the client's "gave up" mark stays; older requests are dropped by age anyway.
 const GAVE_UP_TTL_MS: u64 = 3_600_000;
+/// The longest a request may wait (the client's `--timeout` is at most a day): a deadline
+/// further ahead of Redis's clock, written by hand, counts as past.
+const MAX_TIMEOUT_MS: u64 = 86_400_000 + 60_000;
 /// How long a service remembers the answer to a request id, for retries with `--request-id`.
 pub const ANSWER_MEMORY_MS: u64 = 86_400_000;
 /// Longest request id accepted.
@@ -67,7 +70,8 @@ const ARGS: [&str; 2] = ["deadline", "fingerprint"];
 /// names `keys` and `args` after every request step's.
 pub fn request_script(keys: &[&'static str], args: &[&'static str], parts: &[&str]) -> StepScript {
     let constants = format!(
-        "local REPLY_TTL_MS = {REPLY_TTL_MS}\nlocal ANSWER_MEMORY_MS = {ANSWER_MEMORY_MS}\n"
+        "local REPLY_TTL_MS = {REPLY_TTL_MS}\nlocal ANSWER_MEMORY_MS = {ANSWER_MEMORY_MS}\n\
+         local MAX_TIMEOUT_MS = {MAX_TIMEOUT_MS}\n"
     );
     let mut lua = vec![constants.as_str(), HELPERS];
     lua.extend_from_slice(parts);
@@ -137,7 +141,7 @@ impl Incoming {
         };
         Ok(Incoming {
             reply_to,
-            request_id: delivery.field("request_id")?.to_owned(),
+            request_id: service_request_id(delivery.field("request_id")?)?,
             deadline_ms: deadline_ms
                 .parse()
                 .map_err(|_| Malformed(format!("deadline_ms {deadline_ms:?} is not a number")))?,
@@ -292,6 +296,17 @@ async fn give_up(connection: &mut Connection, reply_key: &str) -> Result<String,
     // The answer arrived between the timeout and the mark: the request was applied.
     let body: Option<String> = connection.lpop(reply_key, None).await?;
     body.ok_or(AnswerError::GaveUp)
+}
+
+/// A request id as the service accepts it: the client's own rule, checked again, since anyone
+/// who can write the inbox can write anything (a megabyte-long id would become a key name).
+fn service_request_id(id: &str) -> Result<String, Malformed> {
+    request_id(Some(id)).map_err(|_| {
+        Malformed(format!(
+            "request_id of {} bytes: use 1 to {MAX_REQUEST_ID_CHARS} printable ASCII characters",
+            id.len()
+        ))
+    })
 }
 
 /// Whether `text` is a stream id, `<ms>-<seq>`.

@@ -642,3 +642,61 @@ fn requests_are_answered_under_their_reply_to_or_entry_id_and_a_bad_reply_to_is_
     assert!(field(dead, "reason").contains("reply_to"), "{dead:?}");
     assert_eq!(titles_created(&blog), ["Named", "Unnamed"]);
 }
+
+#[test]
+fn what_the_client_would_refuse_is_refused_by_the_service_too_and_dead_letters_stay_small() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    blog.ok(&["post", "create", "--wait", "Before"]);
+    let mut connection = blog.redis.connection();
+    let huge_id = "x".repeat(1 << 20);
+    add_request(
+        &mut connection,
+        &blog,
+        "posts",
+        &huge_id,
+        None,
+        5000,
+        r#"{"title":"Huge id"}"#,
+    );
+    // A deadline ten days ahead: no client waits that long.
+    add_request(
+        &mut connection,
+        &blog,
+        "posts",
+        "far",
+        None,
+        10 * 86_400_000,
+        r#"{"title":"Far deadline"}"#,
+    );
+    // A megabyte of garbage where an event should be.
+    let _: String = redis::cmd("XADD")
+        .arg(blog.events())
+        .arg("*")
+        .arg(&[
+            ("type", "PostCreated"),
+            ("version", "1"),
+            ("request_id", "x"),
+            ("producer", "test"),
+        ])
+        .arg("data")
+        .arg(vec![0xffu8; 1 << 20])
+        .query(&mut connection)
+        .unwrap();
+    let inbox = blog.inbox("posts");
+    assert!(wait_until(PATIENCE, || blog.entries(&inbox).is_empty()
+        && blog.entries(&blog.dead()).len() >= 3));
+    assert_eq!(titles_created(&blog), ["Before"]);
+    let letters = blog.entries(&blog.dead());
+    let reasons: Vec<String> = letters.iter().map(|(_, f)| field(f, "reason")).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|reason| reason.contains("request_id of 1048576 bytes")),
+        "{reasons:?}"
+    );
+    for (_, fields) in &letters {
+        let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(size < 64 * 1024, "a dead letter of {size} bytes");
+    }
+}

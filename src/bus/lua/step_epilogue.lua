@@ -15,9 +15,15 @@ if not claimed then return redis.error_reply(message) end
 -- letters with the error rather than being lost.
 local fields = {}
 for _, found in ipairs(redis.call('XRANGE', stream, entry_id, entry_id)) do
-  for i = 1, #found[2], 2 do fields[found[2][i]] = found[2][i + 1] end
+  for i = 1, #found[2], 2 do
+    local value = found[2][i + 1]
+    if #value > DEAD_LETTER_FIELD_BYTES then
+      value = string.sub(value, 1, DEAD_LETTER_FIELD_BYTES) .. '... (' .. #value .. ' bytes in all)'
+    end
+    fields[found[2][i]] = value
+  end
 end
-redis.call('XADD', dead, '*', 'stream', stream, 'id', entry_id, 'service', group,
+redis.call('XADD', dead, 'MAXLEN', '~', DEAD_LETTERS_KEPT, '*', 'stream', stream, 'id', entry_id, 'service', group,
   'reason', 'failed after it was acknowledged, maybe part-applied: ' .. message,
   'deliveries', deliveries, 'entry', cjson.encode(fields))
 return 'failed_after_claim'

@@ -8,7 +8,9 @@ local function check()
   abandoned = redis.call('TYPE', reply)['ok'] == 'string'
   if abandoned then return nil end
   local now = redis.call('TIME')
-  expired = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(deadline)
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  -- A deadline further ahead than any client's timeout was not written by a client.
+  expired = now_ms > tonumber(deadline) or tonumber(deadline) > now_ms + MAX_TIMEOUT_MS
   if expired then return nil end
   earlier = redis.call('GET', remembered)
   if earlier then return nil end
