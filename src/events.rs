@@ -162,18 +162,34 @@ pub fn moderate(content: &str, banned_words: &[String]) -> Status {
 
 /// A title as stored: trimmed, not empty, at most [`MAX_TITLE_CHARS`] characters.
 pub fn validate_title(title: &str) -> Result<String, Failure> {
-    validate_text("title", title, MAX_TITLE_CHARS)
+    validate_text("title", title, MAX_TITLE_CHARS, &[])
 }
 
 /// A comment's content as stored: trimmed, not empty, at most [`MAX_CONTENT_CHARS`] characters.
 pub fn validate_content(content: &str) -> Result<String, Failure> {
-    validate_text("content", content, MAX_CONTENT_CHARS)
+    validate_text("content", content, MAX_CONTENT_CHARS, &['\n', '\t'])
 }
 
-fn validate_text(what: &str, text: &str, max_chars: usize) -> Result<String, Failure> {
+/// `allowed`: the control characters the text may hold (none in a title; newline and tab in
+/// a comment); any other would act on a terminal that shows it.
+fn validate_text(
+    what: &str,
+    text: &str,
+    max_chars: usize,
+    allowed: &[char],
+) -> Result<String, Failure> {
     let text = text.trim();
     if text.is_empty() {
         return Err(Failure::invalid(format!("the {what} is empty")));
+    }
+    if let Some(control) = text
+        .chars()
+        .find(|c| c.is_control() && !allowed.contains(c))
+    {
+        return Err(Failure::invalid(format!(
+            "the {what} holds the control character U+{:04X}; it is not allowed",
+            control as u32
+        )));
     }
     let chars = text.chars().count();
     if chars > max_chars {
