@@ -21,14 +21,22 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 pub struct Redis {
     /// The URL with its password hidden: the only form that is ever printed or logged.
     shown: String,
+    /// The user it authenticates as (`default` unless the URL names one).
+    user: String,
     client: redis::Client,
 }
 
 impl Redis {
     /// Checks the URL; exit code 2 when it is not a Redis URL.
     pub fn open(url: &str) -> Result<Redis, Failure> {
+        Redis::open_with(url, None)
+    }
+
+    /// [`Redis::open`], with the password read from `password_file` (its first line) when
+    /// given, so that it need not be in the URL, the environment or the command line.
+    pub fn open_with(url: &str, password_file: Option<&std::path::Path>) -> Result<Redis, Failure> {
         let shown = without_password(url);
-        let client = redis::Client::open(url).map_err(|error| {
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|error| {
             // A value that is not even `scheme://...` is not echoed: it may be a password.
             let value = if url.contains("://") {
                 format!(" {shown:?}")
@@ -39,7 +47,32 @@ impl Redis {
                 "invalid --redis-url{value}: {error} (expected redis://[user:password@]host:port[/db])"
             ))
         })?;
-        Ok(Redis { shown, client })
+        let info = match password_file {
+            Some(path) => {
+                let password = std::fs::read_to_string(path).map_err(|error| {
+                    Failure::invalid(format!(
+                        "cannot read --redis-password-file {}: {error}",
+                        path.display()
+                    ))
+                })?;
+                let password = password.lines().next().unwrap_or_default().to_owned();
+                let settings = info.redis_settings().clone().set_password(password);
+                info.set_redis_settings(settings)
+            }
+            None => info,
+        };
+        let user = info
+            .redis_settings()
+            .username()
+            .unwrap_or("default")
+            .to_owned();
+        let client = redis::Client::open(info)
+            .map_err(|error| Failure::invalid(format!("invalid --redis-url {shown:?}: {error}")))?;
+        Ok(Redis {
+            shown,
+            user,
+            client,
+        })
     }
 
     /// The URL, its password (if any) replaced by `***`.
@@ -81,8 +114,9 @@ impl Redis {
             return Failure::new(
                 ExitCode::RedisUnreachable,
                 format!(
-                    "Redis at {} refused the credentials ({}): check the user and password in \
-                     --redis-url (BLOGCTL_REDIS_URL)",
+                    "authentication failed for user {} at {} ({}): check the user and password \
+                     (--redis-url, or --redis-password-file)",
+                    self.user,
                     self.shown,
                     error.code().unwrap_or("AUTH failed")
                 ),
@@ -149,7 +183,10 @@ pub fn map_of(value: Value) -> BTreeMap<String, Value> {
 /// Shows the URL without its password (the client's own form would show it).
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis").field("url", &self.shown).finish()
+        f.debug_struct("Redis")
+            .field("url", &self.shown)
+            .field("user", &self.user)
+            .finish()
     }
 }
 

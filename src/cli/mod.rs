@@ -50,6 +50,15 @@ pub struct Global {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+    /// A file whose first line is the Redis password, so that it is neither in the URL, the
+    /// environment nor the command line.
+    #[arg(
+        long,
+        global = true,
+        env = "BLOGCTL_REDIS_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub redis_password_file: Option<std::path::PathBuf>,
     /// Prefix of every key, so several blogs can share one Redis.
     #[arg(
         long,
@@ -117,7 +126,7 @@ pub enum Command {
 impl Global {
     fn context(&self) -> Result<Context, Failure> {
         Ok(Context {
-            redis: Redis::open(&self.redis_url)?,
+            redis: Redis::open_with(&self.redis_url, self.redis_password_file.as_deref())?,
             keys: Keys::new(&self.namespace)?,
             json: self.json,
             timeout: self.timeout,

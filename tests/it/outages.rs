@@ -505,7 +505,10 @@ fn the_redis_password_is_never_printed_and_a_wrong_one_is_named() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&wrong.stderr);
     assert_eq!(wrong.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert!(
+        stderr.contains("authentication failed for user default"),
+        "{stderr}"
+    );
     assert!(
         !stderr.contains("wr0ng") && stderr.contains("default:***@"),
         "{stderr}"
@@ -534,6 +537,36 @@ fn the_redis_password_is_never_printed_and_a_wrong_one_is_named() {
         );
         assert!(!all.contains("s3cret"), "{args:?}: {all}");
     }
+    // The password from a file: the URL, the environment and the command line hold none.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let run = blog
+        .command()
+        .env("BLOGCTL_REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        .env("BLOGCTL_REDIS_PASSWORD_FILE", &file)
+        .args(["post", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    std::fs::write(&file, "wr0ng\n").unwrap();
+    let run = blog
+        .command()
+        .env("BLOGCTL_REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        .args([
+            "--redis-password-file",
+            file.to_str().unwrap(),
+            "post",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("authentication failed") && !stderr.contains("wr0ng"),
+        "{stderr}"
+    );
     // The services' logs, at start and on trouble.
     let services = blog
         .command()
