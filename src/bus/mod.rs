@@ -28,4 +28,4 @@ pub use entry::{Delivery, Envelope, FOR_SERVICE, RawEntry};
 pub use groups::{acknowledge, applied_up_to, ensure_group};
 pub use handler::{Handler, Outcome, Plan};
 pub use ids::{AUTO_ID, NEW_ENTRIES, OWN_PENDING, START_OF_STREAM, StreamId, compare_ids};
-pub use step::{Step, StepKeys, StepReply, StepScript};
+pub use step::{DEAD_LETTERS_KEPT, Step, StepKeys, StepReply, StepScript};

@@ -16,7 +16,7 @@ use redis::{AsyncCommands, Value};
 use serde::Serialize;
 
 use super::{ExpectedGroup, FIRST_ENTRY, LAST_ENTRY, expected_groups, page_through, read_streams};
-use crate::bus::StreamId;
+use crate::bus::{DEAD_LETTERS_KEPT, StreamId};
 use crate::cli::values::{self, ServiceChoice, parse_seconds};
 use crate::connection::{Connection, eviction_problem, map_of};
 use crate::context::Context;
@@ -437,6 +437,14 @@ async fn dead_letters(connection: &mut Connection, dead: &str) -> Result<DeadCou
 /// What `--check` complains about, one line each.
 pub fn problems(status: &Status, max_lag: u64, max_pending_age: Duration) -> Vec<String> {
     let mut problems: Vec<String> = status.eviction.iter().cloned().collect();
+    if status.dead_letters.count >= DEAD_LETTERS_KEPT / 10 * 8 {
+        problems.push(format!(
+            "{} holds {} of the about {DEAD_LETTERS_KEPT} it keeps: the oldest will be dropped; \
+             look at them (`blogctl dead list`), then retry or drop them",
+            status.dead_letters.stream,
+            count_of(status.dead_letters.count, "dead letter", "dead letters")
+        ));
+    }
     for stream in &status.streams {
         for group in &stream.groups {
             let name = format!("group {} on {}", group.group, stream.stream);
@@ -675,5 +683,19 @@ mod tests {
         assert!(problems[2].contains("pending for 1m01s"));
         assert!(problems[3].contains("no consumer of group posts on s is alive, and 1 entry wait"));
         assert!(super::problems(&status, 100, Duration::from_secs(120)).len() == 2);
+        let nearly_full = Status {
+            dead_letters: DeadLetters {
+                count: 90_000,
+                ..status.dead_letters
+            },
+            ..status
+        };
+        let problems = super::problems(&nearly_full, 100, Duration::from_secs(120));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("holds 90000 dead letters")),
+            "{problems:?}"
+        );
     }
 }
