@@ -43,6 +43,26 @@ EOF
     return 1
 }
 
+# Makes sure `openssl` is installed: the TLS tests make their certificates with it.
+ensure_openssl() {
+    if command -v openssl >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "openssl is missing; installing the Debian package openssl with apt-get" >&2
+        {
+            DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssl
+        } >&2 || {
+            echo "error: installing openssl with apt-get failed" >&2
+            return 1
+        }
+        return 0
+    fi
+    echo "error: openssl is not installed (the TLS tests need it): install the openssl package" >&2
+    return 1
+}
+
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     set -euo pipefail
     ensure_redis

@@ -8,6 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/ensure-redis.sh
 source scripts/ensure-redis.sh
 ensure_redis
+ensure_openssl
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo is not installed; install a Rust toolchain (https://rustup.rs)" >&2

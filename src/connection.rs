@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 
@@ -29,12 +30,12 @@ pub struct Redis {
 impl Redis {
     /// Checks the URL; exit code 2 when it is not a Redis URL.
     pub fn open(url: &str) -> Result<Redis, Failure> {
-        Redis::open_with(url, None)
+        Redis::open_with(url, &Access::default())
     }
 
-    /// [`Redis::open`], with the password read from `password_file` (its first line) when
-    /// given, so that it need not be in the URL, the environment or the command line.
-    pub fn open_with(url: &str, password_file: Option<&std::path::Path>) -> Result<Redis, Failure> {
+    /// [`Redis::open`], with the password read from a file and TLS certificates when given.
+    pub fn open_with(url: &str, access: &Access) -> Result<Redis, Failure> {
+        let password_file = access.password_file.as_deref();
         let shown = without_password(url);
         let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|error| {
             // A value that is not even `scheme://...` is not echoed: it may be a password.
@@ -66,8 +67,13 @@ impl Redis {
             .username()
             .unwrap_or("default")
             .to_owned();
-        let client = redis::Client::open(info)
-            .map_err(|error| Failure::invalid(format!("invalid --redis-url {shown:?}: {error}")))?;
+        // rustls (for rediss://) needs its cryptography chosen once per process: ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match tls_certificates(access)? {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates),
+            None => redis::Client::open(info),
+        }
+        .map_err(|error| Failure::invalid(format!("invalid --redis-url {shown:?}: {error}")))?;
         Ok(Redis {
             shown,
             user,
@@ -119,6 +125,21 @@ impl Redis {
                     self.user,
                     self.shown,
                     error.code().unwrap_or("AUTH failed")
+                ),
+            );
+        }
+        let text = error.to_string();
+        if ["certificate", "Certificate", "TLS", "tls", "handshake"]
+            .iter()
+            .any(|word| text.contains(word))
+        {
+            return Failure::new(
+                ExitCode::RedisUnreachable,
+                format!(
+                    "the TLS handshake with Redis at {} failed: {error}; check --redis-ca (the \
+                     authority that signed Redis's certificate) and, if Redis asks for one, \
+                     --redis-cert and --redis-key",
+                    self.shown
                 ),
             );
         }
@@ -178,6 +199,55 @@ pub fn map_of(value: Value) -> BTreeMap<String, Value> {
                 .map(|name| (name, value))
         })
         .collect()
+}
+
+/// How to prove who we are to Redis, and whom to trust, beyond the URL (`redis://` or
+/// `rediss://` for TLS).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// A file whose first line is the password.
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the certificate authority to trust for `rediss://` (else the system's).
+    pub tls_ca: Option<PathBuf>,
+    /// PEM files of a client certificate and its key, for Redis servers that ask for one.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The TLS certificates `access` names, read; `None` when it names none.
+fn tls_certificates(access: &Access) -> Result<Option<redis::TlsCertificates>, Failure> {
+    let read = |path: &Option<PathBuf>, flag: &str| -> Result<Option<Vec<u8>>, Failure> {
+        path.as_ref()
+            .map(|path| {
+                std::fs::read(path).map_err(|error| {
+                    Failure::invalid(format!("cannot read {flag} {}: {error}", path.display()))
+                })
+            })
+            .transpose()
+    };
+    let root_cert = read(&access.tls_ca, "--redis-ca")?;
+    let client_tls = match (
+        read(&access.tls_cert, "--redis-cert")?,
+        read(&access.tls_key, "--redis-key")?,
+    ) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(Failure::invalid(
+                "--redis-cert and --redis-key go together: give both or neither",
+            ));
+        }
+    };
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
 }
 
 /// Shows the URL without its password (the client's own form would show it).

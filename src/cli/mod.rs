@@ -12,7 +12,7 @@ use crate::bench::{self, BenchArgs};
 use crate::client;
 use crate::client::comment::CommentCommand;
 use crate::client::post::PostCommand;
-use crate::connection::Redis;
+use crate::connection::{Access, Redis};
 use crate::context::Context;
 use crate::error::Failure;
 use crate::keyspace::Keys;
@@ -59,6 +59,17 @@ pub struct Global {
         value_name = "FILE"
     )]
     pub redis_password_file: Option<std::path::PathBuf>,
+    /// For `rediss://` (TLS): a PEM file of the certificate authority to trust, instead of the
+    /// system's.
+    #[arg(long, global = true, env = "BLOGCTL_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<std::path::PathBuf>,
+    /// For `rediss://`: a PEM client certificate, for a Redis that asks for one (with
+    /// --redis-key).
+    #[arg(long, global = true, env = "BLOGCTL_REDIS_CERT", value_name = "FILE")]
+    pub redis_cert: Option<std::path::PathBuf>,
+    /// For `rediss://`: the PEM key of --redis-cert.
+    #[arg(long, global = true, env = "BLOGCTL_REDIS_KEY", value_name = "FILE")]
+    pub redis_key: Option<std::path::PathBuf>,
     /// Prefix of every key, so several blogs can share one Redis.
     #[arg(
         long,
@@ -126,7 +137,15 @@ pub enum Command {
 impl Global {
     fn context(&self) -> Result<Context, Failure> {
         Ok(Context {
-            redis: Redis::open_with(&self.redis_url, self.redis_password_file.as_deref())?,
+            redis: Redis::open_with(
+                &self.redis_url,
+                &Access {
+                    password_file: self.redis_password_file.clone(),
+                    tls_ca: self.redis_ca.clone(),
+                    tls_cert: self.redis_cert.clone(),
+                    tls_key: self.redis_key.clone(),
+                },
+            )?,
             keys: Keys::new(&self.namespace)?,
             json: self.json,
             timeout: self.timeout,

@@ -589,3 +589,160 @@ fn the_redis_password_is_never_printed_and_a_wrong_one_is_named() {
     assert!(log.contains("default:***@"), "{log}");
     assert!(!log.contains("s3cret"), "{log}");
 }
+
+/// Runs openssl, which must succeed.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl must be installed (scripts/test.sh installs it)");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+/// A certificate authority `name` in `dir` (`<name>.crt`, `<name>.key`), and certificates it
+/// signs for 127.0.0.1 (`server`) and for a client (`client`).
+fn make_certificates(dir: &std::path::Path, name: &str) {
+    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for who in ["server", "client"] {
+        let prefix = format!("{name}-{who}");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{prefix}.key"),
+                "-out",
+                &format!("{prefix}.csr"),
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{prefix}.csr"),
+                "-CA",
+                &crt,
+                "-CAkey",
+                &key,
+                "-CAcreateserial",
+                "-out",
+                &format!("{prefix}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ],
+        );
+    }
+}
+
+#[test]
+fn the_story_runs_over_tls_with_client_certificates_and_a_wrong_ca_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path(), "ca");
+    make_certificates(dir.path(), "other");
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let tls_port = crate::support::free_port().to_string();
+    let blog = Blog::on(RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("ca-server.crt"),
+        "--tls-key-file",
+        &path("ca-server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "yes",
+    ]));
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let tls = |command: &mut std::process::Command| {
+        command
+            .env("BLOGCTL_REDIS_URL", &url)
+            .env("BLOGCTL_REDIS_CA", path("ca.crt"))
+            .env("BLOGCTL_REDIS_CERT", path("ca-client.crt"))
+            .env("BLOGCTL_REDIS_KEY", path("ca-client.key"));
+    };
+    let _services = blog.serve_with(
+        &["all"],
+        &[
+            ("BLOGCTL_REDIS_URL", url.clone()),
+            ("BLOGCTL_REDIS_CA", path("ca.crt")),
+            ("BLOGCTL_REDIS_CERT", path("ca-client.crt")),
+            ("BLOGCTL_REDIS_KEY", path("ca-client.key")),
+        ],
+    );
+    let run = |args: &[&str], with_client_certificate: bool| -> crate::support::Run {
+        let mut command = blog.command();
+        tls(&mut command);
+        if !with_client_certificate {
+            command
+                .env_remove("BLOGCTL_REDIS_CERT")
+                .env_remove("BLOGCTL_REDIS_KEY");
+        }
+        command.args(args).output().unwrap().into()
+    };
+    let post = run(&["post", "create", "--wait", "Over TLS"], true);
+    assert_eq!(post.code, 0, "{post:?}");
+    let comment = run(
+        &[
+            "comment",
+            "create",
+            "--wait",
+            post.stdout.trim(),
+            "encrypted",
+        ],
+        true,
+    );
+    assert_eq!(comment.code, 0, "{comment:?}");
+    assert!(comment.stdout.contains("approved"), "{comment:?}");
+    // The same data through the plain port the test owns: the services wrote it over TLS.
+    assert_eq!(blog.view()[0]["title"], "Over TLS");
+    // Without a client certificate, Redis refuses: exit 4.
+    let refused = run(&["post", "list"], false);
+    assert_eq!(refused.code, 4, "{refused:?}");
+    assert!(refused.stderr.contains("--redis-cert"), "{refused:?}");
+    // A CA that did not sign the server's certificate: exit 4, naming the URL.
+    let mut wrong = blog.command();
+    tls(&mut wrong);
+    let wrong: crate::support::Run = wrong
+        .env("BLOGCTL_REDIS_CA", path("other.crt"))
+        .args(["post", "list"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(wrong.code, 4, "{wrong:?}");
+    assert!(
+        wrong.stderr.contains(&url) && wrong.stderr.contains("TLS handshake"),
+        "{wrong:?}"
+    );
+}

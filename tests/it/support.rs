@@ -282,11 +282,17 @@ impl Blog {
 
     /// Starts `blogctl serve <args>` (stopped on drop).
     pub fn serve(&self, args: &[&str]) -> Service {
+        self.serve_with(args, &[])
+    }
+
+    /// [`Blog::serve`] with more environment variables.
+    pub fn serve_with(&self, args: &[&str], env: &[(&str, String)]) -> Service {
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = self
             .command()
             .arg("serve")
             .args(args)
+            .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
             .env("RUST_LOG", "info")
             .stderr(log.reopen().unwrap())
             .stdout(Stdio::null())
