@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of blogctl. The tests start their own private redis-server processes on free
-# loopback ports (never the shared 6379), so redis-server must be installed: this installs it
-# when it can (see scripts/ensure-redis.sh). Extra arguments go to the test runner.
+# loopback ports (never the shared 6379), so redis-server must be installed, and openssl for the
+# TLS tests: this installs them when it can (see scripts/ensure-redis.sh). Extra arguments go to
+# the test runner.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
