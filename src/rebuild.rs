@@ -24,7 +24,7 @@ use crate::context::Context;
 use crate::error::Failure;
 use crate::events::EventKind;
 use crate::keyspace::{Generation, Keys, Partition, Service};
-use crate::ops::trim::ArchiveLine;
+use crate::ops::trim::{ArchiveCheck, ArchiveLine, LinesHash};
 use crate::output::{print_line, progress_bar};
 use crate::services::generations::{ApplyCall, Generations};
 use crate::services::{comments, query};
@@ -254,8 +254,10 @@ async fn fill(
     // Archived ids the stream still holds (a trim stopped between its archive and its XTRIM).
     let first_on_stream = first_id(connection, &events).await?;
     let mut overlap = Vec::new();
+    let mut unchecked = Vec::new();
     for archive in fill.archives {
         let read = ArchiveRead {
+            unchecked: &mut unchecked,
             last: &mut last,
             first_on_stream: first_on_stream.as_deref(),
             overlap: &mut overlap,
@@ -263,6 +265,7 @@ async fn fill(
         apply_archive(connection, &log, archive, &mut counts, read).await?;
     }
     refuse_archives_past_the_stream(connection, &events, &last, &overlap).await?;
+    refuse_unchecked_lines_off_the_stream(connection, &events, &unchecked).await?;
     let removed = refuse_a_gap(connection, &events, counts.from_archives).await?;
     // The stream, from where the archives stopped; again until nothing new came meanwhile.
     loop {
@@ -279,6 +282,8 @@ async fn fill(
 /// writes at a time; `last` becomes the id of the last entry it holds.
 /// Where the reading of the archives stands.
 struct ArchiveRead<'a> {
+    /// Ids of archived lines no check covers, which must still be on the stream.
+    unchecked: &'a mut Vec<String>,
     /// The id of the last line read (`0-0` before the first).
     last: &'a mut String,
     /// The stream's first entry, if it has one.
@@ -295,12 +300,14 @@ async fn apply_archive(
     read: ArchiveRead<'_>,
 ) -> Result<()> {
     let ArchiveRead {
+        unchecked,
         last,
         first_on_stream,
         overlap,
     } = read;
     let file =
         std::fs::File::open(archive).wrap_err_with(|| format!("opening {}", archive.display()))?;
+    let mut checks = Checks::default();
     let mut calls = Vec::new();
     let mut reader = std::io::BufReader::new(file);
     let mut number = 0;
@@ -316,9 +323,15 @@ async fn apply_archive(
         if line.trim().is_empty() {
             continue;
         }
+        let place = format!("{} line {number}", archive.display());
+        if let Some(check) = ArchiveCheck::parse(&line) {
+            checks.check(&check, &place)?;
+            continue;
+        }
         let Some(entry) = parse_archive_line(&line, archive, number)? else {
             break;
         };
+        checks.entry(&line, &entry.id);
         // Ids increase from line to line, across archives, and stay before the stream's
         // first entry (checked once the archives are read): a line that breaks this is not
         // from `blogctl trim`, and would make the rebuild skip what the stream holds.
@@ -356,7 +369,56 @@ async fn apply_archive(
         }
     }
     write(connection, log.target, log.base, &calls).await?;
+    unchecked.extend(checks.unchecked());
     Ok(())
+}
+
+/// The integrity checks of one archive file, as it is read (see `ArchiveCheck`).
+#[derive(Default)]
+struct Checks {
+    /// The entry lines since the last check, and their ids.
+    hash: LinesHash,
+    ids: Vec<String>,
+    seen_check: bool,
+}
+
+impl Checks {
+    fn entry(&mut self, line: &str, id: &str) {
+        self.hash.add(line);
+        self.ids.push(id.to_owned());
+    }
+
+    /// Refuses (exit code 2) a check that does not match the entry lines before it. The first
+    /// check of a file may cover fewer than all of them: the older ones were written before
+    /// trims wrote checks.
+    fn check(&mut self, check: &ArchiveCheck, place: &str) -> Result<()> {
+        let since = self.hash.len();
+        let covers = check.entries == since || (!self.seen_check && check.entries <= since);
+        let matches = covers
+            && self.hash.of_last(check.entries).as_deref() == Some(check.hash.as_str())
+            && self.ids.last() == Some(&check.last);
+        if !matches {
+            return Err(Failure::invalid(format!(
+                "{place}: the check does not match the {since} entry lines before it: the \
+                 archive was edited, or lines were added or removed"
+            ))
+            .into());
+        }
+        self.hash = LinesHash::default();
+        self.ids.clear();
+        self.seen_check = true;
+        Ok(())
+    }
+
+    /// The ids after the last check (a trim that stopped before writing its check), which must
+    /// still be on the stream; none for a file without checks (written before trims wrote them).
+    fn unchecked(self) -> Vec<String> {
+        if self.seen_check {
+            self.ids
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// Line `number` of `archive` as an entry; `None` for a last line cut short, exit code 2 for
@@ -372,6 +434,35 @@ fn parse_archive_line(line: &str, archive: &Path, number: u64) -> Result<Option<
             Err(Failure::invalid(format!("{place}: not an archived entry: {error}")).into())
         }
     }
+}
+
+/// Refuses (exit code 2) archived lines no check covers unless the stream still holds exactly
+/// them: only a trim that stopped between writing them and its check leaves such lines.
+async fn refuse_unchecked_lines_off_the_stream(
+    connection: &mut Connection,
+    events: &str,
+    unchecked: &[String],
+) -> Result<()> {
+    let (Some(first), Some(last)) = (unchecked.first(), unchecked.last()) else {
+        return Ok(());
+    };
+    let on_stream: Vec<RawEntry> = redis::cmd("XRANGE")
+        .arg(events)
+        .arg(first)
+        .arg(last)
+        .arg("COUNT")
+        .arg(unchecked.len() + 1)
+        .query_async(connection)
+        .await?;
+    let ids: Vec<&str> = on_stream.iter().map(|(id, _)| id.as_str()).collect();
+    if ids != unchecked {
+        return Err(Failure::invalid(format!(
+            "archived lines {first} to {last} are not covered by a check and not on {events}: \
+             the archive was edited, or lines were added"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// The id of the stream's first entry, if it has one.

@@ -71,6 +71,84 @@ impl ArchiveLine {
             fields: entry.fields.iter().cloned().collect(),
         }
     }
+
+    /// The line as written, newline included.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{}\n",
+            serde_json::to_string(self).expect("archive lines serialize")
+        )
+    }
+}
+
+/// The line each trim writes after its entries: how many entry lines just before it it covers,
+/// the hash of those lines ([`LinesHash`]), and the id of the last. `rebuild` checks it, so an
+/// edited, dropped or inserted line is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveCheck {
+    pub entries: u64,
+    pub hash: String,
+    pub last: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckLine {
+    check: ArchiveCheck,
+}
+
+impl ArchiveCheck {
+    /// `line` as a check line, if it is one.
+    pub fn parse(line: &str) -> Option<ArchiveCheck> {
+        serde_json::from_str::<CheckLine>(line)
+            .ok()
+            .map(|line| line.check)
+    }
+
+    fn to_line(&self) -> String {
+        let line = CheckLine {
+            check: self.clone(),
+        };
+        format!(
+            "{}\n",
+            serde_json::to_string(&line).expect("check lines serialize")
+        )
+    }
+}
+
+/// FNV-1a (64 bits) over the hashes of lines, in order: it catches a changed, missing or moved
+/// line (an integrity check, not a signature).
+#[derive(Debug, Clone, Default)]
+pub struct LinesHash {
+    lines: Vec<u64>,
+}
+
+impl LinesHash {
+    pub fn add(&mut self, line: &str) {
+        self.lines.push(fnv1a(line.as_bytes()));
+    }
+
+    pub fn len(&self) -> u64 {
+        self.lines.len() as u64
+    }
+
+    /// The hash of the last `count` lines added, as hex.
+    pub fn of_last(&self, count: u64) -> Option<String> {
+        let from = self.lines.len().checked_sub(count as usize)?;
+        let bytes: Vec<u8> = self.lines[from..]
+            .iter()
+            .flat_map(|hash| hash.to_be_bytes())
+            .collect();
+        Some(format!("{:016x}", fnv1a(&bytes)))
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 /// What `trim --json` prints.
@@ -229,10 +307,20 @@ async fn copy_to_archive(
                     .last_id
                     .as_deref()
                     .is_some_and(|last| compare_ids(&entry.id, last).is_le());
+                let line = ArchiveLine::from_entry(entry);
                 if seen {
                     trimmed.already_archived += 1;
+                    // Written by a trim that stopped before its check: this one's covers it.
+                    let unchecked = archive
+                        .checked_up_to
+                        .as_deref()
+                        .is_none_or(|checked| compare_ids(&entry.id, checked).is_gt());
+                    if unchecked {
+                        archive.hash.add(&line.to_line());
+                        archive.last_covered = Some(entry.id.clone());
+                    }
                 } else {
-                    archive.append(&ArchiveLine::from_entry(entry))?;
+                    archive.append(&line)?;
                     trimmed.archived += 1;
                 }
             }
@@ -240,6 +328,7 @@ async fn copy_to_archive(
         },
     )
     .await?;
+    archive.write_check()?;
     archive.sync()
 }
 
@@ -387,6 +476,11 @@ struct Archive {
     created: bool,
     /// The id of its last line, if any: entries up to it are archived already.
     last_id: Option<String>,
+    /// The id of the last entry its last check covers, if it has one.
+    checked_up_to: Option<String>,
+    /// The lines this trim's check will cover, and the id of the last.
+    hash: LinesHash,
+    last_covered: Option<String>,
 }
 
 impl Archive {
@@ -400,6 +494,14 @@ impl Archive {
             .open(path)
             .wrap_err_with(context)?;
         let (kept_len, last_id) = last_line(&mut file, path).wrap_err_with(context)?;
+        let checked_up_to = match &last_id {
+            Some(LastLine::Check(last)) => Some(last.clone()),
+            Some(LastLine::Entry(_)) => last_check(&mut file).wrap_err_with(context)?,
+            None => None,
+        };
+        let last_id = last_id.map(|line| match line {
+            LastLine::Check(id) | LastLine::Entry(id) => id,
+        });
         let len = file.metadata().wrap_err_with(context)?.len();
         if kept_len < len {
             // A line cut short by a crash: its entries were never trimmed, so they are
@@ -414,12 +516,34 @@ impl Archive {
             kept_len,
             created,
             last_id,
+            checked_up_to,
+            hash: LinesHash::default(),
+            last_covered: None,
         })
     }
 
     fn append(&mut self, line: &ArchiveLine) -> Result<()> {
-        serde_json::to_writer(&mut self.writer, line)?;
-        self.writer.write_all(b"\n")?;
+        let text = line.to_line();
+        self.writer.write_all(text.as_bytes())?;
+        self.hash.add(&text);
+        self.last_covered = Some(line.id.clone());
+        Ok(())
+    }
+
+    /// Writes the check of the lines this trim wrote (and of those a stopped trim left
+    /// unchecked), if any.
+    fn write_check(&mut self) -> Result<()> {
+        let Some(last) = self.last_covered.clone() else {
+            return Ok(());
+        };
+        let entries = self.hash.len();
+        let hash = self.hash.of_last(entries).unwrap_or_default();
+        let check = ArchiveCheck {
+            entries,
+            hash,
+            last,
+        };
+        self.writer.write_all(check.to_line().as_bytes())?;
         Ok(())
     }
 
@@ -452,7 +576,7 @@ impl Archive {
 
 /// The length of `file` up to the end of its last complete line, and that line's id. Exit code
 /// 2 when the file does not end with an archive line (it is something else).
-fn last_line(file: &mut File, path: &Path) -> Result<(u64, Option<String>)> {
+fn last_line(file: &mut File, path: &Path) -> Result<(u64, Option<LastLine>)> {
     let len = file.metadata()?.len();
     // `tail` holds the bytes from `start` to the end of the file.
     let mut tail: Vec<u8> = Vec::new();
@@ -463,14 +587,20 @@ fn last_line(file: &mut File, path: &Path) -> Result<(u64, Option<String>)> {
             if line_start.is_some() || start == 0 {
                 let line = &tail[line_start.map_or(0, |at| at + 1)..end];
                 let kept_len = start + end as u64 + 1;
-                return match serde_json::from_slice::<ArchiveLine>(line) {
-                    Ok(line) => Ok((kept_len, Some(line.id))),
-                    Err(_) => Err(not_an_archive(path).into()),
+                if let Ok(line) = serde_json::from_slice::<ArchiveLine>(line) {
+                    return Ok((kept_len, Some(LastLine::Entry(line.id))));
+                }
+                return match ArchiveCheck::parse(&String::from_utf8_lossy(line)) {
+                    Some(check) => Ok((kept_len, Some(LastLine::Check(check.last)))),
+                    None => Err(not_an_archive(path).into()),
                 };
             }
         } else if start == 0 {
             // No complete line: empty, or only a line cut short by a crash.
-            if tail.is_empty() || tail.starts_with(br#"{"id":"#) {
+            if tail.is_empty()
+                || tail.starts_with(br#"{"id":"#)
+                || tail.starts_with(br#"{"check":"#)
+            {
                 return Ok((0, None));
             }
             return Err(not_an_archive(path).into());
@@ -483,6 +613,28 @@ fn last_line(file: &mut File, path: &Path) -> Result<(u64, Option<String>)> {
         bytes.extend_from_slice(&tail);
         tail = bytes;
     }
+}
+
+/// An archive's last complete line: an entry (its id), or a check (the id of the last entry
+/// it covers).
+#[derive(Debug, PartialEq, Eq)]
+enum LastLine {
+    Entry(String),
+    Check(String),
+}
+
+/// The id of the last entry the archive's last check covers, if it has a check: read from the
+/// start, which happens only after a trim stopped between its entries and its check.
+fn last_check(file: &mut File) -> Result<Option<String>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut last = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(&mut *file)) {
+        if let Some(check) = ArchiveCheck::parse(&line?) {
+            last = Some(check.last);
+        }
+    }
+    file.seek(SeekFrom::End(0))?;
+    Ok(last)
 }
 
 fn not_an_archive(path: &Path) -> Failure {
@@ -510,7 +662,13 @@ mod tests {
         let path = dir.path().join("archive.ndjson");
         std::fs::write(&path, content).unwrap();
         let mut file = File::open(&path).unwrap();
-        last_line(&mut file, &path)
+        let (len, last) = last_line(&mut file, &path)?;
+        Ok((
+            len,
+            last.map(|line| match line {
+                LastLine::Entry(id) | LastLine::Check(id) => id,
+            }),
+        ))
     }
 
     #[test]

@@ -128,6 +128,22 @@ fn ndjson(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// An archive's entry lines, without its check lines.
+fn archived_entries(text: &str) -> Vec<Value> {
+    ndjson(text)
+        .into_iter()
+        .filter(|line| line.get("check").is_none())
+        .collect()
+}
+
+/// How many entry lines each check line of an archive covers, in order.
+fn archive_checks(text: &str) -> Vec<u64> {
+    ndjson(text)
+        .iter()
+        .filter_map(|line| line["check"]["entries"].as_u64())
+        .collect()
+}
+
 fn ids_of(stream_entries: &[(String, Vec<(String, String)>)]) -> Vec<String> {
     stream_entries.iter().map(|(id, _)| id.clone()).collect()
 }
@@ -669,9 +685,12 @@ fn trim_archives_exactly_the_acknowledged_entries() {
         newer,
         "what query still needs stays"
     );
-    let archived = ndjson(&std::fs::read_to_string(&archive).unwrap());
+    let text = std::fs::read_to_string(&archive).unwrap();
+    let archived = archived_entries(&text);
     let archived_ids: Vec<&str> = archived.iter().map(|l| l["id"].as_str().unwrap()).collect();
     assert_eq!(archived_ids, ids_of(&story), "each entry once, in order");
+    // One check, covering the line the stopped trim left and the three this one wrote.
+    assert_eq!(archive_checks(&text), [4]);
     for (line, (id, fields)) in archived.iter().zip(&story) {
         assert_eq!(line["id"], id.as_str());
         let object = line["fields"].as_object().unwrap();
@@ -696,7 +715,9 @@ fn trim_archives_exactly_the_acknowledged_entries() {
         (Some(2), Some(2))
     );
     assert!(blog.entries(&events).is_empty());
-    let archived = ndjson(&std::fs::read_to_string(&archive).unwrap());
+    let text = std::fs::read_to_string(&archive).unwrap();
+    assert_eq!(archive_checks(&text), [4, 2]);
+    let archived = archived_entries(&text);
     assert_eq!(archived.len(), 6);
     assert_eq!(archived[4]["id"], newer[0].as_str());
     assert_eq!(archived[5]["fields"]["type"], "Unknown");
@@ -1004,6 +1025,21 @@ fn a_rebuild_refuses_an_archive_that_was_edited_and_accepts_one_a_trim_left_behi
         "{refused:?}"
     );
     assert_eq!(blog.view(), live, "a refused rebuild changed the view");
+    // A line edited, or dropped, inside what a trim wrote: its check no longer matches.
+    let edited = original.replacen("First", "Forged", 1);
+    assert_ne!(edited, original);
+    for tampered in [
+        edited,
+        original.lines().skip(1).map(|l| format!("{l}\n")).collect(),
+    ] {
+        std::fs::write(&archive, tampered).unwrap();
+        let refused = blog.run(&["rebuild", "query", "--archive", &archive_arg]);
+        assert_eq!(refused.code, 2, "{refused:?}");
+        assert!(
+            refused.stderr.contains("the check does not match"),
+            "{refused:?}"
+        );
+    }
     // An archive that also holds entries still on the stream (a trim stopped before its
     // XTRIM) is fine: those are read once.
     let on_stream = blog.entries(&blog.events());
