@@ -38,6 +38,9 @@ use crate::services;
 /// {'rebuilding', lock} or {'changed'}.
 const TRIM: &str = include_str!("lua/trim.lua");
 
+/// Entries removed per step of a trim, at most: a few milliseconds inside Redis.
+const TRIM_STEP: u64 = 10_000;
+
 /// How far back from the end of an archive to look for its last line, per read.
 const TAIL_CHUNK: u64 = 64 * 1024;
 
@@ -207,19 +210,36 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
         )));
     }
 
-    match invoke_trim(&mut connection, &trimmed, &locks, &status).await? {
-        TrimOutcome::Trimmed { removed } => trimmed.removed = removed,
-        TrimOutcome::Rebuilding { lock } => {
-            archive.undo();
-            return Err(rebuilding(&lock).into());
-        }
-        TrimOutcome::Changed => {
-            archive.undo();
-            return Err(eyre!(
-                "the consumer groups of {} changed while trimming; nothing was trimmed \
-                 (run it again)",
-                trimmed.stream
-            ));
+    // Step by step (each step checks the groups and the locks again), until done.
+    loop {
+        match invoke_trim(&mut connection, &trimmed, &locks, &status).await? {
+            TrimOutcome::Trimmed { removed, done } => {
+                trimmed.removed += removed;
+                if done {
+                    break;
+                }
+            }
+            TrimOutcome::Rebuilding { lock } if trimmed.removed == 0 => {
+                archive.undo();
+                return Err(rebuilding(&lock).into());
+            }
+            TrimOutcome::Changed if trimmed.removed == 0 => {
+                archive.undo();
+                return Err(eyre!(
+                    "the consumer groups of {} changed while trimming; nothing was trimmed \
+                     (run it again)",
+                    trimmed.stream
+                ));
+            }
+            // Some steps were done: the archive holds every entry, removed or not.
+            _ => {
+                return Err(eyre!(
+                    "trimming {} stopped after {} (a rebuild started, or the groups changed); \
+                     the archive holds every entry, removed or not: run it again",
+                    trimmed.stream,
+                    count_of(trimmed.removed, "entry", "entries")
+                ));
+            }
         }
     }
     report(context, trimmed)
@@ -336,11 +356,11 @@ async fn copy_to_archive(
 enum TrimOutcome {
     Trimmed {
         removed: u64,
+        /// No entry before the boundary is left.
+        done: bool,
     },
     /// A rebuild started meanwhile; it holds `lock`.
-    Rebuilding {
-        lock: String,
-    },
+    Rebuilding { lock: String },
     /// The groups changed meanwhile.
     Changed,
 }
@@ -354,14 +374,15 @@ async fn invoke_trim(
     status: &StreamStatus,
 ) -> Result<TrimOutcome> {
     let groups: Vec<String> = status.groups.iter().map(|g| g.group.clone()).collect();
-    static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TRIM));
+    static SCRIPT: LazyLock<Script> =
+        LazyLock::new(|| Script::new(&format!("local TRIM_STEP = {TRIM_STEP}\n{TRIM}")));
     let mut invocation = SCRIPT.key(&trimmed.stream);
     invocation.key(locks);
     invocation.arg(&trimmed.boundary);
     for group in &groups {
         invocation.arg(group);
     }
-    let reply: (String, Option<redis::Value>) = invocation
+    let reply: (String, Option<redis::Value>, Option<String>) = invocation
         .invoke_async(connection)
         .await
         .wrap_err_with(|| {
@@ -372,7 +393,7 @@ async fn invoke_trim(
                 trimmed.archive.display()
             )
         })?;
-    let (outcome, detail) = reply;
+    let (outcome, detail, progress) = reply;
     if outcome == "rebuilding" {
         let lock: String = detail
             .and_then(|value| redis::from_redis_value(value).ok())
@@ -385,6 +406,7 @@ async fn invoke_trim(
     }
     Ok(TrimOutcome::Trimmed {
         removed: removed.unwrap_or(0),
+        done: progress.as_deref() != Some("more"),
     })
 }
 

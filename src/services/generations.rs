@@ -116,21 +116,29 @@ impl Rebuilder {
         }
     }
 
-    /// The invocation that applies `calls` to `generation`, in order.
-    pub fn batch(
-        &self,
-        generation: &Generation,
-        calls: &[ApplyCall],
-    ) -> redis::ScriptInvocation<'_> {
-        let mut invocation = self.script.prepare_invoke();
-        invocation.arg(generation.base());
+    /// The command that applies `calls` to `generation`, in order (`EVALSHA`: see
+    /// [`Rebuilder::load`]).
+    pub fn batch(&self, generation: &Generation, calls: &[ApplyCall]) -> redis::Cmd {
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(self.script.get_hash())
+            .arg(0)
+            .arg(generation.base());
         for call in calls {
-            invocation
+            command
                 .arg(call.function)
                 .arg(call.args.len())
                 .arg(&call.args);
         }
-        invocation
+        command
+    }
+
+    /// Loads the script into Redis, for [`Rebuilder::batch`] after a `NOSCRIPT`.
+    pub async fn load(
+        &self,
+        connection: &mut crate::connection::Connection,
+    ) -> redis::RedisResult<()> {
+        self.script.load_async(connection).await.map(drop)
     }
 }
 

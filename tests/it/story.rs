@@ -228,7 +228,7 @@ fn paging_through_the_list() {
 #[test]
 fn terminal_control_sequences_are_refused_or_never_printed_raw() {
     let blog = Blog::new();
-    let _services = blog.serve(&["all"]);
+    let services = blog.serve(&["all"]);
     let sequence = "Hi \u{1b}[31mRED \u{1b}]0;pwned\u{7} \u{9b}2J";
     // A title or comment holding one is refused (exit 2); a comment may hold newlines and tabs.
     let refused = blog.run(&["post", "create", sequence]);
@@ -274,6 +274,8 @@ fn terminal_control_sequences_are_refused_or_never_printed_raw() {
         );
     }
     assert!(blog.ok(&["events", "list"]).contains("Hi \\u001b[31mRED"));
+    // Nor do the services' logs (the malformed event's dead letter was logged).
+    assert!(!services.log().contains('\u{1b}'), "{}", services.log());
 }
 
 #[test]

@@ -15,4 +15,8 @@ for _, info in ipairs(groups) do
     return {'changed'}
   end
 end
-return {'trimmed', redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])}
+-- A bounded number of entries per call, so that the script stays short inside Redis: whole
+-- nodes first (`~`), then the few left before the boundary, once no whole node is.
+local removed = redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[1], 'LIMIT', TRIM_STEP)
+if removed > 0 then return {'trimmed', removed, 'more'} end
+return {'trimmed', redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1]), 'done'}
