@@ -5,6 +5,7 @@
 //! `dead drop` deletes dead letters and `trim` removes only what every group has acknowledged.
 //! This module holds what they share: reading entries, stream ids, the services' groups, tables.
 
+pub mod archive;
 pub mod dead;
 pub mod events;
 pub mod status;
