@@ -19,6 +19,7 @@ use crate::context::Context;
 use crate::error::Failure;
 use crate::events::{Comment, Post};
 use crate::keyspace::{Partition, Service};
+use crate::ops::{ExpectedGroup, events_streams, expected_groups};
 use crate::output::{print_line, progress_bar};
 use crate::rebuild::{self, Target};
 use crate::request::{call, request_id};
@@ -81,9 +82,11 @@ pub async fn run(context: &Context, args: &BenchArgs) -> Result<()> {
         return Err(Failure::invalid("--posts and --in-flight must be at least 1").into());
     }
     let mut connection = context.connect().await?;
-    let events: usize = connection
-        .xlen(context.keys.events(Partition::FIRST))
-        .await?;
+    let mut events: usize = 0;
+    for stream in events_streams(&context.keys) {
+        let length: usize = connection.xlen(stream).await?;
+        events += length;
+    }
     if events > 0 {
         return Err(Failure::invalid(format!(
             "namespace {:?} already holds {events} events; bench a fresh one (--namespace bench-1)",
@@ -319,18 +322,22 @@ async fn create_comment(
     .await
 }
 
-/// Waits until every group has read and acknowledged everything: the pipeline is idle.
+/// Waits until every group has read and acknowledged every event: the pipeline is idle.
 async fn wait_until_idle(context: &Context, connection: &mut Connection) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
+    let events = events_streams(&context.keys);
+    let expected: Vec<ExpectedGroup> = expected_groups(&context.keys)
+        .into_iter()
+        .filter(|expected| events.contains(&expected.stream))
+        .collect();
     loop {
-        let groups: StreamInfoGroupsReply = connection
-            .xinfo_groups(context.keys.events(Partition::FIRST))
-            .await?;
-        let idle = groups.groups.len() >= 3
-            && groups
-                .groups
-                .iter()
-                .all(|group| group.pending == 0 && group.lag == Some(0));
+        let mut idle = true;
+        for expected in &expected {
+            let groups: StreamInfoGroupsReply = connection.xinfo_groups(&expected.stream).await?;
+            idle &= groups.groups.iter().any(|group| {
+                group.name == expected.group && group.pending == 0 && group.lag == Some(0)
+            });
+        }
         if idle {
             return Ok(());
         }

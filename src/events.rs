@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Failure, Malformed};
+use crate::keyspace::Service;
 
 /// The envelope version this build writes and reads.
 pub const ENVELOPE_VERSION: &str = "1";
@@ -81,6 +82,16 @@ impl EventKind {
             EventKind::CommentCreated => "CommentCreated",
             EventKind::CommentModerated => "CommentModerated",
             EventKind::CommentUpdated => "CommentUpdated",
+        }
+    }
+
+    /// The one service that produces it, on its own stream: a reader dead-letters an event of
+    /// this kind found on another service's stream.
+    pub const fn producer(self) -> Service {
+        match self {
+            EventKind::PostCreated => Service::Posts,
+            EventKind::CommentCreated | EventKind::CommentUpdated => Service::Comments,
+            EventKind::CommentModerated => Service::Moderation,
         }
     }
 

@@ -31,6 +31,9 @@ impl Service {
         Service::Query,
     ];
 
+    /// The services that produce events, each on a stream of its own ([`Keys::events`]).
+    pub const PRODUCERS: [Service; 3] = [Service::Posts, Service::Comments, Service::Moderation];
+
     pub const fn name(self) -> &'static str {
         match self {
             Service::Posts => "posts",
@@ -87,8 +90,15 @@ impl Keys {
         format!("{{{}.{}}}", self.namespace, partition.0)
     }
 
-    /// The event log: `<ns>:events:{<ns>.<p>}`.
-    pub fn events(&self, partition: Partition) -> String {
+    /// The events stream `service` writes, and no one else: `<prefix>events`. Its readers
+    /// follow it with groups of their own.
+    pub fn events(&self, service: Service, partition: Partition) -> String {
+        format!("{}events", self.service_prefix(service, partition))
+    }
+
+    /// The one events stream of earlier versions, `<ns>:events:{<ns>.<p>}`, which every service
+    /// wrote: read by nothing now, only named so that `status` can point at one left behind.
+    pub fn shared_events(&self, partition: Partition) -> String {
         format!("{}:events:{}", self.namespace, self.tag(partition))
     }
 
@@ -239,7 +249,7 @@ mod tests {
     #[test]
     fn names_share_their_partitions_hash_tag() {
         let keys = Keys::new("blog").unwrap();
-        assert_eq!(keys.events(P), "blog:events:{blog.0}");
+        assert_eq!(keys.events(Service::Posts, P), "blog:posts:{blog.0}:events");
         assert_eq!(keys.dead(Partition(3)), "blog:dead:{blog.3}");
         assert_eq!(keys.inbox(Service::Posts, P), "blog:posts:{blog.0}:inbox");
         assert_eq!(keys.reply(P, "1-2"), "blog:replies:{blog.0}:1-2");
@@ -287,7 +297,9 @@ mod tests {
         let keys = Keys::new("NS").unwrap();
         let generation = |service| keys.generation(service, P, 7);
         let names = [
-            keys.events(P),
+            keys.events(Service::Posts, P),
+            keys.events(Service::Comments, P),
+            keys.events(Service::Moderation, P),
             keys.dead(P),
             keys.inbox(Service::Posts, P),
             keys.post(P, "<id>"),

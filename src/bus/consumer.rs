@@ -16,8 +16,10 @@ use super::handler::{Handler, Outcome, Plan};
 use super::ids::{NEW_ENTRIES, OWN_PENDING};
 use super::step::{StepKeys, StepReply, read_reply};
 use crate::connection::{Connection, Redis};
+use crate::error::Malformed;
 use crate::error::is_unavailable;
 use crate::events::EventKind;
+use crate::keyspace::Service;
 use crate::metrics::{Handled, Metrics};
 use crate::shutdown::Shutdown;
 
@@ -49,6 +51,9 @@ pub struct ConsumerConfig {
     pub streams: Vec<String>,
     /// The stream whose entries are deleted once handled (the service's inbox), if any.
     pub inbox: Option<String>,
+    /// The events streams among `streams`, each with the one service that writes it: an event
+    /// of a kind another service produces is dead-lettered, never applied.
+    pub producers: Vec<(String, Service)>,
     /// The dead-letter stream and the attempts hash, for every step of the service.
     pub step_keys: StepKeys,
     /// Entries pending this long with another consumer are taken over.
@@ -328,6 +333,10 @@ impl<H: Handler> Consumer<'_, H> {
         let mut skipped: HashMap<String, Vec<String>> = HashMap::new();
         let mut alone: Vec<Delivery> = Vec::new();
         for delivery in deliveries {
+            if self.misplaced(&delivery).is_some() {
+                alone.push(delivery);
+                continue;
+            }
             if self.ignores(&delivery) {
                 self.count(&delivery, Handled::Skipped);
                 skipped
@@ -453,6 +462,26 @@ impl<H: Handler> Consumer<'_, H> {
             .await
     }
 
+    /// Why an event meant for this service cannot be applied: its kind is produced by another
+    /// service than the one whose stream it was read from (each stream has one writer).
+    pub(super) fn misplaced(&self, delivery: &Delivery) -> Option<Malformed> {
+        let (_, writer) = self
+            .config
+            .producers
+            .iter()
+            .find(|(stream, _)| *stream == delivery.stream)?;
+        let kind = EventKind::parse(delivery.field("type").ok()?)?;
+        let belongs = kind.producer() == *writer || !delivery.is_for(&self.config.group);
+        (!belongs).then(|| {
+            Malformed(format!(
+                "a {} does not belong on the {writer} service's stream: only the {} service \
+                 produces it",
+                kind.name(),
+                kind.producer()
+            ))
+        })
+    }
+
     /// Whether the service has nothing to do with an entry: one put back by `blogctl dead retry`
     /// for another service, or an event of a type it does not use.
     pub(super) fn ignores(&self, delivery: &Delivery) -> bool {
@@ -467,6 +496,14 @@ impl<H: Handler> Consumer<'_, H> {
 
     /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.
     pub(super) async fn process(&mut self, delivery: &Delivery) -> RedisResult<Outcome> {
+        if let Some(reason) = self.misplaced(delivery) {
+            warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
+                %reason, "dead-lettering an event found on another service's stream");
+            self.count(delivery, Handled::DeadLettered);
+            return self
+                .dead_letter(delivery, &reason.0, delivery.deliveries)
+                .await;
+        }
         if self.ignores(delivery) {
             self.count(delivery, Handled::Skipped);
             return acknowledge(&mut self.connection, &self.config.group, delivery).await;

@@ -10,8 +10,8 @@ use crate::keyspace::{Keys, Partition, Service};
 /// Lua run at the start of every step, after the declarations of its KEYS and ARGV: `claim()`
 /// and `publish()`.
 ///
-/// Every step sees, by name: `stream` (where the entry came from), `events` (the events
-/// stream), `dead` (the dead-letter stream), `group` (the service), `entry_id`, `request_id`
+/// Every step sees, by name: `stream` (where the entry came from), `events` (the service's
+/// own events stream), `dead` (the dead-letter stream), `group` (the service), `entry_id`, `request_id`
 /// (of the request that caused the entry) and `deliveries`; then the names its
 /// [`StepScript`] declares.
 const PRELUDE: &str = include_str!("lua/step_prelude.lua");
@@ -41,8 +41,8 @@ pub const DEAD_LETTERS_KEPT: u64 = 100_000;
 const COMMON_KEYS: [&str; 4] = ["stream", "events", "dead", "attempts"];
 const COMMON_ARGS: [&str; 4] = ["group", "entry_id", "request_id", "deliveries"];
 
-/// What every step of one service touches besides its own keys: its group, the events stream
-/// it publishes to, the dead-letter stream, and the hash counting tries of redelivered entries.
+/// What every step of one service touches besides its own keys: its group, its own events
+/// stream (the only one it publishes to), the dead-letter stream, and the hash counting tries of redelivered entries.
 #[derive(Debug, Clone)]
 pub struct StepKeys {
     pub group: String,
@@ -55,7 +55,7 @@ impl StepKeys {
     pub fn new(keys: &Keys, service: Service, partition: Partition) -> StepKeys {
         StepKeys {
             group: service.name().to_owned(),
-            events: keys.events(partition),
+            events: keys.events(service, partition),
             dead: keys.dead(partition),
             attempts: keys.attempts(service, partition),
         }

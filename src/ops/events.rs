@@ -1,5 +1,6 @@
 //! `blogctl events list|tail`: what happened, one line per event (`--json`: NDJSON for jq).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
@@ -8,12 +9,12 @@ use color_eyre::Result;
 use color_eyre::eyre::WrapErr;
 use serde::Serialize;
 
-use super::{Entry, FIRST_ENTRY, LAST_ENTRY, RawEntry, page_through};
-use crate::bus::{FOR_SERVICE, StreamId};
+use super::{Entry, FIRST_ENTRY, LAST_ENTRY, PAGE, RawEntry, read_range};
+use crate::bus::{FOR_SERVICE, StreamId, compare_ids};
 use crate::connection::Connection;
 use crate::context::Context;
 use crate::error::Failure;
-use crate::keyspace::Partition;
+use crate::keyspace::{Keys, Partition, Service};
 use crate::output::{one_line, print_line};
 
 /// How long one XREAD of `events tail` blocks. Shorter than the connection's response timeout
@@ -27,7 +28,8 @@ const BEFORE_ANY_ENTRY: &str = "0-0";
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
-    /// List events, oldest first, one line each: id, type, producer, request id, data.
+    /// List events, oldest first (the services' streams merged by id), one line each: id,
+    /// stream, type, producer, request id, data.
     #[command(
         after_help = r#"Example: blogctl events list --type CommentModerated --json | jq -r .data.status"#
     )]
@@ -81,21 +83,74 @@ async fn list(context: &Context, args: &ListArgs) -> Result<()> {
             .to_string(),
     };
     let mut connection = context.connect().await?;
-    let stream = context.keys.events(Partition::FIRST);
+    let mut log = MergedLog::new(&context.keys, &start);
     let mut left = args.count.unwrap_or(u64::MAX);
-    page_through(&mut connection, &stream, &start, LAST_ENTRY, |page| {
-        for entry in page.iter().filter(|entry| wanted(entry, &args.types)) {
-            print_event(entry, context.json)?;
+    while left > 0 {
+        let Some((producer, entry)) = log.next(&mut connection).await? else {
+            break;
+        };
+        if wanted(&entry, &args.types) {
+            print_event(producer, &entry, context.json)?;
             left -= 1;
-            if left == 0 {
-                return Ok(false);
+        }
+    }
+    Ok(())
+}
+
+/// The events streams read as one log, a page of each at a time: their entries merged in id
+/// order (entries of equal ids in [`Service::PRODUCERS`] order).
+struct MergedLog {
+    streams: Vec<LogStream>,
+}
+
+/// One stream of a [`MergedLog`]: the entries read and not yet taken, and where to read on.
+struct LogStream {
+    producer: Service,
+    key: String,
+    read: VecDeque<Entry>,
+    start: String,
+    exhausted: bool,
+}
+
+impl MergedLog {
+    fn new(keys: &Keys, start: &str) -> MergedLog {
+        let streams = Service::PRODUCERS
+            .iter()
+            .map(|&producer| LogStream {
+                producer,
+                key: keys.events(producer, Partition::FIRST),
+                read: VecDeque::new(),
+                start: start.to_owned(),
+                exhausted: false,
+            })
+            .collect();
+        MergedLog { streams }
+    }
+
+    /// The next entry of the log, with the service whose stream holds it.
+    async fn next(&mut self, connection: &mut Connection) -> Result<Option<(Service, Entry)>> {
+        for stream in &mut self.streams {
+            if stream.read.is_empty() && !stream.exhausted {
+                let page = read_range(connection, &stream.key, &stream.start, LAST_ENTRY, PAGE)
+                    .await
+                    .wrap_err_with(|| format!("reading {}", stream.key))?;
+                stream.exhausted = page.len() < PAGE;
+                if let Some(last) = page.last() {
+                    stream.start = format!("({}", last.id);
+                }
+                stream.read.extend(page);
             }
         }
-        Ok(true)
-    })
-    .await
-    .wrap_err_with(|| format!("reading {stream}"))?;
-    Ok(())
+        let oldest = self
+            .streams
+            .iter_mut()
+            .filter(|stream| !stream.read.is_empty())
+            .min_by(|a, b| compare_ids(&a.read[0].id, &b.read[0].id));
+        Ok(oldest.map(|stream| {
+            let entry = stream.read.pop_front().expect("a stream with entries read");
+            (stream.producer, entry)
+        }))
+    }
 }
 
 async fn tail(
@@ -104,45 +159,62 @@ async fn tail(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let mut connection = context.connect().await?;
-    let stream = context.keys.events(Partition::FIRST);
-    let newest: Vec<RawEntry> = redis::cmd("XREVRANGE")
-        .arg(&stream)
-        .arg(LAST_ENTRY)
-        .arg(FIRST_ENTRY)
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut connection)
-        .await
-        .wrap_err_with(|| format!("reading {stream}"))?;
-    let mut after = newest
-        .into_iter()
-        .next()
-        .map_or(BEFORE_ANY_ENTRY.to_owned(), |(id, _)| id);
+    let mut streams = Vec::new();
+    for producer in Service::PRODUCERS {
+        let key = context.keys.events(producer, Partition::FIRST);
+        let newest: Vec<RawEntry> = redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg(LAST_ENTRY)
+            .arg(FIRST_ENTRY)
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut connection)
+            .await
+            .wrap_err_with(|| format!("reading {key}"))?;
+        let after = newest
+            .into_iter()
+            .next()
+            .map_or(BEFORE_ANY_ENTRY.to_owned(), |(id, _)| id);
+        streams.push(Followed {
+            producer,
+            key,
+            after,
+        });
+    }
     tokio::pin!(shutdown);
     loop {
         // The stop signal is polled first, so it is registered before anything is printed.
         let entries = tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
-            read = read_after(&mut connection, &stream, &after) => {
-                read.wrap_err_with(|| format!("following {stream}"))?
+            read = read_after(&mut connection, &streams) => {
+                read.wrap_err("following the events streams")?
             }
         };
-        for entry in entries {
+        for (producer, entry) in entries {
             if wanted(&entry, &args.types) {
-                print_event(&entry, context.json)?;
+                print_event(producer, &entry, context.json)?;
             }
-            after = entry.id;
+            if let Some(stream) = streams.iter_mut().find(|s| s.producer == producer) {
+                stream.after = entry.id;
+            }
         }
     }
 }
 
-/// Entries after `after`, waiting up to [`TAIL_BLOCK`] for some to arrive.
+/// A stream `events tail` follows, and the id of the last entry printed from it.
+struct Followed {
+    producer: Service,
+    key: String,
+    after: String,
+}
+
+/// Entries after each stream's `after`, merged in id order, waiting up to [`TAIL_BLOCK`] for
+/// some to arrive.
 async fn read_after(
     connection: &mut Connection,
-    stream: &str,
-    after: &str,
-) -> redis::RedisResult<Vec<Entry>> {
+    streams: &[Followed],
+) -> redis::RedisResult<Vec<(Service, Entry)>> {
     type Reply = Option<Vec<(String, Vec<RawEntry>)>>;
     let reply: Reply = redis::cmd("XREAD")
         .arg("COUNT")
@@ -150,16 +222,26 @@ async fn read_after(
         .arg("BLOCK")
         .arg(TAIL_BLOCK.as_millis() as u64)
         .arg("STREAMS")
-        .arg(stream)
-        .arg(after)
+        .arg(streams.iter().map(|s| &s.key).collect::<Vec<_>>())
+        .arg(streams.iter().map(|s| &s.after).collect::<Vec<_>>())
         .query_async(connection)
         .await?;
-    Ok(reply
+    let mut entries: Vec<(Service, Entry)> = reply
         .into_iter()
         .flatten()
-        .flat_map(|(_, entries)| entries)
-        .map(Entry::from_raw)
-        .collect())
+        .filter_map(|(key, entries)| {
+            let producer = streams.iter().find(|s| s.key == key)?.producer;
+            Some(
+                entries
+                    .into_iter()
+                    .map(move |raw| (producer, Entry::from_raw(raw))),
+            )
+        })
+        .flatten()
+        .collect();
+    // Stable: entries of equal ids keep the streams' order.
+    entries.sort_by(|(_, a), (_, b)| compare_ids(&a.id, &b.id));
+    Ok(entries)
 }
 
 fn wanted(entry: &Entry, types: &[String]) -> bool {
@@ -172,6 +254,8 @@ fn wanted(entry: &Entry, types: &[String]) -> bool {
 /// One event as `--json` prints it.
 #[derive(Debug, Serialize)]
 pub struct EventLine<'a> {
+    /// The service whose events stream holds it.
+    pub stream: &'static str,
     pub id: &'a str,
     #[serde(rename = "type")]
     pub kind: Option<&'a str>,
@@ -186,12 +270,13 @@ pub struct EventLine<'a> {
 }
 
 impl<'a> EventLine<'a> {
-    pub fn new(entry: &'a Entry) -> EventLine<'a> {
+    pub fn new(stream: Service, entry: &'a Entry) -> EventLine<'a> {
         let data = entry.field("data").map_or(serde_json::Value::Null, |data| {
             serde_json::from_str(data)
                 .unwrap_or_else(|_| serde_json::Value::String(data.to_owned()))
         });
         EventLine {
+            stream: stream.name(),
             id: &entry.id,
             kind: entry.field("type"),
             version: entry.field("version"),
@@ -203,15 +288,16 @@ impl<'a> EventLine<'a> {
     }
 }
 
-fn print_event(entry: &Entry, json: bool) -> std::io::Result<()> {
-    let line = EventLine::new(entry);
+fn print_event(stream: Service, entry: &Entry, json: bool) -> std::io::Result<()> {
+    let line = EventLine::new(stream, entry);
     if json {
         let text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
         return print_line(&text);
     }
     let mut text = format!(
-        "{}  {:<16}  {:<10}  {}  {}",
+        "{}  {:<10}  {:<16}  {:<10}  {}  {}",
         line.id,
+        line.stream,
         line.kind.unwrap_or("-"),
         line.producer.unwrap_or("-"),
         line.request_id.unwrap_or("-"),

@@ -24,7 +24,7 @@ pub const FIRST_ENTRY: &str = "-";
 /// XRANGE: up to the last entry of the stream.
 pub const LAST_ENTRY: &str = "+";
 /// Entries read per XRANGE call while paging through a stream.
-const PAGE: usize = 1000;
+pub(crate) const PAGE: usize = 1000;
 
 /// A stream entry, its bytes as text (bytes that are not UTF-8 replaced), fields in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct Entry {
 pub use crate::bus::RawEntry;
 
 impl Entry {
-    fn from_raw((id, fields): RawEntry) -> Entry {
+    pub(crate) fn from_raw((id, fields): RawEntry) -> Entry {
         let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
         Entry {
             id,
@@ -131,15 +131,24 @@ pub fn expected_groups(keys: &Keys) -> Vec<ExpectedGroup> {
         .collect()
 }
 
-/// The streams services read with groups: the events stream first, then the inboxes.
+/// The streams services read with groups: the events streams first (posts, comments,
+/// moderation), then the inboxes.
 pub fn read_streams(keys: &Keys) -> Vec<String> {
-    let mut streams = vec![keys.events(Partition::FIRST)];
+    let mut streams = events_streams(keys);
     for expected in expected_groups(keys) {
         if !streams.contains(&expected.stream) {
             streams.push(expected.stream);
         }
     }
     streams
+}
+
+/// The events streams, one per producing service, in [`Service::PRODUCERS`] order.
+pub fn events_streams(keys: &Keys) -> Vec<String> {
+    Service::PRODUCERS
+        .iter()
+        .map(|&producer| keys.events(producer, Partition::FIRST))
+        .collect()
 }
 
 #[cfg(test)]
@@ -153,16 +162,20 @@ mod tests {
             .into_iter()
             .map(|expected| (expected.stream, expected.group))
             .collect();
+        let events = |producer| keys.events(producer, Partition::FIRST);
         for (stream, group) in [
-            (keys.events(Partition::FIRST), "comments"),
-            (keys.events(Partition::FIRST), "moderation"),
-            (keys.events(Partition::FIRST), "query"),
+            (events(Service::Posts), "comments"),
+            (events(Service::Posts), "query"),
+            (events(Service::Comments), "moderation"),
+            (events(Service::Comments), "query"),
+            (events(Service::Moderation), "comments"),
             (keys.inbox(Service::Posts, Partition::FIRST), "posts"),
             (keys.inbox(Service::Comments, Partition::FIRST), "comments"),
         ] {
             assert!(groups.contains(&(stream.clone(), group.to_owned())));
         }
-        assert_eq!(read_streams(&keys)[0], keys.events(Partition::FIRST));
-        assert_eq!(read_streams(&keys).len(), 3);
+        assert_eq!(groups.len(), 7);
+        assert_eq!(read_streams(&keys)[0], events(Service::Posts));
+        assert_eq!(read_streams(&keys).len(), 5);
     }
 }

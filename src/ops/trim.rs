@@ -69,7 +69,9 @@ struct Trimmed {
 }
 
 pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
-    let stream = context.keys.events(Partition::FIRST);
+    let stream = context
+        .keys
+        .events(crate::keyspace::Service::Posts, Partition::FIRST); // TODO split
     let mut connection = context.connect().await?;
     let expected = groups_reading(context, &stream);
     let locks = rebuild_locks(context);

@@ -245,7 +245,7 @@ async fn fill(
 ) -> Result<Counts> {
     let mut counts = Counts::default();
     let base = fill.generations.generation(fill.next);
-    let events = keys.events(Partition::FIRST);
+    let events = keys.events(Service::Posts, Partition::FIRST); // TODO split
     let length: u64 = connection.xlen(&events).await?;
     let progress = progress_bar(length, "rebuild");
     let log = Log {

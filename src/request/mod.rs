@@ -8,8 +8,8 @@
 //! the SET fails, the answer got there first and the client reads it.
 //!
 //! The request is added by a script that stamps it, from Redis's own state at that instant,
-//! with its deadline (`TIME` plus the timeout) and the id of the last entry of the events stream
-//! (`after`). A request past its deadline is dropped unapplied, and "unknown post" waits until
+//! with its deadline (`TIME` plus the timeout) and the id of the last entry of the posts' events
+//! stream (`after`, see [`STAMPED_FROM`]). A request past its deadline is dropped unapplied, and "unknown post" waits until
 //! the service has applied the events up to `after`. Neither compares the ids of different
 //! streams with each other or with the clock: a stream's ids run ahead of the clock after the
 //! clock stepped back, a failover or an explicit-id `XADD`. Every answer a service gives (found,
@@ -29,6 +29,11 @@ use crate::connection::Connection;
 use crate::error::{ExitCode, Failure, Malformed, is_refusal, is_unavailable};
 use crate::keyspace::{Keys, Partition, Service};
 
+/// The service whose events stream every request is stamped with the position of (`after`):
+/// the one answer that depends on events, "unknown post" to a `CreateComment`, waits for the
+/// comments service to have applied the posts' stream up to there.
+pub const STAMPED_FROM: Service = Service::Posts;
+
 /// Version of the request envelope.
 const REQUEST_VERSION: &str = "2";
 /// How long an answer waits in its reply key for the client to read it.
@@ -45,7 +50,7 @@ const MAX_REQUEST_ID_CHARS: usize = 128;
 /// Longest `reply_to` accepted (the client sends a UUID).
 const MAX_REPLY_TO_CHARS: usize = 64;
 
-/// Adds a request to an inbox, stamped with its deadline and the events stream's position.
+/// Adds a request to an inbox, stamped with its deadline and the posts' stream's position.
 /// Returns the entry id.
 const ENQUEUE: &str = include_str!("lua/enqueue.lua");
 
@@ -359,7 +364,7 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     send.arg(ENQUEUE)
         .arg(2)
         .arg(&inbox)
-        .arg(keys.events(Partition::FIRST))
+        .arg(keys.events(STAMPED_FROM, Partition::FIRST))
         .arg(timeout.as_millis() as u64)
         .arg("version")
         .arg(REQUEST_VERSION)

@@ -20,7 +20,7 @@ use crate::connection::Connection;
 use crate::error::Malformed;
 use crate::events::{Comment, Event, EventKind, Status, validate_content};
 use crate::keyspace::{Keys, Partition, Service};
-use crate::request::{Inbox, Incoming, Reply, request_script};
+use crate::request::{self, Inbox, Incoming, Reply, request_script};
 
 pub const SERVICE: Service = Service::Comments;
 pub const NAME: &str = SERVICE.name();
@@ -110,7 +110,9 @@ pub fn apply_call(event: &Event) -> Option<ApplyCall> {
 }
 
 pub struct Comments {
-    events: String,
+    /// The posts' events stream: requests are stamped with its position.
+    posts: String,
+    inbox_stream: String,
     step_keys: StepKeys,
     generations: Generations,
     inbox: Inbox,
@@ -119,7 +121,8 @@ pub struct Comments {
 impl Comments {
     pub fn new(keys: &Keys) -> Comments {
         Comments {
-            events: keys.events(Partition::FIRST),
+            posts: keys.events(request::STAMPED_FROM, Partition::FIRST),
+            inbox_stream: keys.inbox(SERVICE, Partition::FIRST),
             step_keys: StepKeys::new(keys, SERVICE, Partition::FIRST),
             generations: Generations::new(keys, SERVICE, Partition::FIRST),
             inbox: Inbox::new(keys, SERVICE),
@@ -189,8 +192,8 @@ impl Comments {
 
     /// A comment on a post this service has not heard of. The post may have been created just
     /// before the request, its `PostCreated` still on its way to this service (or to another
-    /// instance of it): only once every event up to the request's `after` (the end of the log
-    /// when it was sent) is applied does "unknown" mean "does not exist".
+    /// instance of it): only once every event of the posts' stream up to the request's `after`
+    /// (its end when the request was sent) is applied does "unknown" mean "does not exist".
     async fn unknown_post(
         &mut self,
         connection: &mut Connection,
@@ -199,7 +202,7 @@ impl Comments {
         let Ok((request, command)) = parse_request(delivery) else {
             return Ok(Outcome::Done);
         };
-        if !applied_up_to(connection, &self.events, NAME, &request.after).await? {
+        if !applied_up_to(connection, &self.posts, NAME, &request.after).await? {
             return Ok(Outcome::Later);
         }
         // The post may have arrived in the meantime: try once more before answering.
@@ -231,10 +234,10 @@ impl Handler for Comments {
     }
 
     fn plan(&mut self, delivery: &Delivery) -> Plan {
-        if delivery.stream == self.events {
-            self.plan_event(delivery)
-        } else {
+        if delivery.stream == self.inbox_stream {
             self.plan_request(delivery)
+        } else {
+            self.plan_event(delivery)
         }
     }
 

@@ -25,6 +25,28 @@ use crate::shutdown::{Shutdown, Trigger};
 /// The services whose state `blogctl rebuild` can rebuild (it lives in generations).
 pub const REBUILDABLE: [Service; 2] = [Service::Query, Service::Comments];
 
+/// The services whose events `service` follows, each on the stream that service writes.
+pub const fn follows(service: Service) -> &'static [Service] {
+    match service {
+        Service::Posts => &[],
+        Service::Comments => &[Service::Posts, Service::Moderation],
+        Service::Moderation => &[Service::Comments],
+        Service::Query => &[Service::Posts, Service::Comments],
+    }
+}
+
+/// The events streams `service` follows, each with the one service that writes it.
+pub fn followed_streams(
+    keys: &Keys,
+    service: Service,
+    partition: Partition,
+) -> Vec<(String, Service)> {
+    follows(service)
+        .iter()
+        .map(|&producer| (keys.events(producer, partition), producer))
+        .collect()
+}
+
 /// The streams `service` reads with its group, in the order each batch is handled (events
 /// before requests: a batch's `PostCreated` is learnt before its comments are answered), and its
 /// inbox if it has one. The one list of who reads what.
@@ -33,13 +55,14 @@ pub fn streams(
     service: Service,
     partition: Partition,
 ) -> (Vec<String>, Option<String>) {
-    let events = keys.events(partition);
-    let inbox = keys.inbox(service, partition);
-    match service {
-        Service::Posts => (vec![inbox.clone()], Some(inbox)),
-        Service::Comments => (vec![events, inbox.clone()], Some(inbox)),
-        Service::Moderation | Service::Query => (vec![events], None),
-    }
+    let mut streams: Vec<String> = followed_streams(keys, service, partition)
+        .into_iter()
+        .map(|(stream, _)| stream)
+        .collect();
+    let inbox = matches!(service, Service::Posts | Service::Comments)
+        .then(|| keys.inbox(service, partition));
+    streams.extend(inbox.clone());
+    (streams, inbox)
 }
 
 /// Arguments of `blogctl serve`.
@@ -120,6 +143,7 @@ pub async fn run(
             consumer: consumer.clone(),
             streams,
             inbox,
+            producers: followed_streams(keys, service, Partition::FIRST),
             step_keys: StepKeys::new(keys, service, Partition::FIRST),
             claim_idle: args.claim_idle,
             alive_prefix: keys.alive_prefix(service, Partition::FIRST),

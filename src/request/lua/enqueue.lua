@@ -1,5 +1,5 @@
 -- Adds a request to an inbox, stamped with its deadline by Redis's clock and the id of the last
--- entry of the events stream. KEYS[1]: the inbox, KEYS[2]: the events stream; ARGV[1]: the
+-- entry of an events stream (the posts'). KEYS[1]: the inbox, KEYS[2]: that events stream; ARGV[1]: the
 -- timeout in milliseconds, ARGV[2..]: the request's other fields, names and values.
 local now = redis.call('TIME')
 local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
