@@ -105,7 +105,7 @@ pub enum Command {
     /// Show each consumer group: lag, pending entries, consumers, dead letters (--check: health).
     #[command(after_help = r#"Example: blogctl status --check --max-lag 100"#)]
     Status(ops::status::StatusArgs),
-    /// List or follow the events on the stream.
+    /// List or follow the events, the services' streams merged in id order.
     #[command(after_help = r#"Example: blogctl events list --type PostCreated"#)]
     #[command(subcommand)]
     Events(ops::events::EventsCommand),

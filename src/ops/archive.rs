@@ -13,11 +13,18 @@ use serde::{Deserialize, Serialize};
 use super::Entry;
 use crate::bus::compare_ids;
 use crate::error::Failure;
+use crate::keyspace::Service;
 
 /// How far back from the end of an archive to look for its last line, per read.
 const TAIL_CHUNK: u64 = 64 * 1024;
 
-/// One line of an archive: an entry of the events stream, its fields as text (bytes that are
+/// The archive of `producer`'s events stream in the directory `blogctl trim --archive DIR`
+/// writes: `DIR/<service>.ndjson`.
+pub fn stream_archive(directory: &Path, producer: Service) -> PathBuf {
+    directory.join(format!("{producer}.ndjson"))
+}
+
+/// One line of an archive: an entry of an events stream, its fields as text (bytes that are
 /// not UTF-8 replaced). Ids increase from line to line, across trims.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveLine {

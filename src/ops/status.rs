@@ -1,4 +1,4 @@
-//! `blogctl status`: is anything stuck or behind? Per consumer group on the events stream and on
+//! `blogctl status`: is anything stuck or behind? Per consumer group on the events streams and on
 //! the inboxes: consumers, lag, pending entries and the age of the oldest, the last entry
 //! delivered against the stream's last id, dead letters; each stream's length and memory.
 //!
@@ -57,6 +57,9 @@ pub struct Status {
     pub dead_letters: DeadLetters,
     /// What is wrong with Redis's `maxmemory-policy` (anything but `noeviction`), if anything.
     pub eviction: Option<String>,
+    /// The one events stream of an earlier version, when one is left with entries nothing
+    /// reads any more.
+    pub earlier_log: Option<String>,
     /// What `--check` would complain about, with the thresholds given.
     pub problems: Vec<String>,
 }
@@ -158,8 +161,10 @@ pub async fn run(context: &Context, args: &StatusArgs) -> Result<()> {
     } else {
         print_human(&status)?;
     }
-    if let Some(problem) = status.eviction.as_ref().filter(|_| !args.check) {
-        eprintln!("blogctl: warning: {problem}");
+    if !args.check {
+        for problem in status.eviction.iter().chain(&status.earlier_log) {
+            eprintln!("blogctl: warning: {problem}");
+        }
     }
     if args.check && !status.problems.is_empty() {
         for problem in &status.problems {
@@ -209,8 +214,23 @@ async fn gather(
         streams,
         dead_letters: dead.summary,
         eviction: eviction_problem(connection).await?,
+        earlier_log: earlier_log(connection, keys).await?,
         problems: Vec::new(),
     })
+}
+
+/// The shared events stream of versions before the one-stream-per-service split, if it holds
+/// entries: what it says nobody reads now.
+async fn earlier_log(connection: &mut Connection, keys: &Keys) -> Result<Option<String>> {
+    let stream = keys.shared_events(Partition::FIRST);
+    let length: u64 = connection.xlen(&stream).await?;
+    Ok((length > 0).then(|| {
+        format!(
+            "{stream} holds {} written by an earlier blogctl, when every service wrote one \
+             stream: no service reads it now (see \"Upgrading\" in the README)",
+            count_of(length, "event", "events")
+        )
+    }))
 }
 
 /// Marks the consumers of a service's group whose liveness key is there.
@@ -437,6 +457,7 @@ async fn dead_letters(connection: &mut Connection, dead: &str) -> Result<DeadCou
 /// What `--check` complains about, one line each.
 pub fn problems(status: &Status, max_lag: u64, max_pending_age: Duration) -> Vec<String> {
     let mut problems: Vec<String> = status.eviction.iter().cloned().collect();
+    problems.extend(status.earlier_log.iter().cloned());
     if status.dead_letters.count >= DEAD_LETTERS_KEPT / 10 * 8 {
         problems.push(format!(
             "{} holds {} of the about {DEAD_LETTERS_KEPT} it keeps: the oldest will be dropped; \
@@ -674,6 +695,7 @@ mod tests {
                 by_service: None,
             },
             eviction: None,
+            earlier_log: None,
             problems: Vec::new(),
         };
         let problems = problems(&status, 10, Duration::from_secs(60));

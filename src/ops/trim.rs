@@ -1,7 +1,9 @@
-//! `blogctl trim`: removes from the events stream only what every group has acknowledged, after
-//! appending it to an NDJSON archive, so the log stays bounded and a rebuild stays possible.
+//! `blogctl trim`: removes from each events stream only what every group reading it has
+//! acknowledged, after appending it to an NDJSON archive (one file per stream, in the directory
+//! `--archive` names), so the log stays bounded and a rebuild stays possible.
 //!
-//! The boundary is the first entry any group may still need: the minimum over groups of their
+//! Every stream is checked first (groups present, none lagging, no rebuild running), then each
+//! is trimmed on its own. A stream's boundary is the first entry any of its groups may still need: the minimum over groups of their
 //! oldest pending entry, or the entry after their last delivered one when nothing is pending.
 //! Everything before it is appended to the archive (see [`super::archive`]), the file is
 //! fsynced, then the stream is trimmed in steps, each a script that first checks the groups did
@@ -19,14 +21,14 @@ use color_eyre::eyre::{WrapErr, eyre};
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
 
-use super::archive::{Archive, ArchiveLine};
+use super::archive::{Archive, ArchiveLine, stream_archive};
 use super::status::{StreamStatus, inspect_stream};
 use super::{ExpectedGroup, FIRST_ENTRY, expected_groups, page_through, read_range};
 use crate::bus::compare_ids;
 use crate::connection::Connection;
 use crate::context::Context;
 use crate::error::Failure;
-use crate::keyspace::Partition;
+use crate::keyspace::{Partition, Service};
 use crate::output::{count_of, print_line};
 use crate::services;
 
@@ -43,9 +45,10 @@ const TRIM_STEP: u64 = 10_000;
 /// Arguments of `blogctl trim`.
 #[derive(Debug, Args)]
 pub struct TrimArgs {
-    /// NDJSON file the removed entries are appended to first, one `{"id","fields"}` object per
-    /// line; `blogctl rebuild` reads it before the stream.
-    #[arg(long, value_name = "FILE")]
+    /// Directory (created if missing) the removed entries are appended to first: one NDJSON
+    /// file per events stream, `<service>.ndjson`, one `{"id","fields"}` object per line;
+    /// `blogctl rebuild --archive DIR` reads them before the streams.
+    #[arg(long, value_name = "DIR")]
     pub archive: PathBuf,
     /// Trim without asking (needed when stdin is not a terminal).
     #[arg(long)]
@@ -69,57 +72,107 @@ struct Trimmed {
 }
 
 pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
-    let stream = context
-        .keys
-        .events(crate::keyspace::Service::Posts, Partition::FIRST); // TODO split
+    if args.archive.exists() && !args.archive.is_dir() {
+        return Err(Failure::invalid(format!(
+            "--archive {} is not a directory: trim writes one <service>.ndjson per events \
+             stream in the directory it names (and creates it)",
+            args.archive.display()
+        ))
+        .into());
+    }
     let mut connection = context.connect().await?;
-    let expected = groups_reading(context, &stream);
     let locks = rebuild_locks(context);
     refuse_while_rebuilding(&mut connection, &locks).await?;
-    let status = inspect_stream(&mut connection, &stream, &expected).await?;
+    // Every stream is checked before anything is archived or removed.
+    let mut plans = Vec::new();
+    for producer in Service::PRODUCERS {
+        plans.push(plan(context, &mut connection, producer, args).await?);
+    }
+    let work: Vec<&Trimmed> = plans
+        .iter()
+        .filter(|plan| plan.anything)
+        .map(|plan| &plan.trimmed)
+        .collect();
+    if !work.is_empty() {
+        if !args.yes {
+            confirm(&work, &args.archive).await?;
+        }
+        std::fs::create_dir_all(&args.archive).wrap_err_with(|| {
+            format!("creating the archive directory {}", args.archive.display())
+        })?;
+    }
+    for mut plan in plans {
+        if plan.anything {
+            trim_stream(&mut connection, &locks, &mut plan).await?;
+        }
+        report(context, &plan.trimmed)?;
+    }
+    Ok(())
+}
+
+/// What a trim will do to one stream, checked before anything is done to any.
+struct StreamPlan {
+    trimmed: Trimmed,
+    /// The groups the boundary was computed from.
+    status: StreamStatus,
+    /// Whether the stream has entries before the boundary.
+    anything: bool,
+}
+
+/// Checks that `producer`'s stream may be trimmed (exit code 2 when not) and finds its boundary.
+async fn plan(
+    context: &Context,
+    connection: &mut Connection,
+    producer: Service,
+    args: &TrimArgs,
+) -> Result<StreamPlan> {
+    let stream = context.keys.events(producer, Partition::FIRST);
+    let expected = groups_reading(context, &stream);
+    let status = inspect_stream(connection, &stream, &expected).await?;
     refuse_missing_groups(&stream, &status)?;
     refuse_lagging_groups(&stream, &status, args.max_lag)?;
     let boundary = first_needed_by_any_group(&stream, &status)?;
     let before_boundary = format!("({boundary}");
-    let first = read_range(&mut connection, &stream, FIRST_ENTRY, &before_boundary, 1).await?;
-    let mut trimmed = Trimmed {
-        stream,
-        archive: args.archive.clone(),
-        boundary,
-        archived: 0,
-        already_archived: 0,
-        removed: 0,
-    };
-    if first.is_empty() {
-        return report(context, trimmed);
-    }
-    if !args.yes {
-        confirm(&trimmed.stream, &trimmed.boundary, &args.archive).await?;
-    }
+    let first = read_range(connection, &stream, FIRST_ENTRY, &before_boundary, 1).await?;
+    Ok(StreamPlan {
+        trimmed: Trimmed {
+            stream,
+            archive: stream_archive(&args.archive, producer),
+            boundary,
+            archived: 0,
+            already_archived: 0,
+            removed: 0,
+        },
+        status,
+        anything: !first.is_empty(),
+    })
+}
 
-    let mut archive = Archive::open(&args.archive)?;
-    if let Err(error) = copy_to_archive(
-        &mut connection,
-        &before_boundary,
-        &mut archive,
-        &mut trimmed,
-    )
-    .await
-    {
+/// Archives the entries of one stream before its boundary, then removes them, step by step.
+async fn trim_stream(
+    connection: &mut Connection,
+    locks: &[String],
+    plan: &mut StreamPlan,
+) -> Result<()> {
+    let trimmed = &mut plan.trimmed;
+    let before_boundary = format!("({}", trimmed.boundary);
+    let mut archive = Archive::open(&trimmed.archive)?;
+    if let Err(error) = copy_to_archive(connection, &before_boundary, &mut archive, trimmed).await {
         archive.undo();
         return Err(error.wrap_err(format!(
-            "archiving to {}; nothing was trimmed",
-            args.archive.display()
+            "archiving to {}; nothing was trimmed from {}",
+            trimmed.archive.display(),
+            trimmed.stream
         )));
     }
 
     // Step by step (each step checks the groups and the locks again), until done.
     loop {
-        match invoke_trim(&mut connection, &trimmed, &locks, &status).await? {
+        match invoke_trim(connection, trimmed, locks, &plan.status).await? {
             TrimOutcome::Trimmed { removed, done } => {
                 trimmed.removed += removed;
                 if done {
-                    break;
+                    return Ok(());
                 }
             }
             TrimOutcome::Rebuilding { lock } if trimmed.removed == 0 => {
@@ -130,7 +183,7 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
                 archive.undo();
                 return Err(eyre!(
                     "the consumer groups of {} changed while trimming; nothing was trimmed \
-                     (run it again)",
+                     from it (run it again)",
                     trimmed.stream
                 ));
             }
@@ -145,7 +198,6 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
             }
         }
     }
-    report(context, trimmed)
 }
 
 /// The groups the services read `stream` with.
@@ -319,9 +371,9 @@ fn rebuilding(lock: &str) -> Failure {
     ))
 }
 
-fn report(context: &Context, trimmed: Trimmed) -> Result<()> {
+fn report(context: &Context, trimmed: &Trimmed) -> Result<()> {
     if context.json {
-        print_line(&serde_json::to_string(&trimmed)?)?;
+        print_line(&serde_json::to_string(trimmed)?)?;
     } else if trimmed.removed == 0 && trimmed.archived == 0 {
         print_line(&format!(
             "nothing to trim: {} has no entry before {}, the first one a group still needs",
@@ -352,10 +404,15 @@ fn report(context: &Context, trimmed: Trimmed) -> Result<()> {
 }
 
 /// Asks on the terminal; without one, refuses (exit code 2) and says to pass --yes.
-async fn confirm(stream: &str, boundary: &str, archive: &Path) -> Result<()> {
+async fn confirm(work: &[&Trimmed], archive: &Path) -> Result<()> {
+    let streams: Vec<String> = work
+        .iter()
+        .map(|trimmed| format!("of {} before {}", trimmed.stream, trimmed.boundary))
+        .collect();
     let plan = format!(
-        "archive to {} and remove every entry of {stream} before {boundary}",
-        archive.display()
+        "archive to {} and remove every entry {}",
+        archive.display(),
+        streams.join(", and ")
     );
     if !std::io::stdin().is_terminal() {
         return Err(Failure::invalid(format!(

@@ -96,7 +96,7 @@ pub(super) async fn apply_archive(
             fields,
             deliveries: 1,
         };
-        counts.add(log.target, &mut calls, &delivery);
+        counts.add(log.target, log.producer, &mut calls, &delivery);
         counts.from_archives += 1;
         *last = delivery.id;
         if calls.len() >= CHUNK {

@@ -1,6 +1,11 @@
-//! `blogctl rebuild query|comments`: rebuilds a service's state from the whole log (archives
-//! written by `blogctl trim` first, then the stream) into a fresh generation of its keyspace while
-//! the live one keeps serving, switches to it in one atomic step, then drops the old one.
+//! `blogctl rebuild query|comments`: rebuilds a service's state from the whole log (for each
+//! events stream it needs, the archives written by `blogctl trim` first, then the stream) into a
+//! fresh generation of its keyspace while the live one keeps serving, switches to it in one
+//! atomic step, then drops the old one.
+//!
+//! The streams are applied one after the other, not interleaved: the rules for applying events
+//! commute across streams (they must: two instances of a service apply them out of order), and
+//! each stream is applied in its own order.
 //!
 //! A service's rebuildable keys live under `<prefix><generation>:`, and `<prefix>generation`
 //! names the live generation (`0` until the first rebuild). Every step of the service and every
@@ -24,6 +29,7 @@ use crate::context::Context;
 use crate::error::Failure;
 use crate::events::EventKind;
 use crate::keyspace::{Generation, Keys, Partition, Service};
+use crate::ops::archive::stream_archive;
 use crate::output::{print_line, progress_bar};
 use crate::services::generations::{ApplyCall, Generations};
 use crate::services::{comments, query};
@@ -41,15 +47,12 @@ const DROP_PAGE: usize = 1000;
 /// How long a rebuild holds its lock before another may assume it died.
 const LOCK_MS: u64 = 3_600_000;
 
-/// Switches to the new generation if the log holds nothing after what the rebuild applied, the
-/// pointer still names the generation the rebuild started from, and no entry was removed from
-/// the stream since the rebuild checked it for a gap (a `trim` meanwhile may have removed
-/// entries before the rebuild read them).
-/// KEYS[1]: the events stream, KEYS[2]: the pointer. ARGV[1]: the last id applied (`0-0` for
-/// none), ARGV[2]: the new generation, ARGV[3]: the live generation when the rebuild started,
-/// ARGV[4]: how many entries had been removed from the stream then.
+/// Switches to the new generation if no stream read holds anything after what the rebuild
+/// applied from it, the pointer still names the generation the rebuild started from, and no
+/// entry was removed from a stream since the rebuild checked it for a gap (a `trim` meanwhile
+/// may have removed entries before the rebuild read them). KEYS and ARGV: see the script.
 /// Returns 1 when switched, 0 when the log grew (apply the rest and try again), or
-/// `{err}` naming what changed.
+/// `{what}` naming what changed (`switched`, or `trimmed` and the stream).
 static SWITCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("switch.lua")));
 
 /// Deletes the lock KEYS[1] if it still holds ARGV[1] (it may have expired and been taken).
@@ -65,8 +68,12 @@ pub enum Target {
 }
 
 impl Target {
-    /// Whether events of type `kind` change its state (both states are built from the posts
-    /// and the comments with their status; the verdicts reach them through `CommentUpdated`).
+    /// The services whose streams its state is built from: both states are built from the
+    /// posts and the comments with their status (the verdicts reach them through
+    /// `CommentUpdated`, on the comments' stream).
+    const STREAMS: [Service; 2] = [Service::Posts, Service::Comments];
+
+    /// Whether events of type `kind` change its state.
     fn uses(self, kind: EventKind) -> bool {
         matches!(
             kind,
@@ -88,9 +95,9 @@ pub struct RebuildArgs {
     /// What to rebuild.
     #[arg(value_enum)]
     pub target: Target,
-    /// An NDJSON archive written by `blogctl trim`, read before the stream (repeat for several,
-    /// oldest first).
-    #[arg(long = "archive", value_name = "FILE")]
+    /// A directory `blogctl trim --archive` wrote, its `<service>.ndjson` files read before
+    /// their streams (repeat for several, oldest first).
+    #[arg(long = "archive", value_name = "DIR")]
     pub archives: Vec<PathBuf>,
 }
 
@@ -108,9 +115,10 @@ pub struct Report {
 
 pub async fn run(context: &Context, args: &RebuildArgs) -> Result<()> {
     for archive in &args.archives {
-        if !archive.is_file() {
+        if !archive.is_dir() {
             return Err(Failure::invalid(format!(
-                "archive {} is not a readable file",
+                "archive {} is not a directory (`blogctl trim --archive DIR` writes one \
+                 <service>.ndjson per stream in it)",
                 archive.display()
             ))
             .into());
@@ -235,8 +243,8 @@ struct Fill<'a> {
     archives: &'a [PathBuf],
 }
 
-/// Applies the archives and the log to generation `next`, then switches to it once it has
-/// caught up with the stream; returns what it applied and skipped.
+/// Applies the archives and the streams to generation `next`, then switches to it once it has
+/// caught up with every stream; returns what it applied and skipped.
 async fn fill(
     connection: &mut Connection,
     redis: &Redis,
@@ -245,35 +253,45 @@ async fn fill(
 ) -> Result<Counts> {
     let mut counts = Counts::default();
     let base = fill.generations.generation(fill.next);
-    let events = keys.events(Service::Posts, Partition::FIRST); // TODO split
-    let length: u64 = connection.xlen(&events).await?;
-    let progress = progress_bar(length, "rebuild");
-    let log = Log {
-        target: fill.target,
-        events: &events,
-        base: &base,
-    };
-    let mut last = "0-0".to_owned();
-    // Archived ids the stream still holds (a trim stopped between its archive and its XTRIM).
-    let first_on_stream = first_id(connection, &events).await?;
-    let mut overlap = Vec::new();
-    let mut unchecked = Vec::new();
-    for archive in fill.archives {
-        let read = ArchiveRead {
-            unchecked: &mut unchecked,
-            last: &mut last,
-            first_on_stream: first_on_stream.as_deref(),
-            overlap: &mut overlap,
-        };
-        apply_archive(connection, &log, archive, &mut counts, read).await?;
+    let mut length: u64 = 0;
+    for producer in Target::STREAMS {
+        let stream_length: u64 = connection
+            .xlen(keys.events(producer, Partition::FIRST))
+            .await?;
+        length += stream_length;
     }
-    refuse_archives_past_the_stream(connection, &events, &last, &overlap).await?;
-    refuse_unchecked_lines_off_the_stream(connection, &events, &unchecked).await?;
-    let removed = refuse_a_gap(connection, &events, counts.from_archives).await?;
-    // The stream, from where the archives stopped; again until nothing new came meanwhile.
+    let progress = progress_bar(length, "rebuild");
+    let mut read = Vec::new();
+    for producer in Target::STREAMS {
+        let events = keys.events(producer, Partition::FIRST);
+        let log = Log {
+            target: fill.target,
+            producer,
+            events: &events,
+            base: &base,
+        };
+        let (last, removed) = apply_archives(connection, &log, fill.archives, &mut counts).await?;
+        read.push(StreamRead {
+            producer,
+            events,
+            last,
+            removed,
+        });
+    }
+    // Each stream, from where its archives stopped; again until nothing new came meanwhile.
     loop {
-        last = apply_stream(connection, redis, &log, last, &mut counts, &progress).await?;
-        if try_switch(connection, fill, &events, &last, removed).await? {
+        for stream in &mut read {
+            let log = Log {
+                target: fill.target,
+                producer: stream.producer,
+                events: &stream.events,
+                base: &base,
+            };
+            let after = std::mem::take(&mut stream.last);
+            stream.last =
+                apply_stream(connection, redis, &log, after, &mut counts, &progress).await?;
+        }
+        if try_switch(connection, fill, &read).await? {
             break;
         }
     }
@@ -281,25 +299,67 @@ async fn fill(
     Ok(counts)
 }
 
-/// Switches to the generation being filled if the log holds nothing after `last` (see
-/// [`SWITCH`]): true when switched, false when the log grew (apply the rest and try again),
-/// exit code 2 when another rebuild switched or entries were trimmed meanwhile.
+/// How far a rebuild has read one events stream.
+struct StreamRead {
+    producer: Service,
+    events: String,
+    /// The id of the last entry applied from it (`0-0` for none).
+    last: String,
+    /// How many entries had been removed from it when it was checked for a gap.
+    removed: u64,
+}
+
+/// Applies the archives of one stream (`<service>.ndjson` in each directory, oldest first) and
+/// checks they fit the stream; returns the id of the last entry applied (`0-0` for none) and
+/// how many entries the stream has lost to trims.
+async fn apply_archives(
+    connection: &mut Connection,
+    log: &Log<'_>,
+    directories: &[PathBuf],
+    counts: &mut Counts,
+) -> Result<(String, u64)> {
+    let mut last = "0-0".to_owned();
+    // Archived ids the stream still holds (a trim stopped between its archive and its XTRIM).
+    let first_on_stream = first_id(connection, log.events).await?;
+    let mut overlap = Vec::new();
+    let mut unchecked = Vec::new();
+    let before = counts.from_archives;
+    for directory in directories {
+        let archive = stream_archive(directory, log.producer);
+        if !archive.exists() {
+            continue;
+        }
+        let read = ArchiveRead {
+            unchecked: &mut unchecked,
+            last: &mut last,
+            first_on_stream: first_on_stream.as_deref(),
+            overlap: &mut overlap,
+        };
+        apply_archive(connection, log, &archive, counts, read).await?;
+    }
+    refuse_archives_past_the_stream(connection, log.events, &last, &overlap).await?;
+    refuse_unchecked_lines_off_the_stream(connection, log.events, &unchecked).await?;
+    let removed = refuse_a_gap(connection, log.events, counts.from_archives - before).await?;
+    Ok((last, removed))
+}
+
+/// Switches to the generation being filled if no stream holds anything after what was applied
+/// from it (see [`SWITCH`]): true when switched, false when the log grew (apply the rest and
+/// try again), exit code 2 when another rebuild switched or entries were trimmed meanwhile.
 async fn try_switch(
     connection: &mut Connection,
     fill: &Fill<'_>,
-    events: &str,
-    last: &str,
-    removed: u64,
+    read: &[StreamRead],
 ) -> Result<bool> {
-    let switched: Value = SWITCH
-        .key(events)
-        .key(fill.generations.pointer())
-        .arg(last)
-        .arg(fill.next)
-        .arg(fill.live)
-        .arg(removed)
-        .invoke_async(connection)
-        .await?;
+    let mut switch = SWITCH.key(fill.generations.pointer());
+    switch.arg(fill.next).arg(fill.live);
+    for stream in read {
+        switch
+            .key(&stream.events)
+            .arg(&stream.last)
+            .arg(stream.removed);
+    }
+    let switched: Value = switch.invoke_async(connection).await?;
     match switched {
         Value::Int(1) => Ok(true),
         Value::Int(_) => Ok(false),
@@ -311,8 +371,8 @@ async fn try_switch(
                     target.service()
                 ),
                 _ => format!(
-                    "entries were trimmed from {events} while it ran (is a `blogctl trim` \
-                     running?)"
+                    "entries were trimmed from {} while it ran (is a `blogctl trim` running?)",
+                    field_at(&refused, 1).unwrap_or_default()
                 ),
             };
             Err(Failure::invalid(format!(
@@ -328,6 +388,8 @@ async fn try_switch(
 /// What a rebuild reads and where it writes.
 struct Log<'a> {
     target: Target,
+    /// The service that writes the stream.
+    producer: Service,
     /// The events stream.
     events: &'a str,
     /// The prefix of the generation being filled.
@@ -362,7 +424,7 @@ async fn apply_stream(
             let mut calls = Vec::new();
             for entry in chunk {
                 let delivery = Delivery::new(log.events, entry, 1);
-                counts.add(log.target, &mut calls, &delivery);
+                counts.add(log.target, log.producer, &mut calls, &delivery);
                 progress.inc(1);
             }
             Ok(Some((calls, end)))
@@ -460,7 +522,7 @@ async fn refuse_a_gap(connection: &mut Connection, events: &str, archived: u64) 
     if removed > archived {
         return Err(Failure::invalid(format!(
             "{removed} entries were trimmed from {events} and the archives given hold {archived}: \
-             give every archive `blogctl trim` wrote (--archive FILE, oldest first), or the \
+             give every archive `blogctl trim` wrote (--archive DIR, oldest first), or the \
              rebuilt state would miss events"
         ))
         .into());
@@ -488,11 +550,21 @@ struct Counts {
 }
 
 impl Counts {
-    /// Adds the writes of one entry. Events of types that do not change the target are skipped
-    /// unread, and malformed and unknown entries are skipped, as the services skip them (they
-    /// are in the dead letters).
-    fn add(&mut self, target: Target, calls: &mut Vec<ApplyCall>, delivery: &Delivery) {
-        let unused = |name| EventKind::parse(name).is_none_or(|kind| !target.uses(kind));
+    /// Adds the writes of one entry of `producer`'s stream. Events of types that do not change
+    /// the target are skipped unread, and malformed and unknown entries, and events of a kind
+    /// another service produces, are skipped, as the services skip them (they are in the dead
+    /// letters).
+    fn add(
+        &mut self,
+        target: Target,
+        producer: Service,
+        calls: &mut Vec<ApplyCall>,
+        delivery: &Delivery,
+    ) {
+        let unused = |name| {
+            EventKind::parse(name)
+                .is_none_or(|kind| !target.uses(kind) || kind.producer() != producer)
+        };
         if matches!(delivery.field("type"), Ok(name) if unused(name)) {
             self.skipped += 1;
             return;

@@ -1,21 +1,30 @@
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then
+-- KEYS[1]: the generation pointer; KEYS[2..]: the events streams the rebuild read. ARGV[1]: the
+-- new generation, ARGV[2]: the live generation when the rebuild started; then, for each stream
+-- in KEYS order, the last id applied from it (`0-0` for none) and how many entries had been
+-- removed from it when the rebuild checked it for a gap.
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[2] then
   return {'switched'}
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  local length, added
-  for i = 1, #info, 2 do
-    if info[i] == 'length' then length = info[i + 1] end
-    if info[i] == 'entries-added' then added = info[i + 1] end
+for i = 2, #KEYS do
+  local removed = ARGV[2 * i]
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[i])
+    local length, added
+    for j = 1, #info, 2 do
+      if info[j] == 'length' then length = info[j + 1] end
+      if info[j] == 'entries-added' then added = info[j + 1] end
+    end
+    if added - length ~= tonumber(removed) then
+      return {'trimmed', KEYS[i]}
+    end
+  elseif removed ~= '0' then
+    return {'trimmed', KEYS[i]}
   end
-  if added - length ~= tonumber(ARGV[4]) then
-    return {'trimmed'}
+end
+for i = 2, #KEYS do
+  if #redis.call('XRANGE', KEYS[i], '(' .. ARGV[2 * i - 1], '+', 'COUNT', 1) > 0 then
+    return 0
   end
-elseif ARGV[4] ~= '0' then
-  return {'trimmed'}
 end
-if #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', 1) > 0 then
-  return 0
-end
-redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1])
 return 1

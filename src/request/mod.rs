@@ -111,7 +111,7 @@ pub struct Incoming {
     pub reply_to: Option<String>,
     /// When the request expires, by Redis's clock (`TIME`), in milliseconds.
     pub deadline_ms: u64,
-    /// The id of the last entry of the events stream when the request was added: every event
+    /// The id of the last entry of the posts' events stream when the request was added: every event
     /// the client could have seen before sending it is at or before this id.
     pub after: String,
     pub command: String,

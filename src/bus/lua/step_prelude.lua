@@ -9,7 +9,7 @@ local function claim()
   end
   return claimed
 end
--- Adds an event to the events stream, caused by the same request as the entry.
+-- Adds an event to the service's own events stream, caused by the same request as the entry.
 local function publish(kind, data)
   return redis.call('XADD', events, '*', 'type', kind, 'version', ENVELOPE_VERSION,
     'request_id', request_id, 'producer', group, 'data', data)
