@@ -1,9 +1,9 @@
 //! Delivery guarantees: exactly-once effects, two instances, requests, dead letters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use blogctl::bus::{Delivery, Handler, Plan, RawEntry, ensure_group};
-use blogctl::keyspace::{Keys, Partition};
+use blogctl::keyspace::{Keys, Partition, Service};
 use blogctl::services::moderation::Moderation;
 
 use crate::support::{Blog, PATIENCE, wait_until};
@@ -28,11 +28,11 @@ pub fn add_request(
         other => panic!("{other} takes no requests"),
     };
     // Stamped as the client's script stamps it: the deadline by Redis's clock, and the last
-    // entry of the events stream.
+    // entry of the posts' events stream.
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(connection).unwrap();
     let deadline_ms = seconds * 1000 + micros / 1000 + timeout_ms;
     let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-        .arg(blog.events())
+        .arg(blog.events("posts"))
         .arg("+")
         .arg("-")
         .arg("COUNT")
@@ -91,15 +91,7 @@ fn consumers(blog: &Blog, stream: &str, group: &str) -> Vec<String> {
 
 /// Waits until every group of every service lists exactly the consumers `names`.
 fn wait_until_consumers(blog: &Blog, names: &[&str]) {
-    let events = blog.events();
-    let groups = [
-        (events.clone(), "comments"),
-        (events.clone(), "moderation"),
-        (events, "query"),
-        (blog.inbox("posts"), "posts"),
-        (blog.inbox("comments"), "comments"),
-    ];
-    for (stream, group) in &groups {
+    for (stream, group) in &blog.groups() {
         let mut listed = Vec::new();
         assert!(
             wait_until(PATIENCE, || {
@@ -177,7 +169,7 @@ fn two_instances_of_every_service_give_the_same_view_as_one() {
 async fn a_redelivered_entry_has_no_second_effect() {
     let blog = Blog::new();
     let keys = Keys::new("blog").unwrap();
-    let events = keys.events(Partition::FIRST);
+    let events = keys.events(Service::Comments, Partition::FIRST);
     let mut connection = redis::Client::open(blog.redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -412,15 +404,20 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     blog.ok(&["post", "create", "--wait", "Before"]);
-    let events = blog.events();
+    let (posts, comments, moderation) = (
+        blog.events("posts"),
+        blog.events("comments"),
+        blog.events("moderation"),
+    );
     let mut connection = blog.redis.connection();
-    let mut add = |fields: &[(&str, &[u8])]| -> String {
+    // Adds an entry to `stream` and returns the stream and the entry's id.
+    let mut add = |stream: &str, fields: &[(&str, &[u8])]| -> (String, String) {
         let mut command = redis::cmd("XADD");
-        command.arg(&events).arg("*");
+        command.arg(stream).arg("*");
         for (name, value) in fields {
             command.arg(*name).arg(*value);
         }
-        command.query(&mut connection).unwrap()
+        (stream.to_owned(), command.query(&mut connection).unwrap())
     };
     let oversized = format!(
         r#"{{"id":"{}","title":"{}"}}"#,
@@ -434,50 +431,85 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
             ("request_id", b"x"),
         ]
     };
-    // Each malformed event, with the services that use its type: only they read it.
+    // Each malformed event, on the stream of the service that produces its type, with the
+    // services that use that type: only they read it.
     let post_readers: &[&str] = &["comments", "query"];
     let malformed = [
         (
-            add(&[&good("PostCreated")[..], &[("data", b"not json")]].concat()),
+            add(
+                &posts,
+                &[&good("PostCreated")[..], &[("data", b"not json")]].concat(),
+            ),
             post_readers,
         ),
-        (add(&good("PostCreated")), post_readers),
+        (add(&posts, &good("PostCreated")), post_readers),
         (
-            add(&[
-                &good("PostCreated")[..],
-                &[("data", br#"{"id":5,"title":"x"}"#)],
-            ]
-            .concat()),
+            add(
+                &posts,
+                &[
+                    &good("PostCreated")[..],
+                    &[("data", br#"{"id":5,"title":"x"}"#)],
+                ]
+                .concat(),
+            ),
             post_readers,
         ),
         (
-            add(&[&good("CommentCreated")[..], &[("data", b"\xff\xfe")]].concat()),
+            add(
+                &comments,
+                &[&good("CommentCreated")[..], &[("data", b"\xff\xfe")]].concat(),
+            ),
             &["moderation", "query"],
         ),
         (
-            add(&[&good("CommentModerated")[..], &[("data", b"[]")]].concat()),
+            add(
+                &moderation,
+                &[&good("CommentModerated")[..], &[("data", b"[]")]].concat(),
+            ),
             &["comments"],
         ),
         (
-            add(&[
-                ("type", b"PostCreated"),
-                ("version", b"99"),
-                ("request_id", b"x"),
-                ("data", b"{}"),
-            ]),
+            add(
+                &posts,
+                &[
+                    ("type", b"PostCreated"),
+                    ("version", b"99"),
+                    ("request_id", b"x"),
+                    ("data", b"{}"),
+                ],
+            ),
             post_readers,
         ),
         (
-            add(&[&good("PostCreated")[..], &[("data", oversized.as_bytes())]].concat()),
+            add(
+                &posts,
+                &[&good("PostCreated")[..], &[("data", oversized.as_bytes())]].concat(),
+            ),
             post_readers,
         ),
-        // No type at all: malformed for every service.
+        // No type at all: malformed for every service that reads the stream it is on.
         (
-            add(&[("version", b"1"), ("data", b"{}")]),
-            &["comments", "moderation", "query"],
+            add(&posts, &[("version", b"1"), ("data", b"{}")]),
+            post_readers,
+        ),
+        (
+            add(&comments, &[("version", b"1"), ("data", b"{}")]),
+            &["moderation", "query"],
+        ),
+        (
+            add(&moderation, &[("version", b"1"), ("data", b"{}")]),
+            &["comments"],
         ),
     ];
-    let unknown = add(&[&good("PostLiked")[..], &[("data", b"{}")]].concat());
+    let unknown: Vec<(String, String)> = [&posts, &comments, &moderation]
+        .into_iter()
+        .map(|stream| {
+            add(
+                stream,
+                &[&good("PostLiked")[..], &[("data", b"{}")]].concat(),
+            )
+        })
+        .collect();
     // Not a request at all, so not made with add_request.
     let bad_request = {
         let mut connection = blog.redis.connection();
@@ -517,10 +549,10 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
             .or_default()
             .push(field(fields, "service"));
     }
-    for (id, readers) in &malformed {
-        let mut services = per_id.remove(&format!("{events} {id}")).unwrap_or_default();
+    for ((stream, id), readers) in &malformed {
+        let mut services = per_id.remove(&format!("{stream} {id}")).unwrap_or_default();
         services.sort();
-        assert_eq!(&services, readers, "dead letters of {id}");
+        assert_eq!(&services, readers, "dead letters of {id} on {stream}");
     }
     let inbox = blog.inbox("posts");
     assert_eq!(
@@ -529,7 +561,7 @@ fn malformed_entries_are_dead_lettered_and_the_services_go_on() {
     );
     assert!(
         per_id.is_empty(),
-        "unexpected dead letters (unknown type {unknown}?): {per_id:?}"
+        "unexpected dead letters (unknown type {unknown:?}?): {per_id:?}"
     );
     blog.wait_until_nothing_pending();
     // A dead request is not put back: its client has given up on it.
@@ -547,7 +579,7 @@ fn a_redelivered_request_waiting_for_its_post_is_not_dead_lettered() {
     let blog = Blog::new();
     let _others = blog.serve(&["posts", "moderation", "query"]);
     let post = blog.ok(&["post", "create", "--wait", "Held back"]);
-    let (events, inbox) = (blog.events(), blog.inbox("comments"));
+    let (events, inbox) = (blog.events("posts"), blog.inbox("comments"));
     let mut connection = blog.redis.connection();
     for stream in [&events, &inbox] {
         let _: () = redis::cmd("XGROUP")
@@ -671,7 +703,7 @@ fn what_the_client_would_refuse_is_refused_by_the_service_too_and_dead_letters_s
     );
     // A megabyte of garbage where an event should be.
     let _: String = redis::cmd("XADD")
-        .arg(blog.events())
+        .arg(blog.events("posts"))
         .arg("*")
         .arg(&[
             ("type", "PostCreated"),
@@ -699,4 +731,211 @@ fn what_the_client_would_refuse_is_refused_by_the_service_too_and_dead_letters_s
         let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
         assert!(size < 64 * 1024, "a dead letter of {size} bytes");
     }
+}
+
+/// Every consumer group on every stream of the blog, as XINFO GROUPS reports it: by (stream,
+/// group), the group's `entries-read` (how many entries of the stream were delivered to it,
+/// redeliveries not counted), or `None` while any group lags or holds a pending entry. Redis
+/// reports no `entries-read` (nil) for a group that never read an entry: 0 then, as long as
+/// nothing was ever added to its stream (the services create their groups at its start).
+fn entries_read_when_idle(blog: &Blog) -> Option<BTreeMap<(String, String), usize>> {
+    let mut connection = blog.redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", blog.namespace))
+        .query(&mut connection)
+        .unwrap();
+    let mut read = BTreeMap::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection).unwrap();
+        if kind != "stream" {
+            continue;
+        }
+        let stream: HashMap<String, redis::Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&key)
+            .query(&mut connection)
+            .unwrap();
+        let added: usize = redis::from_redis_value_ref(&stream["entries-added"]).unwrap();
+        let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query(&mut connection)
+            .unwrap();
+        for group in groups.groups {
+            if group.pending != 0 || group.lag != Some(0) {
+                return None;
+            }
+            let entries_read = match group.entries_read {
+                Some(read) => read,
+                None if added == 0 => 0,
+                None => panic!(
+                    "no entries-read for {} on {key}, to which {added} entries were added",
+                    group.name
+                ),
+            };
+            read.insert((key.clone(), group.name), entries_read);
+        }
+    }
+    Some(read)
+}
+
+/// Waits until every group has read and acknowledged everything; their `entries-read` then.
+fn entries_read_once_idle(blog: &Blog) -> BTreeMap<(String, String), usize> {
+    let mut read = None;
+    assert!(
+        wait_until(PATIENCE, || {
+            read = entries_read_when_idle(blog);
+            read.is_some()
+        }),
+        "the groups never caught up"
+    );
+    read.unwrap()
+}
+
+#[test]
+fn a_comment_costs_six_group_deliveries() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let post = blog.ok(&["post", "create", "--wait", "Counted"]);
+    let before = entries_read_once_idle(&blog);
+    // The groups are exactly those the services read with, and no other.
+    let mut groups: Vec<(String, String)> = before.keys().cloned().collect();
+    let mut expected: Vec<(String, String)> = blog
+        .groups()
+        .into_iter()
+        .map(|(stream, group)| (stream, group.to_owned()))
+        .collect();
+    groups.sort();
+    expected.sort();
+    assert_eq!(groups, expected);
+
+    assert_eq!(blog.verdict(&post, "a comment to count"), "approved");
+    let after = entries_read_once_idle(&blog);
+    // Deliveries per group: the growth of its entries-read (groups that got none left out).
+    let measured: BTreeMap<(String, String), usize> = after
+        .into_iter()
+        .map(|(group, read)| {
+            let delivered = read - before.get(&group).copied().unwrap_or(0);
+            (group, delivered)
+        })
+        .filter(|(_, delivered)| *delivered > 0)
+        .collect();
+    // One comment through the whole pipeline, each entry delivered once to each group that
+    // follows its stream (a group's entries-read counts first deliveries; with every group
+    // caught up, none was left unread):
+    // - its CreateComment request, on the comments inbox: 1 (comments);
+    // - its CommentCreated, on the comments' stream: 2 (moderation, query);
+    // - its CommentModerated, on moderation's stream: 1 (comments);
+    // - its CommentUpdated, on the comments' stream: 2 (moderation, which skips it, and query).
+    // The posts' stream and inbox deliver nothing for it. With the one shared stream of
+    // earlier versions, each of its three events went to all three groups: 10 deliveries.
+    let key = |stream: String, group: &str| (stream, group.to_owned());
+    let expected: BTreeMap<(String, String), usize> = [
+        (key(blog.inbox("comments"), "comments"), 1),
+        (key(blog.events("comments"), "moderation"), 2),
+        (key(blog.events("comments"), "query"), 2),
+        (key(blog.events("moderation"), "comments"), 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(measured, expected);
+    assert_eq!(measured.values().sum::<usize>(), 6);
+}
+
+#[test]
+fn an_event_on_the_wrong_stream_is_dead_lettered_never_applied() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let real = blog.ok(&["post", "create", "--wait", "Real"]);
+    blog.wait_until_nothing_pending();
+    // A well-formed PostCreated, on the comments service's stream: only posts produces it.
+    let forged = uuid::Uuid::now_v7().to_string();
+    let data = serde_json::json!({"id": forged, "title": "Forged"}).to_string();
+    let comments_stream = blog.events("comments");
+    let misplaced: String = redis::cmd("XADD")
+        .arg(&comments_stream)
+        .arg("*")
+        .arg(&[
+            ("type", "PostCreated"),
+            ("version", "1"),
+            ("request_id", "misplaced"),
+            ("producer", "posts"),
+            ("data", &data),
+        ])
+        .query(&mut blog.redis.connection())
+        .unwrap();
+
+    // Each reader of that stream dead-letters it once: moderation and query.
+    let dead = blog.dead();
+    assert!(
+        wait_until(PATIENCE, || blog.entries(&dead).len() >= 2),
+        "dead letters: {:?}",
+        blog.entries(&dead)
+    );
+    for (stream, group) in [
+        (&comments_stream, "moderation"),
+        (&comments_stream, "query"),
+    ] {
+        assert!(
+            wait_until(PATIENCE, || blog.pending(stream, group) == 0),
+            "{group} still holds entries of {stream}"
+        );
+    }
+    let letters = blog.entries(&dead);
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let mut services: Vec<String> = letters
+        .iter()
+        .map(|(_, fields)| {
+            assert_eq!(field(fields, "stream"), comments_stream);
+            assert_eq!(field(fields, "id"), misplaced);
+            assert_eq!(field(fields, "deliveries"), "1", "{fields:?}");
+            let reason = field(fields, "reason");
+            assert!(
+                reason.contains("a PostCreated does not belong on the comments service's stream"),
+                "{reason}"
+            );
+            assert!(field(fields, "entry").contains("Forged"), "{fields:?}");
+            field(fields, "service")
+        })
+        .collect();
+    services.sort();
+    assert_eq!(services, ["moderation", "query"]);
+
+    // Never applied: the view does not show the post, and the comments service does not know it.
+    let view = blog.view();
+    assert_eq!(view.as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(view[0]["id"], real.as_str());
+    let shown = blog.run(&["post", "show", &forged]);
+    assert_eq!(shown.code, 3, "{shown:?}");
+    let commented = blog.run(&["comment", "create", &forged, "on a forged post"]);
+    assert_eq!(commented.code, 3, "{commented:?}");
+
+    // The pipeline goes on: a PostCreated where it belongs is applied, and a comment passes
+    // through the stream the misplaced event is on.
+    let genuine = uuid::Uuid::now_v7().to_string();
+    let data = serde_json::json!({"id": genuine, "title": "Genuine"}).to_string();
+    let _: String = redis::cmd("XADD")
+        .arg(blog.events("posts"))
+        .arg("*")
+        .arg(&[
+            ("type", "PostCreated"),
+            ("version", "1"),
+            ("request_id", "well-placed"),
+            ("producer", "posts"),
+            ("data", &data),
+        ])
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    assert_eq!(blog.verdict(&real, "still flowing"), "approved");
+    let view = blog.wait_for_view(2, 1);
+    let titles: Vec<&str> = view
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|post| post["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["Real", "Genuine"]);
+    assert_eq!(blog.verdict(&genuine, "on the genuine post"), "approved");
+    blog.wait_until_nothing_pending();
+    assert_eq!(blog.entries(&dead).len(), 2, "{:?}", blog.entries(&dead));
 }

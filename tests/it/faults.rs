@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Blog, PATIENCE, RedisServer, Rng, Service, signal, wait_until};
+use crate::support::{Blog, PATIENCE, PRODUCERS, RedisServer, Rng, Service, signal, wait_until};
 
 const COMMENTS_PER_POST: usize = 10;
 const WORKERS: usize = 4;
@@ -48,14 +48,19 @@ impl Slot {
         self.process.log().matches(TOOK_OVER).count()
     }
 
+    /// The streams this slot's service reads with its group.
+    fn streams(&self, blog: &Blog) -> Vec<String> {
+        blog.groups()
+            .into_iter()
+            .filter(|(_, group)| *group == self.service)
+            .map(|(stream, _)| stream)
+            .collect()
+    }
+
     /// Entries pending with this slot's consumer, on every stream its service reads.
     fn held(&self, blog: &Blog) -> usize {
-        let mut streams = vec![blog.events()];
-        if self.service == "comments" {
-            streams.push(blog.inbox("comments"));
-        }
         let mut connection = blog.redis.connection();
-        streams
+        self.streams(blog)
             .iter()
             .map(|stream| {
                 let pending: Vec<redis::Value> = redis::cmd("XPENDING")
@@ -78,10 +83,17 @@ impl Slot {
             if self.held(blog) > 0 {
                 // Paused, it cannot acknowledge them: they leave it only by a take-over.
                 let taken = wait_until(Duration::from_secs(15), || self.held(blog) == 0);
-                let pending: redis::Value = redis::cmd("XPENDING")
-                    .arg(&[&blog.events(), self.service, "-", "+", "20"])
-                    .query(&mut blog.redis.connection())
-                    .unwrap();
+                let pending: Vec<(String, redis::Value)> = self
+                    .streams(blog)
+                    .into_iter()
+                    .map(|stream| {
+                        let pending = redis::cmd("XPENDING")
+                            .arg(&[&stream, self.service, "-", "+", "20"])
+                            .query(&mut blog.redis.connection())
+                            .unwrap();
+                        (stream, pending)
+                    })
+                    .collect();
                 signal(pid, "CONT");
                 if !taken {
                     return Err(format!(
@@ -406,12 +418,12 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
     // is; no group is left with pending entries.
     let poison = std::mem::take(&mut tally.poison);
     let expected_dead: usize = poison.iter().map(|(_, readers)| readers).sum();
-    let events = blog.events();
+    let groups = blog.groups();
     let settled = wait_until(Duration::from_secs(60), || {
         blog.entries(&blog.dead()).len() >= expected_dead
-            && ["comments", "moderation", "query"]
+            && groups
                 .iter()
-                .all(|group| blog.pending(&events, group) == 0)
+                .all(|(stream, group)| blog.pending(stream, group) == 0)
     });
     let dead = blog.entries(&blog.dead());
     assert!(
@@ -419,9 +431,13 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
         "dead letters {} of {expected_dead}, or entries still pending (seed {seed})",
         dead.len()
     );
+    // Entries are named by stream and id: the ids of different streams may coincide.
     let dead_ids: Vec<String> = dead
         .iter()
-        .map(|(_, fields)| fields.iter().find(|(k, _)| k == "id").unwrap().1.clone())
+        .map(|(_, fields)| {
+            let field = |name: &str| fields.iter().find(|(k, _)| k == name).unwrap().1.clone();
+            format!("{} {}", field("stream"), field("id"))
+        })
         .collect();
     let mut expected: Vec<String> = poison
         .iter()
@@ -470,18 +486,20 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
 /// An entry's fields, as XADD takes them.
 type Fields = &'static [(&'static str, &'static [u8])];
 
-/// Adds a malformed entry (or, one time in four, an entry of an unknown type, which is skipped
-/// and not dead-lettered); returns the id of a malformed one with the number of services that
-/// use its type (each dead-letters it). None when Redis is down.
+/// Adds a malformed entry to the stream of the service that produces its type (or, one time in
+/// four, an entry of an unknown type to any of the streams, which is skipped and not
+/// dead-lettered); returns a malformed one's stream and id (`<stream> <id>`) with the number of
+/// services that use its type (each dead-letters it). None when Redis is down.
 fn inject_poison(blog: &Blog, rng: &mut Rng) -> Option<(String, usize)> {
     let mut connection = redis::Client::open(blog.redis.url())
         .ok()?
         .get_connection()
         .ok()?;
-    // Readers: PostCreated is used by comments and query, CommentCreated by moderation and
-    // query, CommentUpdated by query.
-    let bodies: [(Fields, usize); 4] = [
+    // Readers: PostCreated (on the posts' stream) is used by comments and query, CommentCreated
+    // (on the comments') by moderation and query, CommentUpdated (on the comments') by query.
+    let bodies: [(&str, Fields, usize); 4] = [
         (
+            "posts",
             &[
                 ("type", b"PostCreated"),
                 ("version", b"1"),
@@ -491,6 +509,7 @@ fn inject_poison(blog: &Blog, rng: &mut Rng) -> Option<(String, usize)> {
             2,
         ),
         (
+            "comments",
             &[
                 ("type", b"CommentCreated"),
                 ("version", b"1"),
@@ -499,6 +518,7 @@ fn inject_poison(blog: &Blog, rng: &mut Rng) -> Option<(String, usize)> {
             2,
         ),
         (
+            "comments",
             &[
                 ("type", b"CommentUpdated"),
                 ("version", b"1"),
@@ -508,6 +528,7 @@ fn inject_poison(blog: &Blog, rng: &mut Rng) -> Option<(String, usize)> {
             1,
         ),
         (
+            "posts",
             &[
                 ("type", b"PostCreated"),
                 ("version", b"1"),
@@ -519,9 +540,9 @@ fn inject_poison(blog: &Blog, rng: &mut Rng) -> Option<(String, usize)> {
     ];
     let unknown = rng.below(4) == 0;
     let mut command = redis::cmd("XADD");
-    command.arg(blog.events()).arg("*");
     if unknown {
-        command.arg(&[
+        let producer = PRODUCERS[rng.below(PRODUCERS.len() as u64) as usize];
+        command.arg(blog.events(producer)).arg("*").arg(&[
             ("type", "PostPinned"),
             ("version", "1"),
             ("request_id", "x"),
@@ -530,10 +551,12 @@ fn inject_poison(blog: &Blog, rng: &mut Rng) -> Option<(String, usize)> {
         let _: String = command.query(&mut connection).ok()?;
         return None;
     }
-    let (body, readers) = bodies[rng.below(4) as usize];
+    let (producer, body, readers) = bodies[rng.below(4) as usize];
+    let stream = blog.events(producer);
+    command.arg(&stream).arg("*");
     for (name, value) in body {
         command.arg(*name).arg(*value);
     }
     let id: String = command.query(&mut connection).ok()?;
-    Some((id, readers))
+    Some((format!("{stream} {id}"), readers))
 }

@@ -7,18 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Blog, PATIENCE, compose_lists, signal, wait_until};
+use crate::support::{Blog, PATIENCE, compose_lists, producer_of, signal, wait_until};
 
 /// The groups the services read with: (stream, group).
 fn expected_groups(blog: &Blog) -> Vec<(String, &'static str)> {
-    let events = blog.events();
-    vec![
-        (events.clone(), "comments"),
-        (events.clone(), "moderation"),
-        (events, "query"),
-        (blog.inbox("posts"), "posts"),
-        (blog.inbox("comments"), "comments"),
-    ]
+    blog.groups()
 }
 
 fn status_json(blog: &Blog) -> Value {
@@ -65,11 +58,23 @@ fn xadd(blog: &Blog, stream: &str, fields: &[(&str, &[u8])]) -> String {
     command.query(&mut blog.redis.connection()).unwrap()
 }
 
-/// Adds a well-formed event, as if `producer` had published it.
+/// The stream [`add_event`] puts an event of type `kind` on: that of the service that produces
+/// it, and the posts' stream for a type no service produces (which every reader skips).
+fn stream_of(blog: &Blog, kind: &str) -> String {
+    match kind {
+        "PostCreated" | "CommentCreated" | "CommentUpdated" | "CommentModerated" => {
+            blog.events(producer_of(kind))
+        }
+        _ => blog.events("posts"),
+    }
+}
+
+/// Adds a well-formed event, as if `producer` had published it, on the stream of its type
+/// ([`stream_of`]).
 fn add_event(blog: &Blog, kind: &str, producer: &str, data: &str) -> String {
     xadd(
         blog,
-        &blog.events(),
+        &stream_of(blog, kind),
         &[
             ("type", kind.as_bytes()),
             ("version", b"1"),
@@ -91,8 +96,9 @@ fn create_group(blog: &Blog, stream: &str, group: &str) {
         .unwrap();
 }
 
-/// Delivers up to `count` new entries of the events stream to `group` (consumer "operator"),
-/// without acknowledging them; returns their ids.
+/// Delivers up to `count` new entries of the posts' events stream (where [`add_event`] puts
+/// events of unknown types) to `group` (consumer "operator"), without acknowledging them;
+/// returns their ids.
 fn deliver(blog: &Blog, group: &str, count: usize) -> Vec<String> {
     let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
         .arg("GROUP")
@@ -101,7 +107,7 @@ fn deliver(blog: &Blog, group: &str, count: usize) -> Vec<String> {
         .arg("COUNT")
         .arg(count)
         .arg("STREAMS")
-        .arg(blog.events())
+        .arg(blog.events("posts"))
         .arg(">")
         .query(&mut blog.redis.connection())
         .unwrap();
@@ -113,9 +119,10 @@ fn deliver(blog: &Blog, group: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// Acknowledges entries of the posts' events stream for `group`.
 fn ack(blog: &Blog, group: &str, ids: &[String]) {
     let _: u64 = redis::cmd("XACK")
-        .arg(blog.events())
+        .arg(blog.events("posts"))
         .arg(group)
         .arg(ids)
         .query(&mut blog.redis.connection())
@@ -157,10 +164,18 @@ fn status_shows_every_group_caught_up_after_a_story_and_check_passes() {
     blog.ok(&["comment", "create", "--wait", &post, "orange"]);
 
     let status = wait_until_caught_up(&blog);
-    let events = &status["streams"][0];
-    assert_eq!(events["stream"], blog.events());
-    assert_eq!(events["length"], 7, "{status}");
-    assert!(events["memory_bytes"].as_u64().unwrap() > 0);
+    // The events streams first, one per producer: a PostCreated on the posts' stream, two
+    // CommentCreated and two CommentUpdated on the comments', two CommentModerated on
+    // moderation's.
+    for (index, (producer, length)) in [("posts", 1), ("comments", 4), ("moderation", 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let events = &status["streams"][index];
+        assert_eq!(events["stream"], blog.events(producer), "{status}");
+        assert_eq!(events["length"], length, "{producer}: {status}");
+        assert!(events["memory_bytes"].as_u64().unwrap() > 0);
+    }
     for (stream, name) in expected_groups(&blog) {
         let group = group(&status, &stream, name);
         assert_eq!(group["expected"], true);
@@ -203,15 +218,18 @@ fn check_exits_6_when_a_stopped_service_falls_behind() {
     for title in ["One", "Two", "Three"] {
         blog.ok(&["post", "create", title]);
     }
-    let events = blog.events();
+    // The new posts are on the posts' stream, which comments reads too; moderation reads only
+    // the comments' stream, where nothing new is.
+    let (events, comments) = (blog.events("posts"), blog.events("comments"));
     let others_caught_up = wait_until(PATIENCE, || {
         let status = status_json(&blog);
         group(&status, &events, "comments")["lag"] == 0
-            && group(&status, &events, "moderation")["lag"] == 0
+            && group(&status, &comments, "moderation")["lag"] == 0
     });
     assert!(others_caught_up);
     let status = status_json(&blog);
     assert_eq!(group(&status, &events, "query")["lag"], 3, "{status}");
+    assert_eq!(group(&status, &comments, "query")["lag"], 0, "{status}");
 
     let check = blog.run(&["status", "--check", "--max-lag", "0"]);
     assert_eq!(check.code, 6, "{check:?}");
@@ -268,9 +286,15 @@ fn check_exits_6_for_missing_groups_and_old_pending_entries() {
     }
     assert!(missing.stdout.contains("MISSING"), "{}", missing.stdout);
     let status = status_json(&blog);
-    assert_eq!(group(&status, &blog.events(), "query")["missing"], true);
+    for producer in ["posts", "comments"] {
+        assert_eq!(
+            group(&status, &blog.events(producer), "query")["missing"],
+            true
+        );
+    }
 
-    // Every group there, and an entry delivered to query that nobody acknowledges.
+    // Every group there, and an entry of the posts' stream delivered to query that nobody
+    // acknowledges.
     for (stream, name) in expected_groups(&blog) {
         create_group(&blog, &stream, name);
     }
@@ -305,64 +329,121 @@ fn check_exits_6_for_missing_groups_and_old_pending_entries() {
     assert!(
         run.stderr.contains(&format!(
             "group query on {} has had entry {stuck} pending for",
-            blog.events()
+            blog.events("posts")
         )),
         "{}",
         run.stderr
     );
     let status = status_json(&blog);
-    let query = group(&status, &blog.events(), "query");
+    let query = group(&status, &blog.events("posts"), "query");
     assert_eq!(query["pending"], 1);
     assert_eq!(query["oldest_pending_id"], stuck.as_str());
     assert_eq!(query["consumers"][0]["name"], "operator");
     assert_eq!(query["consumers"][0]["pending"], 1);
-    assert_eq!(group(&status, &blog.events(), "comments")["lag"], 1);
+    assert_eq!(group(&status, &blog.events("posts"), "comments")["lag"], 1);
+}
+
+/// Waits until Redis's clock is past the millisecond of entry `id`: an entry added afterwards,
+/// on any stream, gets a greater id. (Entries of different streams made within one millisecond
+/// may share an id; the merged log then orders them by stream, not by when they were added.)
+fn after_the_millisecond_of(blog: &Blog, id: &str) {
+    let ms: u64 = id.split('-').next().unwrap().parse().unwrap();
+    let mut connection = blog.redis.connection();
+    assert!(wait_until(PATIENCE, || {
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(&mut connection).unwrap();
+        seconds * 1000 + micros / 1000 > ms
+    }));
 }
 
 #[test]
 fn events_list_filters_counts_and_prints_ndjson() {
     let blog = Blog::new();
     let post = r#"{"id":"01a215bb-4e3f-7046-934b-202e71f70de3","title":"Listed"}"#;
+    // Events on all three streams, each added in a later millisecond than the one before, so
+    // the merged log lists them in the order they were added.
     let first = add_event(&blog, "PostCreated", "posts", post);
+    after_the_millisecond_of(&blog, &first);
     let second = add_event(&blog, "CommentCreated", "comments", r#"{"id":"x"}"#);
+    after_the_millisecond_of(&blog, &second);
     let third = add_event(&blog, "PostCreated", "posts", "not json");
-    let events = blog.events();
+    after_the_millisecond_of(&blog, &third);
     let odd = xadd(
         &blog,
-        &events,
+        &blog.events("moderation"),
         &[("type", b"Odd"), ("data", b"bytes \xff\xfe here")],
     );
 
     let human = blog.ok(&["events", "list"]);
     let lines: Vec<&str> = human.lines().collect();
     assert_eq!(lines.len(), 4, "{human}");
-    assert!(lines[0].starts_with(&first) && lines[0].contains("PostCreated"));
-    assert!(lines[0].contains("posts") && lines[0].contains("test-request"));
-    assert!(lines[0].contains(post));
-    assert!(
-        lines[3].contains("bytes \u{fffd}\u{fffd} here"),
-        "{}",
-        lines[3]
+    // id, stream, type, producer, request id, data; in columns.
+    let line = |id: &str, stream: &str, kind: &str, producer: &str, request: &str, data: &str| {
+        format!("{id}  {stream:<10}  {kind:<16}  {producer:<10}  {request}  {data}")
+    };
+    assert_eq!(
+        lines,
+        [
+            line(
+                &first,
+                "posts",
+                "PostCreated",
+                "posts",
+                "test-request",
+                post
+            ),
+            line(
+                &second,
+                "comments",
+                "CommentCreated",
+                "comments",
+                "test-request",
+                r#"{"id":"x"}"#
+            ),
+            line(
+                &third,
+                "posts",
+                "PostCreated",
+                "posts",
+                "test-request",
+                "not json"
+            ),
+            line(
+                &odd,
+                "moderation",
+                "Odd",
+                "-",
+                "-",
+                "bytes \u{fffd}\u{fffd} here"
+            ),
+        ]
     );
 
     let all = ndjson(&blog.ok(&["events", "list", "--json"]));
     assert_eq!(all.len(), 4);
     assert_eq!(all[0]["id"], first.as_str());
+    assert_eq!(all[0]["stream"], "posts");
     assert_eq!(all[0]["type"], "PostCreated");
     assert_eq!(all[0]["version"], "1");
     assert_eq!(all[0]["request_id"], "test-request");
     assert_eq!(all[0]["producer"], "posts");
     assert_eq!(all[0]["data"]["title"], "Listed", "data is parsed JSON");
+    assert_eq!(all[1]["id"], second.as_str());
+    assert_eq!(all[1]["stream"], "comments");
+    assert_eq!(all[2]["stream"], "posts");
     assert_eq!(
         all[2]["data"], "not json",
         "data that is not JSON stays text"
     );
     assert_eq!(all[3]["id"], odd.as_str());
+    assert_eq!(all[3]["stream"], "moderation");
     assert!(all[3]["producer"].is_null());
 
     let posts = ndjson(&blog.ok(&["events", "list", "--json", "--type", "PostCreated"]));
     let ids: Vec<&str> = posts.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [first.as_str(), third.as_str()]);
+    let comments = ndjson(&blog.ok(&["events", "list", "--json", "--type", "CommentCreated"]));
+    let ids: Vec<&str> = comments.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [second.as_str()]);
     let one = ndjson(&blog.ok(&[
         "events",
         "list",
@@ -461,10 +542,18 @@ fn dead_letters_are_listed_dropped_all_or_nothing_and_ids_checked() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     blog.ok(&["post", "create", "--wait", "Dead letters"]);
-    let events = blog.events();
-    // Dead-lettered by the services that use the type: comments and query, then comments.
+    // Dead-lettered by the services that use the type, each read from its producer's stream:
+    // comments and query, then comments.
+    let (posts, moderation) = (blog.events("posts"), blog.events("moderation"));
     let bad_post = add_event(&blog, "PostCreated", "test", "not json");
     let bad_verdict = add_event(&blog, "CommentModerated", "test", "not json");
+    let stream_of_letter = |letter: &Value| {
+        if letter["id"] == bad_post.as_str() {
+            posts.as_str()
+        } else {
+            moderation.as_str()
+        }
+    };
 
     let mut letters = Vec::new();
     assert!(wait_until(PATIENCE, || {
@@ -489,7 +578,7 @@ fn dead_letters_are_listed_dropped_all_or_nothing_and_ids_checked() {
     expected.sort();
     assert_eq!(services, expected);
     for letter in &letters {
-        assert_eq!(letter["stream"], events.as_str());
+        assert_eq!(letter["stream"], stream_of_letter(letter));
         let kind = if letter["id"] == bad_post.as_str() {
             "PostCreated"
         } else {
@@ -537,7 +626,7 @@ fn dead_letters_are_listed_dropped_all_or_nothing_and_ids_checked() {
     let retried: Value = serde_json::from_str(&retried).unwrap();
     let service = letters[2]["service"].as_str().unwrap();
     assert_eq!(retried["service"], service);
-    assert_eq!(retried["stream"], events.as_str());
+    assert_eq!(retried["stream"], stream_of_letter(&letters[2]));
     let mut again = Vec::new();
     assert!(
         wait_until(PATIENCE, || {
@@ -556,7 +645,7 @@ fn dead_retry_puts_an_event_back_for_its_service_only() {
     let blog = Blog::new();
     let _services = blog.serve(&["all"]);
     blog.ok(&["post", "create", "--wait", "Alive"]);
-    let events = blog.events();
+    let events = blog.events("posts");
     wait_until_caught_up(&blog);
 
     // A PostCreated that query failed on: it only ever reached the dead letters.
@@ -638,7 +727,7 @@ fn trim_archives_exactly_the_acknowledged_entries() {
         [1, 0, 1],
         "{before:?}"
     );
-    let events = blog.events();
+    let events = blog.events("posts");
     let story = blog.entries(&events);
     assert_eq!(story.len(), 4);
 
@@ -729,7 +818,7 @@ fn trim_archives_exactly_the_acknowledged_entries() {
 #[test]
 fn trim_refuses_when_a_group_is_missing_or_behind() {
     let blog = Blog::new();
-    let events = blog.events();
+    let events = blog.events("posts");
     create_group(&blog, &events, "comments");
     create_group(&blog, &events, "moderation");
     for _ in 0..3 {
@@ -952,22 +1041,32 @@ fn serve_exposes_prometheus_metrics_that_move() {
     }));
     let post = blog.ok(&["post", "create", "--wait", "Measured"]);
     assert_eq!(blog.verdict(&post, "counted"), "approved");
-    let events = blog.events();
+    let (posts, comments) = (blog.events("posts"), blog.events("comments"));
+    // Moderation reads only the comments' stream: it applies the CommentCreated and skips the
+    // CommentUpdated that follows the verdict.
     let expected = [
         r#"blogctl_entries_handled_total{service="posts",type="CreatePost",outcome="applied"} 1"#
             .to_owned(),
         r#"blogctl_entries_handled_total{service="moderation",type="CommentCreated",outcome="applied"} 1"#
             .to_owned(),
-        r#"blogctl_entries_handled_total{service="moderation",type="PostCreated",outcome="skipped"} 1"#
+        r#"blogctl_entries_handled_total{service="moderation",type="CommentUpdated",outcome="skipped"} 1"#
             .to_owned(),
-        format!(r#"blogctl_group_lag{{group="query",stream="{events}"}} 0"#),
-        format!(r#"blogctl_group_consumers{{group="query",stream="{events}"}} 1"#),
+        format!(r#"blogctl_group_lag{{group="query",stream="{posts}"}} 0"#),
+        format!(r#"blogctl_group_lag{{group="query",stream="{comments}"}} 0"#),
+        format!(r#"blogctl_group_consumers{{group="query",stream="{posts}"}} 1"#),
+        format!(r#"blogctl_group_consumers{{group="query",stream="{comments}"}} 1"#),
     ];
     let moved = wait_until(PATIENCE, || {
         scraped = http_get(port, "/metrics").unwrap_or_default();
         expected.iter().all(|line| scraped.contains(line.as_str()))
     });
     assert!(moved, "{scraped}");
+    // It never sees a PostCreated, so never skips one.
+    assert!(
+        !scraped
+            .contains(r#"blogctl_entries_handled_total{service="moderation",type="PostCreated""#),
+        "{scraped}"
+    );
     assert!(
         scraped.contains(r#"blogctl_step_duration_seconds_count{service="query"}"#),
         "{scraped}"
@@ -1042,7 +1141,7 @@ fn a_rebuild_refuses_an_archive_that_was_edited_and_accepts_one_a_trim_left_behi
     }
     // An archive that also holds entries still on the stream (a trim stopped before its
     // XTRIM) is fine: those are read once.
-    let on_stream = blog.entries(&blog.events());
+    let on_stream = blog.entries(&blog.events("posts"));
     let mut overlap = original.clone();
     for (id, fields) in &on_stream[..1] {
         let fields: std::collections::BTreeMap<&str, &str> = fields

@@ -17,7 +17,7 @@ use blogctl::services::moderation::{self, Moderation};
 use blogctl::services::posts::{self, CreatePost, Posts};
 use blogctl::services::query::{self, Query};
 
-use crate::support::{Blog, PATIENCE, RedisServer, Run, blogctl, signal, wait_until};
+use crate::support::{Blog, PATIENCE, RedisServer, Run, blogctl, producer_of, signal, wait_until};
 
 /// The value of one field of an entry as [`Blog::entries`] returns it.
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
@@ -37,7 +37,8 @@ fn xadd(blog: &Blog, stream: &str, fields: &[(&str, &str)]) -> String {
         .unwrap()
 }
 
-/// Adds an event as a producer would (`producer` test, which [`Blog::events_of`] leaves out).
+/// Adds an event as a producer would, on the stream of the service that produces its type
+/// (`producer` test, which [`Blog::events_of`] leaves out).
 fn add_event(blog: &Blog, kind: &str, data: &serde_json::Value) -> String {
     let data = data.to_string();
     let fields = [
@@ -47,7 +48,7 @@ fn add_event(blog: &Blog, kind: &str, data: &serde_json::Value) -> String {
         ("producer", "test"),
         ("data", data.as_str()),
     ];
-    xadd(blog, &blog.events(), &fields)
+    xadd(blog, &blog.events(producer_of(kind)), &fields)
 }
 
 /// Adds a `PostCreated` for a new post titled `title`; returns the entry id.
@@ -139,7 +140,8 @@ impl Drop for Paused {
 #[test]
 fn an_entry_that_keeps_failing_is_dead_lettered_with_its_last_error_and_its_tries_forgotten() {
     let blog = Blog::new();
-    let events = blog.events();
+    // The verdicts' stream, which comments follows.
+    let events = blog.events("moderation");
     create_group(&blog, &events, "comments");
     // A verdict whose comment key holds a string (written by hand): recording it fails on its
     // first read, before the step acknowledges anything, every time.
@@ -235,7 +237,7 @@ fn malformed_requests_are_dead_lettered_and_deleted_from_the_inbox() {
         assert_eq!(blog.entries(inbox), Vec::new(), "{inbox} still holds it");
         assert_eq!(blog.pending(inbox, group), 0);
     }
-    assert!(blog.entries(&blog.events()).is_empty());
+    assert_eq!(blog.events_count(), 0);
 }
 
 #[test]
@@ -299,7 +301,7 @@ fn a_redis_that_never_answers_fails_within_the_connect_timeout_with_exit_4() {
 #[test]
 fn a_restarted_consumer_applies_its_own_pending_entries_before_claim_idle() {
     let blog = Blog::new();
-    let events = blog.events();
+    let events = blog.events("posts");
     // Long enough that a take-over cannot be what applies them within PATIENCE.
     let args = ["query", "--consumer", "q1", "--claim-idle", "60"];
     let query = blog.serve(&args);
@@ -322,7 +324,7 @@ fn a_restarted_consumer_applies_its_own_pending_entries_before_claim_idle() {
 fn entries_of_a_silent_consumer_are_taken_over_after_claim_idle_and_not_before() {
     let claim_idle = Duration::from_secs(3);
     let blog = Blog::new();
-    let events = blog.events();
+    let events = blog.events("posts");
     create_group(&blog, &events, "query");
     add_post(&blog, "Held 1");
     add_post(&blog, "Held 2");
@@ -427,7 +429,7 @@ fn a_stop_leaves_the_work_in_hand_pending_for_the_restart(signal: &str) {
     let blog = Blog::new();
     let _others = blog.serve(&["posts", "moderation", "query"]);
     let post = blog.ok(&["post", "create", "--wait", "Held back"]);
-    let events = blog.events();
+    let events = blog.events("posts");
     let inbox = blog.inbox("comments");
     create_group(&blog, &events, "comments");
     create_group(&blog, &inbox, "comments");
@@ -658,17 +660,24 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     let redis = Redis::open(&blog.redis.url()).unwrap();
     let mut connection = redis.try_connect(None).await.unwrap();
     let connection = &mut connection;
-    let (events, posts_inbox, comments_inbox) = (
-        keys.events(Partition::FIRST),
+    // Each producer's events stream, read by the services that follow it.
+    let (posts_events, comments_events, verdicts) = (
+        keys.events(posts::SERVICE, Partition::FIRST),
+        keys.events(comments::SERVICE, Partition::FIRST),
+        keys.events(moderation::SERVICE, Partition::FIRST),
+    );
+    let (posts_inbox, comments_inbox) = (
         keys.inbox(posts::SERVICE, Partition::FIRST),
         keys.inbox(comments::SERVICE, Partition::FIRST),
     );
     for (stream, group) in [
         (&posts_inbox, posts::NAME),
         (&comments_inbox, comments::NAME),
-        (&events, comments::NAME),
-        (&events, moderation::NAME),
-        (&events, query::NAME),
+        (&posts_events, comments::NAME),
+        (&posts_events, query::NAME),
+        (&comments_events, moderation::NAME),
+        (&comments_events, query::NAME),
+        (&verdicts, comments::NAME),
     ] {
         ensure_group(connection, stream, group).await.unwrap();
     }
@@ -710,10 +719,16 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     waiting.abort();
 
     // comments and query learn the post.
-    let created = next(connection, &events, comments::NAME, Some("PostCreated")).await;
+    let created = next(
+        connection,
+        &posts_events,
+        comments::NAME,
+        Some("PostCreated"),
+    )
+    .await;
     applies(connection, &mut comments, &created, "applied").await;
     is_stale(connection, &mut comments, &created).await;
-    let created = next(connection, &events, query::NAME, Some("PostCreated")).await;
+    let created = next(connection, &posts_events, query::NAME, Some("PostCreated")).await;
     applies(connection, &mut query, &created, "applied").await;
     is_stale(connection, &mut query, &created).await;
 
@@ -748,28 +763,40 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     // moderation judges the comment; query shows it pending.
     let created = next(
         connection,
-        &events,
+        &comments_events,
         moderation::NAME,
         Some("CommentCreated"),
     )
     .await;
     applies(connection, &mut moderation, &created, "applied").await;
     is_stale(connection, &mut moderation, &created).await;
-    let created = next(connection, &events, query::NAME, Some("CommentCreated")).await;
+    let created = next(
+        connection,
+        &comments_events,
+        query::NAME,
+        Some("CommentCreated"),
+    )
+    .await;
     applies(connection, &mut query, &created, "applied").await;
     is_stale(connection, &mut query, &created).await;
 
     // comments records the verdict; query shows the final status.
     let verdict = next(
         connection,
-        &events,
+        &verdicts,
         comments::NAME,
         Some("CommentModerated"),
     )
     .await;
     applies(connection, &mut comments, &verdict, "applied").await;
     is_stale(connection, &mut comments, &verdict).await;
-    let updated = next(connection, &events, query::NAME, Some("CommentUpdated")).await;
+    let updated = next(
+        connection,
+        &comments_events,
+        query::NAME,
+        Some("CommentUpdated"),
+    )
+    .await;
     applies(connection, &mut query, &updated, "applied").await;
     is_stale(connection, &mut query, &updated).await;
 
@@ -796,7 +823,7 @@ fn consumer_names(blog: &Blog, stream: &str, group: &str) -> Vec<String> {
 fn a_killed_consumers_entries_are_taken_over_in_seconds_and_it_leaves_the_group() {
     let blog = Blog::new();
     let _posts = blog.serve(&["posts"]);
-    let events = blog.events();
+    let events = blog.events("posts");
     create_group(&blog, &events, "query");
     for title in ["one", "two", "three"] {
         blog.ok(&["post", "create", title]);
@@ -825,7 +852,7 @@ fn a_killed_consumers_entries_are_taken_over_in_seconds_and_it_leaves_the_group(
 fn a_live_but_slow_consumer_keeps_its_entries_until_claim_idle() {
     let blog = Blog::new();
     let _posts = blog.serve(&["posts"]);
-    let events = blog.events();
+    let events = blog.events("posts");
     create_group(&blog, &events, "query");
     for title in ["one", "two"] {
         blog.ok(&["post", "create", title]);

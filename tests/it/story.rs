@@ -179,8 +179,8 @@ fn sigterm_stops_a_service_promptly_with_exit_code_zero() {
     // Holding nothing, it left its groups: stopped processes do not pile up as consumers.
     let mut connection = blog.redis.connection();
     for (stream, group) in [
-        (blog.events(), "query"),
-        (blog.events(), "comments"),
+        (blog.events("posts"), "query"),
+        (blog.events("posts"), "comments"),
         (blog.inbox("posts"), "posts"),
     ] {
         let consumers: Vec<redis::Value> = redis::cmd("XINFO")
@@ -242,7 +242,7 @@ fn terminal_control_sequences_are_refused_or_never_printed_raw() {
     // command shows it escaped.
     let data = serde_json::json!({"id": uuid::Uuid::now_v7(), "title": sequence}).to_string();
     let _: String = redis::cmd("XADD")
-        .arg(blog.events())
+        .arg(blog.events("posts"))
         .arg("*")
         .arg(&[
             ("type", "PostCreated"),

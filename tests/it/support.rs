@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use blogctl::keyspace::{self, Keys, Partition};
 
+/// The services that produce events, each on a stream of its own.
+pub const PRODUCERS: [&str; 3] = ["posts", "comments", "moderation"];
+
 /// How long any condition may take before a test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -306,8 +309,18 @@ impl Blog {
         Keys::new(&self.namespace).unwrap()
     }
 
-    pub fn events(&self) -> String {
-        self.keys().events(Partition::FIRST)
+    /// The events stream `producer` writes (each producing service has its own).
+    pub fn events(&self, producer: &str) -> String {
+        self.keys()
+            .events(service_named(producer), Partition::FIRST)
+    }
+
+    /// How many entries the events streams of all producers hold together.
+    pub fn events_count(&self) -> usize {
+        PRODUCERS
+            .iter()
+            .map(|producer| self.entries(&self.events(producer)).len())
+            .sum()
     }
 
     pub fn dead(&self) -> String {
@@ -361,9 +374,9 @@ impl Blog {
             .collect()
     }
 
-    /// Events of one type on the stream, their `data` parsed.
+    /// Events of one type on the stream of the service that produces it, their `data` parsed.
     pub fn events_of(&self, kind: &str) -> Vec<serde_json::Value> {
-        self.entries(&self.events())
+        self.entries(&self.events(producer_of(kind)))
             .into_iter()
             .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "type" && v == kind))
             .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "producer" && v != "test"))
@@ -414,6 +427,20 @@ impl Blog {
         view
     }
 
+    /// Every stream a service reads with its group, with that group: the events streams each
+    /// followed by the services that use their events, then the inboxes.
+    pub fn groups(&self) -> Vec<(String, &'static str)> {
+        vec![
+            (self.events("posts"), "comments"),
+            (self.events("posts"), "query"),
+            (self.events("comments"), "moderation"),
+            (self.events("comments"), "query"),
+            (self.events("moderation"), "comments"),
+            (self.inbox("posts"), "posts"),
+            (self.inbox("comments"), "comments"),
+        ]
+    }
+
     /// Pending entries of a group on a stream.
     pub fn pending(&self, stream: &str, group: &str) -> usize {
         let mut connection = self.redis.connection();
@@ -434,15 +461,7 @@ impl Blog {
     /// Waits until no group of any service holds a pending entry (they may still be
     /// acknowledging what they skip when the view settles).
     pub fn wait_until_nothing_pending(&self) {
-        let events = self.events();
-        let groups = [
-            (events.clone(), "comments"),
-            (events.clone(), "moderation"),
-            (events, "query"),
-            (self.inbox("posts"), "posts"),
-            (self.inbox("comments"), "comments"),
-        ];
-        for (stream, group) in &groups {
+        for (stream, group) in &self.groups() {
             assert!(
                 wait_until(PATIENCE, || self.pending(stream, group) == 0),
                 "group {group} on {stream} still has {} pending entries",
@@ -507,6 +526,17 @@ pub fn service_named(name: &str) -> keyspace::Service {
         .into_iter()
         .find(|service| service.name() == name)
         .unwrap_or_else(|| panic!("no service {name}"))
+}
+
+/// The service that produces events of type `kind`, on its own stream (written out here, not
+/// taken from the code under test).
+pub fn producer_of(kind: &str) -> &'static str {
+    match kind {
+        "PostCreated" => "posts",
+        "CommentCreated" | "CommentUpdated" => "comments",
+        "CommentModerated" => "moderation",
+        _ => panic!("no event type {kind}"),
+    }
 }
 
 /// Sends a signal by name (TERM, KILL, ...) to a process.
