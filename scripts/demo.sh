@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The blogctl demo: the four services on one Redis stream, driven from the shell.
+# The blogctl demo: the four services on Redis streams, one per producer, driven from the shell.
 #
 # Starts a private redis-server on a free loopback port (AOF on, everysec) unless
 # BLOGCTL_REDIS_URL points at one, runs `blogctl serve all`, tells a short story with the client,
@@ -179,7 +179,7 @@ show post create --json "Fruit of the day"
 post2=$(sed -E 's/.*"id":"([^"]+)".*/\1/' <<<"$output")
 
 show comment create "$post1" "First!"
-show comment create --wait "$post1" "Four services and one stream: neat."
+show comment create --wait "$post1" "Four services, a stream per producer: neat."
 show comment create --wait "$post2" "Bananas, obviously"
 show comment create --wait --json "$post2" "Nothing beats an Orange"
 
