@@ -282,12 +282,13 @@ impl<H: Handler> Consumer<'_, H> {
             return Ok(());
         }
         let group = &self.config.group;
+        let held = crate::output::count_of(length, "entry", "entries");
         Err(redis::RedisError::from((
             ErrorKind::Client,
             GROUP_VANISHED,
             format!(
                 "group {group} vanished from {stream} while the service ran, and the stream \
-                 holds {length} entries: not recreating it, which would apply them all again. \
+                 holds {held}: not recreating it, which would apply them all again. \
                  Recreate it where it was (`redis-cli XGROUP CREATE {stream} {group} <last id \
                  it applied>`), or restart the service to apply the whole log again"
             ),

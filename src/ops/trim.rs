@@ -101,9 +101,17 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
             format!("creating the archive directory {}", args.archive.display())
         })?;
     }
-    for mut plan in plans {
-        if plan.anything {
-            trim_stream(&mut connection, &locks, &mut plan).await?;
+    // Every archive file is opened (and found to be one) before any stream is touched.
+    let mut archives = Vec::new();
+    for plan in &plans {
+        archives.push(match plan.anything {
+            true => Some(Archive::open(&plan.trimmed.archive)?),
+            false => None,
+        });
+    }
+    for (mut plan, archive) in plans.into_iter().zip(archives) {
+        if let Some(archive) = archive {
+            trim_stream(&mut connection, &locks, &mut plan, archive).await?;
         }
         report(context, &plan.trimmed)?;
     }
@@ -153,10 +161,10 @@ async fn trim_stream(
     connection: &mut Connection,
     locks: &[String],
     plan: &mut StreamPlan,
+    mut archive: Archive,
 ) -> Result<()> {
     let trimmed = &mut plan.trimmed;
     let before_boundary = format!("({}", trimmed.boundary);
-    let mut archive = Archive::open(&trimmed.archive)?;
     if let Err(error) = copy_to_archive(connection, &before_boundary, &mut archive, trimmed).await {
         archive.undo();
         return Err(error.wrap_err(format!(

@@ -125,6 +125,7 @@ pub async fn run(context: &Context, args: &RebuildArgs) -> Result<()> {
         }
     }
     let mut connection = context.connect().await?;
+    refuse_an_earlier_log(&mut connection, &context.keys).await?;
     let report = rebuild(
         &mut connection,
         &context.redis,
@@ -146,6 +147,22 @@ pub async fn run(context: &Context, args: &RebuildArgs) -> Result<()> {
             report.events_per_second,
             report.generation
         ))?;
+    }
+    Ok(())
+}
+
+/// Refuses (exit code 2) while an earlier version's shared events stream holds entries: this
+/// version does not read it, so the rebuilt state would lack everything it holds.
+async fn refuse_an_earlier_log(connection: &mut Connection, keys: &Keys) -> Result<()> {
+    let stream = keys.shared_events(Partition::FIRST);
+    let length: u64 = connection.xlen(&stream).await?;
+    if length > 0 {
+        return Err(Failure::invalid(format!(
+            "refusing to rebuild: {stream} holds {length} events written by an earlier blogctl, \
+             which this version does not read, and the rebuilt state would lack them (see \
+             \"Upgrading\" in the README)"
+        ))
+        .into());
     }
     Ok(())
 }

@@ -96,10 +96,9 @@ fn create_group(blog: &Blog, stream: &str, group: &str) {
         .unwrap();
 }
 
-/// Delivers up to `count` new entries of the posts' events stream (where [`add_event`] puts
-/// events of unknown types) to `group` (consumer "operator"), without acknowledging them;
-/// returns their ids.
-fn deliver(blog: &Blog, group: &str, count: usize) -> Vec<String> {
+/// Delivers up to `count` new entries of `stream` to `group` (consumer "operator"), without
+/// acknowledging them; returns their ids.
+fn deliver(blog: &Blog, stream: &str, group: &str, count: usize) -> Vec<String> {
     let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(group)
@@ -107,7 +106,7 @@ fn deliver(blog: &Blog, group: &str, count: usize) -> Vec<String> {
         .arg("COUNT")
         .arg(count)
         .arg("STREAMS")
-        .arg(blog.events("posts"))
+        .arg(stream)
         .arg(">")
         .query(&mut blog.redis.connection())
         .unwrap();
@@ -119,10 +118,10 @@ fn deliver(blog: &Blog, group: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
-/// Acknowledges entries of the posts' events stream for `group`.
-fn ack(blog: &Blog, group: &str, ids: &[String]) {
+/// Acknowledges entries of `stream` for `group`.
+fn ack(blog: &Blog, stream: &str, group: &str, ids: &[String]) {
     let _: u64 = redis::cmd("XACK")
-        .arg(blog.events("posts"))
+        .arg(stream)
         .arg(group)
         .arg(ids)
         .query(&mut blog.redis.connection())
@@ -299,7 +298,10 @@ fn check_exits_6_for_missing_groups_and_old_pending_entries() {
         create_group(&blog, &stream, name);
     }
     let stuck = add_event(&blog, "Unknown", "test", "{}");
-    assert_eq!(deliver(&blog, "query", 10), std::slice::from_ref(&stuck));
+    assert_eq!(
+        deliver(&blog, &blog.events("posts"), "query", 10),
+        std::slice::from_ref(&stuck)
+    );
     // Held by a consumer that is alive (its liveness key is there), only slow.
     let alive = blog.keys().alive_prefix(
         blogctl::keyspace::Service::Query,
@@ -710,6 +712,7 @@ fn trim_archives_exactly_the_acknowledged_entries() {
     let services = blog.serve(&["all"]);
     let post = blog.ok(&["post", "create", "--wait", "Trimmed"]);
     blog.ok(&["comment", "create", "--wait", &post, "old news"]);
+    blog.ok(&["comment", "create", "--wait", &post, "older news"]);
     // A dead letter: a malformed request, which comments dead-letters (the events stay as they are).
     let comments_inbox = blog.inbox("comments");
     xadd(&blog, &comments_inbox, &[("garbage", b"yes")]);
@@ -727,25 +730,27 @@ fn trim_archives_exactly_the_acknowledged_entries() {
         [1, 0, 1],
         "{before:?}"
     );
-    let events = blog.events("posts");
+    // The comments' stream: each comment created, then updated with its verdict.
+    let events = blog.events("comments");
     let story = blog.entries(&events);
     assert_eq!(story.len(), 4);
 
-    // Two more events: every group reads both; query acknowledges only the second.
+    // Two more events on it: both groups reading it get both; query acknowledges only the
+    // second.
     let newer = [
-        add_event(&blog, "Unknown", "test", "{}"),
-        add_event(&blog, "Unknown", "test", "{}"),
+        xadd(&blog, &events, &[("type", b"Unknown"), ("data", b"{}")]),
+        xadd(&blog, &events, &[("type", b"Unknown"), ("data", b"{}")]),
     ];
-    for group in ["comments", "moderation", "query"] {
-        assert_eq!(deliver(&blog, group, 10), newer);
+    for group in ["moderation", "query"] {
+        assert_eq!(deliver(&blog, &events, group, 10), newer);
     }
-    ack(&blog, "comments", &newer);
-    ack(&blog, "moderation", &newer);
-    ack(&blog, "query", &newer[1..]);
+    ack(&blog, &events, "moderation", &newer);
+    ack(&blog, &events, "query", &newer[1..]);
 
     let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("events.ndjson");
-    let archive_arg = archive.to_str().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let archive_arg = archive_dir.to_str().unwrap();
+    let archive = archive_dir.join("comments.ndjson");
     // A first trim that stopped after archiving one entry, mid-way through the second line.
     let fields: serde_json::Map<String, Value> = story[0]
         .1
@@ -753,6 +758,7 @@ fn trim_archives_exactly_the_acknowledged_entries() {
         .map(|(name, value)| (name.clone(), Value::String(value.clone())))
         .collect();
     let first_line = serde_json::json!({ "id": story[0].0, "fields": fields });
+    std::fs::create_dir(&archive_dir).unwrap();
     std::fs::write(&archive, format!("{first_line}\n{{\"id\":\"{}", story[1].0)).unwrap();
 
     let no = blog.run(&["trim", "--archive", archive_arg]);
@@ -761,14 +767,27 @@ fn trim_archives_exactly_the_acknowledged_entries() {
     assert_eq!(blog.entries(&events).len(), 6);
 
     let out = blog.ok(&["trim", "--archive", archive_arg, "--yes"]);
-    assert_eq!(
-        out,
-        format!(
-            "archived 3 entries to {archive_arg} (1 entry was already there)\n\
+    assert!(
+        out.contains(&format!(
+            "archived 3 entries to {} (1 entry was already there)\n\
              removed 4 entries from {events} (every entry before {})",
+            archive.display(),
             newer[0]
-        )
+        )),
+        "{out}"
     );
+    // The other streams, read by groups that acknowledged everything, are trimmed whole.
+    for producer in ["posts", "moderation"] {
+        assert!(
+            blog.entries(&blog.events(producer)).is_empty(),
+            "{producer}"
+        );
+        let text = std::fs::read_to_string(archive_dir.join(format!("{producer}.ndjson")));
+        assert_eq!(
+            archived_entries(&text.unwrap()).len(),
+            [1, 2][(producer == "moderation") as usize]
+        );
+    }
     assert_eq!(
         ids_of(&blog.entries(&events)),
         newer,
@@ -789,16 +808,20 @@ fn trim_archives_exactly_the_acknowledged_entries() {
         }
     }
 
-    // Nothing more to trim until query acknowledges its pending entry.
-    let again: Value =
-        serde_json::from_str(&blog.ok(&["--json", "trim", "--archive", archive_arg, "--yes"]))
-            .unwrap();
+    // Nothing more to trim until query acknowledges its pending entry; one line per stream.
+    let of_comments = |out: &str| -> Value {
+        let lines = ndjson(out);
+        assert_eq!(lines.len(), 3, "{out}");
+        lines
+            .into_iter()
+            .find(|line| line["stream"] == events.as_str())
+            .unwrap()
+    };
+    let again = of_comments(&blog.ok(&["--json", "trim", "--archive", archive_arg, "--yes"]));
     assert_eq!(again["removed"], 0);
     assert_eq!(again["archived"], 0);
-    ack(&blog, "query", &newer[..1]);
-    let last: Value =
-        serde_json::from_str(&blog.ok(&["--json", "trim", "--archive", archive_arg, "--yes"]))
-            .unwrap();
+    ack(&blog, &events, "query", &newer[..1]);
+    let last = of_comments(&blog.ok(&["--json", "trim", "--archive", archive_arg, "--yes"]));
     assert_eq!(
         (last["archived"].as_u64(), last["removed"].as_u64()),
         (Some(2), Some(2))
@@ -819,13 +842,17 @@ fn trim_archives_exactly_the_acknowledged_entries() {
 fn trim_refuses_when_a_group_is_missing_or_behind() {
     let blog = Blog::new();
     let events = blog.events("posts");
-    create_group(&blog, &events, "comments");
-    create_group(&blog, &events, "moderation");
+    // Every group but query's on the posts' stream.
+    for (stream, name) in expected_groups(&blog) {
+        if (stream.as_str(), name) != (events.as_str(), "query") {
+            create_group(&blog, &stream, name);
+        }
+    }
     for _ in 0..3 {
         add_event(&blog, "Unknown", "test", "{}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("events.ndjson");
+    let archive = dir.path().join("archive");
     let archive_arg = archive.to_str().unwrap();
 
     let missing = blog.run(&["trim", "--archive", archive_arg, "--yes"]);
@@ -840,9 +867,9 @@ fn trim_refuses_when_a_group_is_missing_or_behind() {
     assert!(!archive.exists());
 
     create_group(&blog, &events, "query");
-    for group in ["comments", "moderation", "query"] {
-        let ids = deliver(&blog, group, 10);
-        ack(&blog, group, &ids);
+    for group in ["comments", "query"] {
+        let ids = deliver(&blog, &events, group, 10);
+        ack(&blog, &events, group, &ids);
     }
     add_event(&blog, "Unknown", "test", "{}");
     let behind = blog.run(&["trim", "--archive", archive_arg, "--yes", "--max-lag", "0"]);
@@ -851,12 +878,49 @@ fn trim_refuses_when_a_group_is_missing_or_behind() {
     assert_eq!(blog.entries(&events).len(), 4);
     assert!(!archive.exists());
 
-    // A file that is not an archive is not appended to.
+    // A file where the archive directory should be is refused.
     std::fs::write(&archive, "my notes\n").unwrap();
+    let file = blog.run(&["trim", "--archive", archive_arg, "--yes"]);
+    assert_eq!(file.code, 2, "{file:?}");
+    assert!(file.stderr.contains("not a directory"), "{}", file.stderr);
+    assert_eq!(std::fs::read_to_string(&archive).unwrap(), "my notes\n");
+
+    // A file in the directory that is not an archive is not appended to, and no stream is
+    // trimmed: every archive is opened before any stream is touched.
+    let ids = deliver(&blog, &events, "comments", 10);
+    ack(&blog, &events, "comments", &ids);
+    let comments = blog.events("comments");
+    add_event(&blog, "CommentCreated", "comments", "{}");
+    for group in ["moderation", "query"] {
+        let ids = deliver(&blog, &comments, group, 10);
+        ack(&blog, &comments, group, &ids);
+    }
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::create_dir(&archive).unwrap();
+    std::fs::write(archive.join("comments.ndjson"), "my notes\n").unwrap();
     let other = blog.run(&["trim", "--archive", archive_arg, "--yes"]);
     assert_eq!(other.code, 2, "{other:?}");
-    assert_eq!(std::fs::read_to_string(&archive).unwrap(), "my notes\n");
-    assert_eq!(blog.entries(&events).len(), 4);
+    assert!(
+        other.stderr.contains("not a blogctl archive"),
+        "{}",
+        other.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(archive.join("comments.ndjson")).unwrap(),
+        "my notes\n"
+    );
+    assert_eq!(
+        blog.entries(&events).len(),
+        4,
+        "the posts' stream was trimmed"
+    );
+    assert_eq!(blog.entries(&comments).len(), 1);
+    assert!(
+        !archive.join("posts.ndjson").exists()
+            || std::fs::read_to_string(archive.join("posts.ndjson"))
+                .unwrap()
+                .is_empty()
+    );
 }
 
 #[test]
@@ -943,12 +1007,16 @@ fn a_rebuild_reads_the_trim_archive_then_the_rest_of_the_log() {
     }
     wait_until_caught_up(&blog);
     let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("events.ndjson");
+    let archive = dir.path().join("archive");
     let archive_arg = archive.to_str().unwrap();
-    let trimmed: Value =
-        serde_json::from_str(&blog.ok(&["--json", "trim", "--archive", archive_arg, "--yes"]))
-            .unwrap();
-    assert_eq!(trimmed["removed"], 8);
+    // One line per stream: 2 PostCreated; 2 CommentCreated and 2 CommentUpdated; 2
+    // CommentModerated.
+    let trimmed = ndjson(&blog.ok(&["--json", "trim", "--archive", archive_arg, "--yes"]));
+    let removed: Vec<u64> = trimmed
+        .iter()
+        .map(|line| line["removed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(removed, [2, 4, 2]);
     let post = blog.ok(&["post", "create", "--wait", "Third"]);
     blog.ok(&["comment", "create", "--wait", &post, "fine"]);
     wait_until_caught_up(&blog);
@@ -958,7 +1026,8 @@ fn a_rebuild_reads_the_trim_archive_then_the_rest_of_the_log() {
     let rebuilt: Value =
         serde_json::from_str(&blog.ok(&["--json", "rebuild", "query", "--archive", archive_arg]))
             .unwrap();
-    assert_eq!(rebuilt["from_archives"], 8, "{rebuilt}");
+    // Query's state is built from the posts' and the comments' streams.
+    assert_eq!(rebuilt["from_archives"], 6, "{rebuilt}");
     assert_eq!(blog.view(), live);
 }
 
@@ -1091,9 +1160,11 @@ fn a_rebuild_refuses_an_archive_that_was_edited_and_accepts_one_a_trim_left_behi
     }
     wait_until_caught_up(&blog);
     let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("events.ndjson");
-    let archive_arg = archive.to_str().unwrap().to_owned();
+    let archive_dir = dir.path().join("archive");
+    let archive_arg = archive_dir.to_str().unwrap().to_owned();
     blog.ok(&["trim", "--archive", &archive_arg, "--yes"]);
+    // Only the posts' stream held anything.
+    let archive = archive_dir.join("posts.ndjson");
     blog.ok(&["post", "create", "--wait", "Only on the stream"]);
     wait_until_caught_up(&blog);
     let live = blog.view();

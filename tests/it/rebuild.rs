@@ -151,17 +151,45 @@ fn rebuilt_comments_state_equals_the_live_one() {
 #[test]
 fn a_missing_archive_is_refused() {
     let blog = Blog::new();
-    let run = blog.run(&[
-        "rebuild",
-        "query",
-        "--archive",
-        "/nonexistent/archive.ndjson",
-    ]);
+    let run = blog.run(&["rebuild", "query", "--archive", "/nonexistent/archive"]);
     assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("/nonexistent/archive"), "{run:?}");
+    assert!(run.stderr.contains("not a directory"), "{run:?}");
+}
+
+/// A blog written by a version with one events stream for every service: this one reads none
+/// of it, and says so instead of rebuilding an empty state over it.
+#[test]
+fn an_earlier_versions_log_is_pointed_at_and_not_rebuilt_over() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let before = story(&blog);
+    let shared = blog
+        .keys()
+        .shared_events(blogctl::keyspace::Partition::FIRST);
+    let _: String = redis::cmd("XADD")
+        .arg(&shared)
+        .arg("*")
+        .arg("type")
+        .arg("PostCreated")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    let run = blog.run(&["rebuild", "query"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains(&shared), "{run:?}");
+    assert!(run.stderr.contains("Upgrading"), "{run:?}");
+    assert_eq!(blog.view(), before);
+    let check = blog.run(&["status", "--check"]);
+    assert_eq!(check.code, 6, "{check:?}");
     assert!(
-        run.stderr.contains("/nonexistent/archive.ndjson"),
-        "{run:?}"
+        check.stderr.contains(&format!(
+            "{shared} holds 1 event written by an earlier blogctl"
+        )),
+        "{check:?}"
     );
+    let status = blog.run(&["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(status.stderr.contains("warning"), "{status:?}");
 }
 
 #[test]
@@ -170,13 +198,19 @@ fn a_last_archive_line_cut_short_is_ignored_but_a_bad_one_inside_is_refused() {
     let _services = blog.serve(&["all"]);
     let before = story(&blog);
     let dir = tempfile::tempdir().unwrap();
-    let torn = dir.path().join("torn.ndjson");
-    std::fs::write(&torn, r#"{"id":"1-1","fields":{"type":"PostCr"#).unwrap();
+    let torn = dir.path().join("torn");
+    std::fs::create_dir(&torn).unwrap();
+    std::fs::write(
+        torn.join("posts.ndjson"),
+        r#"{"id":"1-1","fields":{"type":"PostCr"#,
+    )
+    .unwrap();
     blog.ok(&["rebuild", "query", "--archive", torn.to_str().unwrap()]);
     assert_eq!(blog.view(), before);
 
-    let broken = dir.path().join("broken.ndjson");
-    std::fs::write(&broken, "not an entry\n{}\n").unwrap();
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("comments.ndjson"), "not an entry\n{}\n").unwrap();
     let run = blog.run(&["rebuild", "query", "--archive", broken.to_str().unwrap()]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("line 1"), "{run:?}");
@@ -195,7 +229,7 @@ fn a_log_trimmed_to_nothing_is_rebuilt_from_its_archive() {
     let _services = blog.serve(&["all"]);
     let before = story(&blog);
     let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("events.ndjson");
+    let archive = dir.path().join("archive");
     let archive = archive.to_str().unwrap();
     blog.ok(&["trim", "--archive", archive, "--yes"]);
     assert_eq!(blog.events_count(), 0, "trim left entries");
