@@ -14,8 +14,12 @@ use crate::support::{Blog, PATIENCE, PRODUCERS, RedisServer, Rng, Service, signa
 
 const COMMENTS_PER_POST: usize = 10;
 const WORKERS: usize = 4;
-/// The services' `--claim-idle`, in seconds.
-const CLAIM_IDLE: &str = "1";
+/// The services' `--claim-idle`, in seconds: the default. A paused or killed process renews no
+/// liveness key, so its entries are taken over once the key expires (about 3 s), long before
+/// this; the suite measures how long after the pause that happens.
+const CLAIM_IDLE: &str = "30";
+/// The longest a paused process's entries may wait for a take-over.
+const TAKE_OVER_WITHIN: Duration = Duration::from_secs(8);
 /// The services with two instances: a paused one's entries can be taken over by the other.
 const TWICE: [&str; 2] = ["comments", "query"];
 /// Log line of a consumer that took entries over from another (see `bus::take_over_stuck`).
@@ -74,15 +78,18 @@ impl Slot {
 
     /// Pauses the process (SIGSTOP) at a moment it holds entries, keeps it paused until the
     /// other instance has taken them over (past `--claim-idle`), then wakes it (SIGCONT): what
-    /// it had in hand must then have no second effect. Ok(false) when it was never caught
-    /// holding entries (it was between batches each time); Err when they were not taken over.
-    fn pause_until_taken_over(&self, blog: &Blog) -> Result<bool, String> {
+    /// it had in hand must then have no second effect. Ok(None) when it was never caught
+    /// holding entries (it was between batches each time), else Ok(how long after the pause
+    /// they were taken over); Err when they were not taken over in [`TAKE_OVER_WITHIN`].
+    fn pause_until_taken_over(&self, blog: &Blog) -> Result<Option<Duration>, String> {
         let pid = self.process.pid();
         for _ in 0..50 {
             signal(pid, "STOP");
+            let paused = Instant::now();
             if self.held(blog) > 0 {
                 // Paused, it cannot acknowledge them: they leave it only by a take-over.
-                let taken = wait_until(Duration::from_secs(15), || self.held(blog) == 0);
+                let taken = wait_until(TAKE_OVER_WITHIN, || self.held(blog) == 0);
+                let delay = paused.elapsed();
                 let pending: Vec<(String, redis::Value)> = self
                     .streams(blog)
                     .into_iter()
@@ -97,15 +104,16 @@ impl Slot {
                 signal(pid, "CONT");
                 if !taken {
                     return Err(format!(
-                        "entries of paused {} never taken over: {pending:?}",
+                        "entries of paused {} not taken over within {TAKE_OVER_WITHIN:?}: \
+                         {pending:?}",
                         self.consumer
                     ));
                 }
-                return Ok(true);
+                return Ok(Some(delay));
             }
             signal(pid, "CONT");
         }
-        Ok(false)
+        Ok(None)
     }
 }
 
@@ -118,6 +126,8 @@ struct Tally {
     pauses: usize,
     /// Pauses that caught a process holding entries, which the other instance then took over.
     paused_take_overs: usize,
+    /// How long after each such pause its entries were taken over.
+    take_over_delays: Vec<Duration>,
     /// "took over entries" lines in the logs of the processes killed.
     logged_take_overs: usize,
     redis_restarts: usize,
@@ -220,8 +230,11 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
                     let slot = &slots[twice[rng.below(twice.len() as u64) as usize]];
                     tally.pauses += 1;
                     match slot.pause_until_taken_over(&blog) {
-                        Ok(true) => tally.paused_take_overs += 1,
-                        Ok(false) => {}
+                        Ok(Some(delay)) => {
+                            tally.paused_take_overs += 1;
+                            tally.take_over_delays.push(delay);
+                        }
+                        Ok(None) => {}
                         Err(stuck) => {
                             let logs: Vec<String> = slots
                                 .iter()
@@ -327,14 +340,22 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
     // What the chaos did, shown (see .config/nextest.toml) whether the checks below pass or not.
     let slots = slots.into_inner().unwrap();
     let logged = tally.logged_take_overs + slots.iter().map(Slot::take_overs).sum::<usize>();
+    let mut delays = tally.take_over_delays.clone();
+    delays.sort();
+    let delays_text: Vec<String> = delays
+        .iter()
+        .map(|delay| format!("{:.2}s", delay.as_secs_f64()))
+        .collect();
     println!(
         "fault suite: seed {seed}, {total} writes acknowledged, {} kills ({} restarted under a \
-         new consumer name), {} pauses ({} taken over while paused), {logged} take-overs \
-         logged, {} Redis restart(s), {} poison entries, load done in {:.1}s",
+         new consumer name), {} pauses ({} taken over while paused, after {}; --claim-idle \
+         {CLAIM_IDLE}), {logged} take-overs logged, {} Redis restart(s), {} poison entries, \
+         load done in {:.1}s",
         tally.kills,
         tally.renamed,
         tally.pauses,
         tally.paused_take_overs,
+        delays_text.join(", "),
         tally.redis_restarts,
         tally.poison.len(),
         started.elapsed().as_secs_f64()
