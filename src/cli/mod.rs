@@ -28,7 +28,7 @@ Examples:
   blogctl comment create --wait \"$id\" \"Nice post\"
   blogctl post list";
 
-/// A blog as four event-driven services on one Redis stream, and a shell client for it.
+/// A blog as four event-driven services on Redis Streams, and a shell client for it.
 #[derive(Debug, Parser)]
 #[command(name = "blogctl", version, after_help = EXAMPLES)]
 pub struct Cli {
