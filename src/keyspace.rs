@@ -117,6 +117,45 @@ impl Keys {
         format!("{}:{service}:*", self.namespace)
     }
 
+    /// A pattern matching `producer`'s events stream in every partition (for ACL key patterns).
+    pub fn events_pattern(&self, producer: Service) -> String {
+        format!(
+            "{}:{producer}:{{{}.*}}:events",
+            self.namespace, self.namespace
+        )
+    }
+
+    /// A pattern matching `service`'s inbox in every partition (for ACL key patterns).
+    pub fn inbox_pattern(&self, service: Service) -> String {
+        format!(
+            "{}:{service}:{{{}.*}}:inbox",
+            self.namespace, self.namespace
+        )
+    }
+
+    /// A pattern matching the liveness keys of `service`'s consumers in every partition.
+    pub fn alive_pattern(&self, service: Service) -> String {
+        format!(
+            "{}:{service}:{{{}.*}}:alive:*",
+            self.namespace, self.namespace
+        )
+    }
+
+    /// A pattern matching the dead-letter streams of every partition.
+    pub fn dead_pattern(&self) -> String {
+        format!("{}:dead:*", self.namespace)
+    }
+
+    /// A pattern matching every reply key of every partition.
+    pub fn replies_pattern(&self) -> String {
+        format!("{}:replies:*", self.namespace)
+    }
+
+    /// A pattern matching every key of the namespace.
+    pub fn namespace_pattern(&self) -> String {
+        format!("{}:*", self.namespace)
+    }
+
     /// The request stream a service reads its commands from: `<prefix>inbox`.
     pub fn inbox(&self, service: Service, partition: Partition) -> String {
         format!("{}inbox", self.service_prefix(service, partition))
@@ -262,6 +301,14 @@ mod tests {
             "blog:query:{blog.0}:2:post:x"
         );
         assert_eq!(keys.service_pattern(Service::Query), "blog:query:*");
+        assert_eq!(
+            keys.events_pattern(Service::Posts),
+            "blog:posts:{blog.*}:events"
+        );
+        assert_eq!(
+            keys.alive_pattern(Service::Comments),
+            "blog:comments:{blog.*}:alive:*"
+        );
     }
 
     #[test]

@@ -116,6 +116,11 @@ pub enum Command {
     /// Archive, then remove, the events every group has acknowledged.
     #[command(after_help = r#"Example: blogctl trim --archive events.ndjson --yes"#)]
     Trim(ops::trim::TrimArgs),
+    /// Print a Redis ACL file: a user per service, one for clients, one for operators.
+    #[command(
+        after_help = r#"Example: blogctl acl --passwords secrets > users.acl && redis-server --aclfile users.acl"#
+    )]
+    Acl(ops::acl::AclArgs),
     /// Print a shell completion script.
     #[command(after_help = r#"Example: blogctl completions bash > /etc/bash_completion.d/blogctl"#)]
     Completions(completions::CompletionsArgs),
@@ -167,6 +172,7 @@ pub async fn run(
         Command::Events(command) => ops::events::run(&context, command, shutdown).await,
         Command::Dead(command) => ops::dead::run(&context, command).await,
         Command::Trim(args) => ops::trim::run(&context, args).await,
+        Command::Acl(args) => ops::acl::run(&context.keys, args),
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),
         Command::Rebuild(args) => rebuild::run(&context, args).await,

@@ -1,10 +1,11 @@
-//! Operator commands: `status`, `events`, `dead`, `trim`, `completions`.
+//! Operator commands: `status`, `events`, `dead`, `trim`, `acl`.
 //!
 //! They look at the streams and consumer groups from the outside, as an operator would with
 //! `redis-cli`, and never write a service's keys: `dead retry` puts an entry back on its stream,
 //! `dead drop` deletes dead letters and `trim` removes only what every group has acknowledged.
 //! This module holds what they share: reading entries, stream ids, the services' groups, tables.
 
+pub mod acl;
 pub mod archive;
 pub mod dead;
 pub mod events;

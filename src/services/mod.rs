@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use color_eyre::eyre::eyre;
 use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::bus::{self, ConsumerConfig, Handler, StepKeys};
 use crate::cli::values::{self, ServiceChoice, parse_seconds};
@@ -117,7 +117,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> color_eyre::Result<()> {
     refuse_unusable_redis(redis).await?;
-    warn_of_an_earlier_log(redis, keys).await;
     let listener = match args.metrics {
         Some(address) => Some(crate::metrics::bind(address).await?),
         None => None,
@@ -180,21 +179,6 @@ async fn refuse_unusable_redis(redis: &Redis) -> color_eyre::Result<()> {
         return Err(Failure::new(ExitCode::RedisUnreachable, problem).into());
     }
     Ok(())
-}
-
-/// Logs a warning when the one events stream of an earlier version holds entries: no service
-/// reads it now (see `status`).
-async fn warn_of_an_earlier_log(redis: &Redis, keys: &Keys) {
-    let stream = keys.shared_events(Partition::FIRST);
-    let Ok(mut connection) = redis.connect(Some(CONNECT_TIMEOUT)).await else {
-        return;
-    };
-    let length: u64 = redis::AsyncCommands::xlen(&mut connection, &stream)
-        .await
-        .unwrap_or(0);
-    if length > 0 {
-        warn!(%stream, length, "an earlier blogctl's events stream holds entries no service reads now; see \"Upgrading\" in the README");
-    }
 }
 
 /// Waits until every service has ended; the first failure, if any, after stopping the others.

@@ -11,3 +11,4 @@ mod promises;
 mod rebuild;
 mod story;
 mod support;
+mod users;

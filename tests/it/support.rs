@@ -227,6 +227,8 @@ type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
 pub struct Blog {
     pub redis: RedisServer,
     pub namespace: String,
+    /// With a Redis user per process ([`Blog::with_users`]): the directory of their passwords.
+    pub passwords: Option<tempfile::TempDir>,
 }
 
 impl Blog {
@@ -238,6 +240,33 @@ impl Blog {
         Blog {
             redis,
             namespace: "blog".to_owned(),
+            passwords: None,
+        }
+    }
+
+    /// A blog on a Redis whose ACL file is the one `blogctl acl` prints (kept across restarts),
+    /// plus a `default` user the tests inspect Redis with: every `serve` of one service runs as
+    /// that service's user, client commands as the client's, operator commands as the
+    /// operator's.
+    pub fn with_users() -> Blog {
+        let passwords = tempfile::tempdir().unwrap();
+        let acl = blogctl("redis://127.0.0.1:1", "blog")
+            .args(["acl", "--passwords"])
+            .arg(passwords.path())
+            .output()
+            .expect("run blogctl acl");
+        assert!(acl.status.success(), "{acl:?}");
+        let file = passwords.path().join("users.acl");
+        let rules = String::from_utf8(acl.stdout).unwrap();
+        std::fs::write(
+            &file,
+            format!("user default on nopass ~* &* +@all\n{rules}"),
+        )
+        .unwrap();
+        let redis = RedisServer::start_with(&["--aclfile", file.to_str().unwrap()]);
+        Blog {
+            passwords: Some(passwords),
+            ..Blog::on(redis)
         }
     }
 
@@ -245,9 +274,47 @@ impl Blog {
         blogctl(&self.redis.url(), &self.namespace)
     }
 
+    /// [`Blog::command`] as `user` (`<ns>-<role>`), with its password file.
+    pub fn command_as(&self, user: &str) -> Command {
+        let passwords = self.passwords.as_ref().expect("a blog with users");
+        let url = format!("redis://{user}@127.0.0.1:{}", self.redis.port);
+        let mut command = blogctl(&url, &self.namespace);
+        command.env(
+            "BLOGCTL_REDIS_PASSWORD_FILE",
+            passwords.path().join(format!("{user}.password")),
+        );
+        command
+    }
+
+    /// The command for `args`: as the user it needs when the blog has users.
+    fn command_for(&self, args: &[&str]) -> Command {
+        if self.passwords.is_none() {
+            return self.command();
+        }
+        let role = match args.iter().find(|arg| !arg.starts_with('-')).copied() {
+            Some("post" | "comment") => "client",
+            Some("status" | "events" | "dead" | "trim" | "rebuild") => "operator",
+            _ => return self.command(),
+        };
+        self.command_as(&format!("{}-{role}", self.namespace))
+    }
+
+    /// A connection to the blog's Redis as `user`.
+    pub fn connection_as(&self, user: &str) -> redis::Connection {
+        let passwords = self.passwords.as_ref().expect("a blog with users");
+        let password =
+            std::fs::read_to_string(passwords.path().join(format!("{user}.password"))).unwrap();
+        let url = format!(
+            "redis://{user}:{}@127.0.0.1:{}",
+            password.trim(),
+            self.redis.port
+        );
+        redis::Client::open(url).unwrap().get_connection().unwrap()
+    }
+
     /// Runs a client command to completion.
     pub fn run(&self, args: &[&str]) -> Run {
-        self.command()
+        self.command_for(args)
             .args(args)
             .output()
             .expect("run blogctl")
@@ -258,7 +325,7 @@ impl Blog {
     pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
         use std::io::Write;
         let mut child = self
-            .command()
+            .command_for(args)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -291,8 +358,19 @@ impl Blog {
     /// [`Blog::serve`] with more environment variables.
     pub fn serve_with(&self, args: &[&str], env: &[(&str, String)]) -> Service {
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = self
-            .command()
+        let mut command = match &self.passwords {
+            // With users, one service per process, as its own user.
+            Some(_) => {
+                let services: Vec<&&str> = args
+                    .iter()
+                    .filter(|arg| keyspace::Service::ALL.iter().any(|s| s.name() == **arg))
+                    .collect();
+                assert_eq!(services.len(), 1, "with users, serve one service: {args:?}");
+                self.command_as(&format!("{}-{}", self.namespace, services[0]))
+            }
+            None => self.command(),
+        };
+        let child = command
             .arg("serve")
             .args(args)
             .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
