@@ -43,8 +43,9 @@ for run in $(seq "$runs"); do
     "$blogctl" --namespace "bench-embedded-$run" bench --embedded --posts 100 --comments "$comments" --in-flight 128
 done
 
-echo "== rebuild query over a log of 1,000,000 events made by the services ($runs runs)"
-# 100 posts and 333,300 comments of three events each, plus one latency sample: 1,000,003 events.
+echo "== rebuild query over the log of 333,401 comments made by the services ($runs runs)"
+# 100 posts and 333,300 comments of three events each, plus one latency sample: 1,000,003 events
+# on the three streams; query's rebuild reads the posts' and the comments' streams, 666,703 of them.
 "$blogctl" --namespace bench-rebuild bench --embedded --posts 100 --comments 333300 --in-flight 128 \
     --latency-samples 1 >/dev/null
 for run in $(seq "$runs"); do

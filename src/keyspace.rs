@@ -97,7 +97,8 @@ impl Keys {
     }
 
     /// The one events stream of earlier versions, `<ns>:events:{<ns>.<p>}`, which every service
-    /// wrote: read by nothing now, only named so that `status` can point at one left behind.
+    /// wrote: read by nothing now, only named so that `status` can point at one left behind
+    /// and `rebuild` refuse to build over it.
     pub fn shared_events(&self, partition: Partition) -> String {
         format!("{}:events:{}", self.namespace, self.tag(partition))
     }

@@ -60,7 +60,7 @@ impl<H: Handler> Consumer<'_, H> {
             )
         });
         let delete = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
-        // KEYS[2] of this step is the dead-letter stream, not the events stream.
+        // KEYS[3] of this step is the dead-letter stream; KEYS[2] is the service's own events stream.
         let result = Step::new(&SCRIPT, &self.config.step_keys, delivery, "")
             .arg("reason", reason)
             .arg("tries", deliveries)

@@ -114,7 +114,7 @@ pub enum Command {
     #[command(subcommand)]
     Dead(ops::dead::DeadCommand),
     /// Archive, then remove, the events every group has acknowledged.
-    #[command(after_help = r#"Example: blogctl trim --archive events.ndjson --yes"#)]
+    #[command(after_help = r#"Example: blogctl trim --archive archive/ --yes"#)]
     Trim(ops::trim::TrimArgs),
     /// Print a Redis ACL file: a user per service, one for clients, one for operators.
     #[command(
@@ -130,7 +130,7 @@ pub enum Command {
     )]
     Man(man::ManArgs),
     /// Rebuild the query view or the comments state from the whole log, then switch to it.
-    #[command(after_help = r#"Example: blogctl rebuild query --archive events.ndjson"#)]
+    #[command(after_help = r#"Example: blogctl rebuild query --archive archive/"#)]
     Rebuild(RebuildArgs),
     /// Measure throughput, latency and memory of the whole pipeline, in a fresh namespace.
     #[command(

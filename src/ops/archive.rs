@@ -247,6 +247,16 @@ impl Archive {
     }
 }
 
+/// Refuses (exit code 2) a file at `path` that is not an archive, without changing it; a
+/// missing one is fine (it will be created).
+pub(super) fn refuse_a_non_archive(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut file = File::open(path).wrap_err_with(|| format!("opening {}", path.display()))?;
+    last_line(&mut file, path).map(|_| ())
+}
+
 /// The length of `file` up to the end of its last complete line, and that line's id. Exit code
 /// 2 when the file does not end with an archive line (it is something else).
 fn last_line(file: &mut File, path: &Path) -> Result<(u64, Option<LastLine>)> {

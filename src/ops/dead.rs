@@ -16,7 +16,8 @@ use redis::Script;
 use serde::Serialize;
 
 use super::{
-    Entry, FIRST_ENTRY, LAST_ENTRY, page_through, parse_entry_id, read_range, read_streams,
+    Entry, FIRST_ENTRY, LAST_ENTRY, expected_groups, page_through, parse_entry_id, read_range,
+    read_streams,
 };
 use crate::bus::FOR_SERVICE;
 use crate::connection::Connection;
@@ -215,7 +216,8 @@ struct RetryTarget {
 }
 
 /// Where `letter` goes back to; exit code 2 when it cannot be retried: it lacks its stream or
-/// service, is a request, or came from a stream no service of the namespace reads.
+/// service, is a request, came from a stream no service of the namespace reads, or names a
+/// service that does not read that stream.
 fn retry_target(context: &Context, streams: &[String], letter: &Entry) -> Result<RetryTarget> {
     let (Some(stream), Some(service)) = (letter.field("stream"), letter.field("service")) else {
         return Err(Failure::invalid(format!(
@@ -241,6 +243,17 @@ fn retry_target(context: &Context, streams: &[String], letter: &Entry) -> Result
              it cannot be retried (drop it?)",
             letter.id,
             context.keys.namespace()
+        ))
+        .into());
+    }
+    let read_by_service = expected_groups(&context.keys)
+        .iter()
+        .any(|expected| expected.stream == stream && expected.group == service);
+    if !read_by_service {
+        return Err(Failure::invalid(format!(
+            "dead letter {} names service {service:?}, which does not read {stream}: put back \
+             for it, it would never be handled (drop it?)",
+            letter.id
         ))
         .into());
     }

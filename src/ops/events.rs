@@ -209,36 +209,65 @@ struct Followed {
     after: String,
 }
 
+/// One XREAD of every followed stream after its cursor, waiting up to `block` if given.
+async fn read_streams(
+    connection: &mut Connection,
+    streams: &[Followed],
+    block: Option<Duration>,
+) -> redis::RedisResult<Option<Vec<(String, Vec<RawEntry>)>>> {
+    let mut read = redis::cmd("XREAD");
+    read.arg("COUNT").arg(TAIL_BATCH);
+    if let Some(block) = block {
+        read.arg("BLOCK").arg(block.as_millis() as u64);
+    }
+    read.arg("STREAMS")
+        .arg(streams.iter().map(|s| &s.key).collect::<Vec<_>>())
+        .arg(streams.iter().map(|s| &s.after).collect::<Vec<_>>())
+        .query_async(connection)
+        .await
+}
+
 /// Entries after each stream's `after`, merged in id order, waiting up to [`TAIL_BLOCK`] for
-/// some to arrive.
+/// some to arrive. Each stream's cursor moves only past what is returned.
 async fn read_after(
     connection: &mut Connection,
     streams: &[Followed],
 ) -> redis::RedisResult<Vec<(Service, Entry)>> {
-    type Reply = Option<Vec<(String, Vec<RawEntry>)>>;
-    let reply: Reply = redis::cmd("XREAD")
-        .arg("COUNT")
-        .arg(TAIL_BATCH)
-        .arg("BLOCK")
-        .arg(TAIL_BLOCK.as_millis() as u64)
-        .arg("STREAMS")
-        .arg(streams.iter().map(|s| &s.key).collect::<Vec<_>>())
-        .arg(streams.iter().map(|s| &s.after).collect::<Vec<_>>())
-        .query_async(connection)
-        .await?;
-    let mut entries: Vec<(Service, Entry)> = reply
-        .into_iter()
-        .flatten()
-        .filter_map(|(key, entries)| {
-            let producer = streams.iter().find(|s| s.key == key)?.producer;
-            Some(
-                entries
-                    .into_iter()
-                    .map(move |raw| (producer, Entry::from_raw(raw))),
-            )
-        })
-        .flatten()
-        .collect();
+    // A blocked XREAD is woken with the entries of the stream that got some, not of all: it
+    // only waits; what is printed comes from a read of every stream at once.
+    let mut reply = read_streams(connection, streams, None).await?;
+    if reply.is_none()
+        && read_streams(connection, streams, Some(TAIL_BLOCK))
+            .await?
+            .is_some()
+    {
+        reply = read_streams(connection, streams, None).await?;
+    }
+    // A stream that filled its batch may hold more before another's entries: only what is up
+    // to the smallest last id of the full batches is in order; the rest is read again.
+    let mut limit: Option<String> = None;
+    let mut entries: Vec<(Service, Entry)> = Vec::new();
+    for (key, batch) in reply.into_iter().flatten() {
+        let Some(producer) = streams.iter().find(|s| s.key == key).map(|s| s.producer) else {
+            continue;
+        };
+        if batch.len() >= TAIL_BATCH
+            && let Some((last, _)) = batch.last()
+            && limit
+                .as_deref()
+                .is_none_or(|limit| compare_ids(last, limit).is_lt())
+        {
+            limit = Some(last.clone());
+        }
+        entries.extend(
+            batch
+                .into_iter()
+                .map(|raw| (producer, Entry::from_raw(raw))),
+        );
+    }
+    if let Some(limit) = limit {
+        entries.retain(|(_, entry)| compare_ids(&entry.id, &limit).is_le());
+    }
     // Stable: entries of equal ids keep the streams' order.
     entries.sort_by(|(_, a), (_, b)| compare_ids(&a.id, &b.id));
     Ok(entries)

@@ -21,7 +21,7 @@ use color_eyre::eyre::{WrapErr, eyre};
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
 
-use super::archive::{Archive, ArchiveLine, stream_archive};
+use super::archive::{Archive, ArchiveLine, refuse_a_non_archive, stream_archive};
 use super::status::{StreamStatus, inspect_stream};
 use super::{ExpectedGroup, FIRST_ENTRY, expected_groups, page_through, read_range};
 use crate::bus::compare_ids;
@@ -97,21 +97,17 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
         if !args.yes {
             confirm(&work, &args.archive).await?;
         }
+        // Every archive file is checked before anything is created, archived or removed.
+        for trimmed in &work {
+            refuse_a_non_archive(&trimmed.archive)?;
+        }
         std::fs::create_dir_all(&args.archive).wrap_err_with(|| {
             format!("creating the archive directory {}", args.archive.display())
         })?;
     }
-    // Every archive file is opened (and found to be one) before any stream is touched.
-    let mut archives = Vec::new();
-    for plan in &plans {
-        archives.push(match plan.anything {
-            true => Some(Archive::open(&plan.trimmed.archive)?),
-            false => None,
-        });
-    }
-    for (mut plan, archive) in plans.into_iter().zip(archives) {
-        if let Some(archive) = archive {
-            trim_stream(&mut connection, &locks, &mut plan, archive).await?;
+    for mut plan in plans {
+        if plan.anything {
+            trim_stream(&mut connection, &locks, &mut plan).await?;
         }
         report(context, &plan.trimmed)?;
     }
@@ -161,10 +157,10 @@ async fn trim_stream(
     connection: &mut Connection,
     locks: &[String],
     plan: &mut StreamPlan,
-    mut archive: Archive,
 ) -> Result<()> {
     let trimmed = &mut plan.trimmed;
     let before_boundary = format!("({}", trimmed.boundary);
+    let mut archive = Archive::open(&trimmed.archive)?;
     if let Err(error) = copy_to_archive(connection, &before_boundary, &mut archive, trimmed).await {
         archive.undo();
         return Err(error.wrap_err(format!(

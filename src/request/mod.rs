@@ -34,8 +34,10 @@ use crate::keyspace::{Keys, Partition, Service};
 /// comments service to have applied the posts' stream up to there.
 pub const STAMPED_FROM: Service = Service::Posts;
 
-/// Version of the request envelope.
-const REQUEST_VERSION: &str = "2";
+/// Version of the request envelope: 3 since `after` names a position of the posts' stream
+/// (earlier, of the one stream every service wrote), so a request of an earlier client is
+/// dead-lettered rather than compared with the wrong stream.
+const REQUEST_VERSION: &str = "3";
 /// How long an answer waits in its reply key for the client to read it.
 const REPLY_TTL_MS: u64 = 60_000;
 /// How long the client's "gave up" mark stays; older requests are dropped by age anyway.
@@ -111,8 +113,9 @@ pub struct Incoming {
     pub reply_to: Option<String>,
     /// When the request expires, by Redis's clock (`TIME`), in milliseconds.
     pub deadline_ms: u64,
-    /// The id of the last entry of the posts' events stream when the request was added: every event
-    /// the client could have seen before sending it is at or before this id.
+    /// The id of the last entry of the posts' events stream when the request was added: every
+    /// post the client could have seen created before sending it is at or before this id on
+    /// that stream (ids of other streams are not comparable with it).
     pub after: String,
     pub command: String,
     pub data: String,
@@ -204,10 +207,14 @@ impl Inbox {
         Step::new(script, &self.step_keys, delivery, &request.request_id)
             .key(
                 "reply",
-                self.keys.reply(
-                    Partition::FIRST,
-                    request.reply_to.as_deref().unwrap_or(&delivery.id),
-                ),
+                match &request.reply_to {
+                    Some(reply_to) => self.keys.reply(Partition::FIRST, reply_to),
+                    // Entry ids of two inboxes may be equal: the service tells them apart.
+                    None => self.keys.reply(
+                        Partition::FIRST,
+                        &format!("{}-{}", self.service, delivery.id),
+                    ),
+                },
             )
             .key(
                 "remembered",

@@ -62,7 +62,7 @@ fn add_post(blog: &Blog, title: &str) -> String {
 /// `blogctl::request::call` or the binary instead.)
 fn request_fields(request_id: &str, command: &str, data: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("version", "2".to_owned()),
+        ("version", "3".to_owned()),
         ("request_id", request_id.to_owned()),
         ("reply_to", uuid::Uuid::now_v7().to_string()),
         // Far ahead of Redis's clock: only the malformed field decides.
