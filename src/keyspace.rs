@@ -232,6 +232,7 @@ const VIEW_POST: &str = "post:";
 const VIEW_COMMENTS: &str = "comments:";
 const KNOWN_POSTS: &str = "posts";
 const COMMENT: &str = "comment:";
+const COMMENT_IDS: &str = "comments";
 
 impl Generation {
     /// The prefix of every key of this generation.
@@ -263,6 +264,13 @@ impl Generation {
     pub fn comment(&self, id: &str) -> String {
         format!("{}{COMMENT}{id}", self.base)
     }
+
+    /// Comments: the ids of this generation's [`Generation::comment`] keys, a set, written with
+    /// each of them by the same apply functions: dropping the generation finds its comments
+    /// here, without scanning the keyspace.
+    pub fn comment_ids(&self) -> String {
+        format!("{}{COMMENT_IDS}", self.base)
+    }
 }
 
 /// Lua that names a generation's keys as [`Generation`] does: `generation_base(prefix,
@@ -276,6 +284,7 @@ local function view_post(base, id) return base .. '{VIEW_POST}' .. id end
 local function view_comments(base, post_id) return base .. '{VIEW_COMMENTS}' .. post_id end
 local function known_posts(base) return base .. '{KNOWN_POSTS}' end
 local function comment_key(base, id) return base .. '{COMMENT}' .. id end
+local function comment_ids(base) return base .. '{COMMENT_IDS}' end
 "#
     )
 }
@@ -328,6 +337,7 @@ mod tests {
             ("view_comments(base, post_id)", VIEW_COMMENTS),
             ("known_posts(base)", KNOWN_POSTS),
             ("comment_key(base, id)", COMMENT),
+            ("comment_ids(base)", COMMENT_IDS),
         ] {
             assert!(
                 lua.contains(&format!("function {function} return base .. '{suffix}'")),
@@ -355,6 +365,7 @@ mod tests {
             keys.inbox(Service::Comments, P),
             generation(Service::Comments).comment("<id>"),
             generation(Service::Comments).known_posts(),
+            generation(Service::Comments).comment_ids(),
             keys.answer(Service::Comments, P, "<request id>"),
             generation(Service::Query).view_posts(),
             generation(Service::Query).view_post("<id>"),

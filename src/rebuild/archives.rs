@@ -100,11 +100,11 @@ pub(super) async fn apply_archive(
         counts.from_archives += 1;
         *last = delivery.id;
         if calls.len() >= CHUNK {
-            write(connection, log.target, log.base, &calls).await?;
+            write(connection, log, &calls).await?;
             calls.clear();
         }
     }
-    write(connection, log.target, log.base, &calls).await?;
+    write(connection, log, &calls).await?;
     unchecked.extend(checks.unchecked());
     Ok(())
 }

@@ -3,6 +3,12 @@
 //! fresh generation of its keyspace while the live one keeps serving, switches to it in one
 //! atomic step, then drops the old one.
 //!
+//! A generation is dropped through the indexes it keeps of its keys (the view's list of posts,
+//! the comments state's list of comment ids), a page at a time, not by scanning the keyspace:
+//! `SCAN` reads every key name, whatever the ACL key patterns of the user allow. Only a
+//! generation of the view that a rebuild filled and never switched to is still found by `SCAN`
+//! (see [`drop_unswitched`]).
+//!
 //! The streams are applied one after the other, not interleaved: the rules for applying events
 //! commute across streams (they must: two instances of a service apply them out of order), and
 //! each stream is applied in its own order.
@@ -28,7 +34,7 @@ use crate::connection::{CONNECT_TIMEOUT, Connection, Redis, map_of};
 use crate::context::Context;
 use crate::error::Failure;
 use crate::events::EventKind;
-use crate::keyspace::{Generation, Keys, Partition, Service};
+use crate::keyspace::{Generation, Keys, Partition, Service, generation_lua};
 use crate::ops::archive::stream_archive;
 use crate::output::{print_line, progress_bar};
 use crate::services::generations::{ApplyCall, Generations};
@@ -42,7 +48,8 @@ use archives::{
 const CHUNK: usize = 2000;
 /// Events applied per script: a few milliseconds inside Redis, even on a view of a million posts.
 const WRITE_BATCH: usize = 250;
-/// Keys deleted (or scanned) per round trip when a generation is dropped.
+/// Posts or comments whose keys are deleted (or keys scanned) per round trip when a generation
+/// is dropped.
 const DROP_PAGE: usize = 1000;
 /// How long a rebuild holds its lock before another may assume it died.
 const LOCK_MS: u64 = 3_600_000;
@@ -57,6 +64,16 @@ static SWITCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("swi
 
 /// Deletes the lock KEYS[1] if it still holds ARGV[1] (it may have expired and been taken).
 static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlock.lua")));
+
+/// Deletes up to ARGV[2] comments of the comments generation at base ARGV[1], popping their
+/// ids from its index in the same step; returns how many it popped.
+static DROP_COMMENTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{}{}",
+        generation_lua(),
+        include_str!("drop_comments.lua")
+    ))
+});
 
 /// What to rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -216,7 +233,7 @@ async fn rebuild_locked(
         // The counter was lost: the number may have been used by a rebuild that died.
         let _: () = connection.set(&counter, live + 1).await?;
         next = live + 1;
-        scan_and_drop(connection, &generations.generation(next)).await?;
+        drop_unswitched(connection, target, &generations.generation(next)).await?;
     }
     // Else numbers come from the counter only, so no rebuild used this one before.
     let filled = generations.generation(next);
@@ -231,8 +248,9 @@ async fn rebuild_locked(
     let counts = match fill(connection, redis, keys, &fill_in).await {
         Ok(counts) => counts,
         Err(error) => {
-            // Leave nothing half-built behind: the live generation was never touched.
-            let _ = scan_and_drop(connection, &filled).await;
+            // Leave nothing half-built behind: the live generation was never touched (but for
+            // its index of comments, completed).
+            let _ = drop_unswitched(connection, target, &filled).await;
             return Err(error);
         }
     };
@@ -270,6 +288,7 @@ async fn fill(
 ) -> Result<Counts> {
     let mut counts = Counts::default();
     let base = fill.generations.generation(fill.next);
+    let live = fill.generations.generation(fill.live);
     let mut length: u64 = 0;
     for producer in Target::STREAMS {
         let stream_length: u64 = connection
@@ -286,6 +305,7 @@ async fn fill(
             producer,
             events: &events,
             base: &base,
+            live: &live,
         };
         let (last, removed) = apply_archives(connection, &log, fill.archives, &mut counts).await?;
         read.push(StreamRead {
@@ -303,6 +323,7 @@ async fn fill(
                 producer: stream.producer,
                 events: &stream.events,
                 base: &base,
+                live: &live,
             };
             let after = std::mem::take(&mut stream.last);
             stream.last =
@@ -409,8 +430,10 @@ struct Log<'a> {
     producer: Service,
     /// The events stream.
     events: &'a str,
-    /// The prefix of the generation being filled.
+    /// The generation being filled.
     base: &'a Generation,
+    /// The live generation the rebuild will replace (see [`write`]).
+    live: &'a Generation,
 }
 
 /// Applies the stream after `after` to the generation being filled, up to the end the reads find; returns
@@ -449,7 +472,7 @@ async fn apply_stream(
         let mut writer = connection.clone();
         let written = async {
             match &writing {
-                Some((calls, end)) => write(&mut writer, log.target, log.base, calls)
+                Some((calls, end)) => write(&mut writer, log, calls)
                     .await
                     .map(|()| Some(end.clone())),
                 None => Ok(None),
@@ -602,18 +625,23 @@ impl Counts {
     }
 }
 
-/// Applies `calls` to `generation`, in one script (nothing to do for none: a chunk of events
-/// that change nothing here).
+/// Applies `calls` to the generation being filled, in scripts of [`WRITE_BATCH`] calls sent
+/// together (nothing to do for none: a chunk of events that change nothing here).
+///
+/// A comments rebuild also lists each comment it writes in the live generation's index of
+/// comments: that generation may have been written by an earlier version, without one, and is
+/// dropped through it after the switch. (The live steps list the comments they write there
+/// too, so the index ends up naming every comment of that generation; listing one twice
+/// changes nothing.)
 async fn write(
     connection: &mut Connection,
-    target: Target,
-    generation: &Generation,
+    log: &Log<'_>,
     calls: &[ApplyCall],
 ) -> redis::RedisResult<()> {
     if calls.is_empty() {
         return Ok(());
     }
-    let rebuilder = match target {
+    let rebuilder = match log.target {
         Target::Query => &*query::REBUILDER,
         Target::Comments => &*comments::REBUILDER,
     };
@@ -621,8 +649,13 @@ async fn write(
     // so that no other client waits long behind it.
     let mut pipe = redis::pipe();
     for batch in calls.chunks(WRITE_BATCH) {
-        pipe.add_command(rebuilder.batch(generation, batch))
-            .ignore();
+        pipe.add_command(rebuilder.batch(log.base, batch)).ignore();
+    }
+    if log.target == Target::Comments {
+        let indexed: Vec<ApplyCall> = calls.iter().filter_map(comments::index_call).collect();
+        for batch in indexed.chunks(WRITE_BATCH) {
+            pipe.add_command(rebuilder.batch(log.live, batch)).ignore();
+        }
     }
     match pipe.query_async::<()>(connection).await {
         Err(error)
@@ -635,16 +668,23 @@ async fn write(
     }
 }
 
-/// Deletes every key of one generation, a batch at a time.
+/// Deletes every key of a generation that was live, a page at a time, through its indexes: the
+/// view's list of posts, or the comments state's list of comment ids (which [`write`] completes
+/// in a generation an earlier version wrote). The view's comments on a post it never listed
+/// (which only a hand-written event makes in a live generation) are left behind.
 async fn drop_generation(
     connection: &mut Connection,
     target: Target,
     generation: &Generation,
 ) -> Result<()> {
-    if target != Target::Query {
-        return scan_and_drop(connection, generation).await;
+    match target {
+        Target::Query => drop_view(connection, generation).await,
+        Target::Comments => drop_comments(connection, generation).await,
     }
-    // The view's keys are known from its list of posts: no need to scan the keyspace.
+}
+
+/// Deletes a generation of the query view, its keys found through its list of posts.
+async fn drop_view(connection: &mut Connection, generation: &Generation) -> Result<()> {
     let posts = generation.view_posts();
     let mut start = 0;
     loop {
@@ -663,6 +703,42 @@ async fn drop_generation(
     }
     let _: () = connection.unlink(&posts).await?;
     Ok(())
+}
+
+/// Deletes a generation of the comments state: its comments, popped from its index a page at
+/// a time, then the posts it knew.
+async fn drop_comments(connection: &mut Connection, generation: &Generation) -> Result<()> {
+    loop {
+        let dropped: usize = DROP_COMMENTS
+            .arg(generation.base())
+            .arg(DROP_PAGE)
+            .invoke_async(connection)
+            .await?;
+        if dropped < DROP_PAGE {
+            break;
+        }
+    }
+    let _: () = connection
+        .unlink(&[generation.known_posts(), generation.comment_ids()])
+        .await?;
+    Ok(())
+}
+
+/// Deletes every key of a generation a rebuild filled and never switched to: its own, when it
+/// fails, or one a rebuild that died left under a number used again. The comments state's goes
+/// through its index, like a live one: every batch lists the comments it writes. The view's is
+/// scanned for: its list of posts would miss the comments of a post whose `PostCreated` the
+/// rebuild had not applied yet (a post created while it ran, after it had read the posts'
+/// stream and before it read the comments').
+async fn drop_unswitched(
+    connection: &mut Connection,
+    target: Target,
+    generation: &Generation,
+) -> Result<()> {
+    match target {
+        Target::Query => scan_and_drop(connection, generation).await,
+        Target::Comments => drop_comments(connection, generation).await,
+    }
 }
 
 /// Deletes every key of a generation, scanning the whole keyspace for them.

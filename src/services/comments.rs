@@ -2,8 +2,9 @@
 //! `PostCreated`, and records moderation verdicts, announcing each with `CommentUpdated`.
 //!
 //! Keys: its rebuildable state lives under `<ns>:comments:{<ns>.0}:<generation>:` (see
-//! `blogctl rebuild`): `comment:<id>` (hash: id, postId, content, status) and `posts` (set of
-//! the post ids it has seen). Outside it: `...:generation`, `...:request:<request id>` (its
+//! `blogctl rebuild`): `comment:<id>` (hash: id, postId, content, status), `comments` (set of
+//! those comment ids, for dropping the generation) and `posts` (set of the post ids it has
+//! seen). Outside it: `...:generation`, `...:request:<request id>` (its
 //! answer, for 24 hours) and `...:inbox`.
 
 use std::sync::LazyLock;
@@ -35,8 +36,8 @@ pub struct CreateComment {
     pub content: String,
 }
 
-/// The comments service's apply functions (`learn_post`, `add_comment`, `set_status`), for
-/// its live steps and rebuilds.
+/// The comments service's apply functions (`learn_post`, `add_comment`, `set_status`, and
+/// `index_comment` which the last two call), for its live steps and rebuilds.
 const APPLY: &str = include_str!("lua/comments_apply.lua");
 
 /// Creates a comment, pending. An unknown post changes nothing and leaves the request pending:
@@ -106,6 +107,21 @@ pub fn apply_call(event: &Event) -> Option<ApplyCall> {
             args: vec![comment.id.to_string(), comment.status.as_str().to_owned()],
         }),
         Event::CommentModerated(_) => None,
+    }
+}
+
+/// The call that lists, in a generation's index of comments, the comment `call` writes (if it
+/// writes one). `blogctl rebuild comments` applies it to the generation it replaces, which an
+/// earlier version may have written without an index, or with one begun only at the upgrade:
+/// by the switch, that index then names every comment of the log, so that dropping the
+/// generation leaves none of them behind.
+pub fn index_call(call: &ApplyCall) -> Option<ApplyCall> {
+    match call.function {
+        "add_comment" | "set_status" => Some(ApplyCall {
+            function: "index_comment",
+            args: vec![call.args[0].clone()],
+        }),
+        _ => None,
     }
 }
 
@@ -292,5 +308,12 @@ mod tests {
         );
         // The verdict reaches the state through `CommentUpdated`.
         assert!(apply_call(&Event::CommentModerated(decided)).is_none());
+        // The comment of each call that writes one is indexed; a post is not.
+        for call in [&created, &updated] {
+            let index = index_call(call).unwrap();
+            assert_eq!(index.function, "index_comment");
+            assert_eq!(index.args, [comment.id.to_string()]);
+        }
+        assert!(index_call(&learnt).is_none());
     }
 }

@@ -9,13 +9,16 @@
 //! switches the pointer in one step; reads resolve the pointer in the same script, so a reader
 //! never sees half of each.
 //!
+//! The reads are read-only scripts run with `EVALSHA_RO` ([`ReadScript`]), so a client's Redis
+//! user needs only read permission on the view's keys (`%R~<ns>:query:*`).
+//!
 //! Events may be applied out of order when two instances share the work, so each write
 //! commutes: a pending comment never overwrites a final status, and comments that arrive
 //! before their post wait, unseen, until the post does.
 
 use std::sync::LazyLock;
 
-use redis::{RedisResult, Script};
+use redis::{FromRedisValue, RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -84,23 +87,65 @@ pub fn apply_call(event: &Event) -> Option<ApplyCall> {
 /// Reads posts with their comments from the current generation. KEYS[1]: the generation
 /// pointer; ARGV[1]: the prefix; ARGV[2]: `ids` to read the posts ARGV[4..], else the start of a
 /// ZRANGE BYLEX (`-` or `(<id>`) with ARGV[3] the most to read (-1: all).
-static READ_POSTS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "#!lua flags=no-writes\n{}{}",
-        generation_lua(),
-        include_str!("lua/query_read_posts.lua")
-    ))
-});
+static READ_POSTS: LazyLock<ReadScript> =
+    LazyLock::new(|| ReadScript::new(include_str!("lua/query_read_posts.lua")));
 
 /// One comment's view in the current generation. KEYS[1]: the generation pointer; ARGV[1]: the
 /// prefix, ARGV[2]: post id, ARGV[3]: comment id.
-static READ_COMMENT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "#!lua flags=no-writes\n{}{}",
-        generation_lua(),
-        include_str!("lua/query_read_comment.lua")
-    ))
-});
+static READ_COMMENT: LazyLock<ReadScript> =
+    LazyLock::new(|| ReadScript::new(include_str!("lua/query_read_comment.lua")));
+
+/// A script that only reads the view, run with `EVALSHA_RO`: Redis lets it call read-only
+/// commands only, and asks of the client's user only read permission on the keys it declares
+/// (and on those its commands touch). `EVALSHA`, which [`Script`] sends, asks for write
+/// permission on every declared key, whatever the script does.
+#[derive(Debug)]
+struct ReadScript {
+    /// Its text, after the functions naming a generation's keys, flagged `no-writes`: Redis
+    /// refuses a script declared with `#!lua` but without that flag with `EVALSHA_RO`.
+    code: String,
+    /// Its SHA1, by which Redis caches it.
+    hash: String,
+}
+
+impl ReadScript {
+    fn new(body: &str) -> ReadScript {
+        let code = format!("#!lua flags=no-writes\n{}{body}", generation_lua());
+        let hash = Script::new(&code).get_hash().to_owned();
+        ReadScript { code, hash }
+    }
+
+    /// Runs the script with `keys` and `args`: `EVALSHA_RO`, one round trip while Redis has it
+    /// cached; on `NOSCRIPT` (a Redis restarted or flushed since), `EVAL_RO` with its text,
+    /// which caches it again (and needs no `SCRIPT LOAD` permission).
+    async fn read<T: FromRedisValue>(
+        &self,
+        connection: &mut Connection,
+        keys: &[&str],
+        args: &[&str],
+    ) -> RedisResult<T> {
+        match ReadScript::command("EVALSHA_RO", &self.hash, keys, args)
+            .query_async(connection)
+            .await
+        {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                ReadScript::command("EVAL_RO", &self.code, keys, args)
+                    .query_async(connection)
+                    .await
+            }
+            result => result,
+        }
+    }
+
+    /// `<name> <script> <number of keys> <keys...> <args...>`.
+    fn command(name: &str, script: &str, keys: &[&str], args: &[&str]) -> redis::Cmd {
+        let mut command = redis::cmd(name);
+        command.arg(script).arg(keys.len()).arg(keys).arg(args);
+        command
+    }
+}
 
 /// A post as the view shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,13 +184,13 @@ impl View {
         limit: Option<usize>,
     ) -> RedisResult<Vec<PostView>> {
         let start = after.map_or("-".to_owned(), |id| format!("({id}"));
-        let limit = limit.map_or(-1, |limit| limit as i64);
+        let limit = limit.map_or(-1, |limit| limit as i64).to_string();
         let posts: Vec<(String, String, Vec<String>)> = READ_POSTS
-            .key(self.generations.pointer())
-            .arg(self.generations.prefix())
-            .arg(start)
-            .arg(limit)
-            .invoke_async(connection)
+            .read(
+                connection,
+                &[self.generations.pointer()],
+                &[self.generations.prefix(), &start, &limit],
+            )
             .await?;
         Ok(posts.into_iter().filter_map(post_view).collect())
     }
@@ -157,12 +202,11 @@ impl View {
         id: Uuid,
     ) -> RedisResult<Option<PostView>> {
         let posts: Vec<(String, String, Vec<String>)> = READ_POSTS
-            .key(self.generations.pointer())
-            .arg(self.generations.prefix())
-            .arg("ids")
-            .arg(0)
-            .arg(id.to_string())
-            .invoke_async(connection)
+            .read(
+                connection,
+                &[self.generations.pointer()],
+                &[self.generations.prefix(), "ids", "0", &id.to_string()],
+            )
             .await?;
         Ok(posts.into_iter().find_map(post_view))
     }
@@ -175,11 +219,15 @@ impl View {
         comment_id: Uuid,
     ) -> RedisResult<Option<Status>> {
         let view: Option<String> = READ_COMMENT
-            .key(self.generations.pointer())
-            .arg(self.generations.prefix())
-            .arg(post_id.to_string())
-            .arg(comment_id.to_string())
-            .invoke_async(connection)
+            .read(
+                connection,
+                &[self.generations.pointer()],
+                &[
+                    self.generations.prefix(),
+                    &post_id.to_string(),
+                    &comment_id.to_string(),
+                ],
+            )
             .await?;
         Ok(view
             .and_then(|view| serde_json::from_str::<CommentView>(&view).ok())
@@ -277,5 +325,21 @@ mod tests {
             ("0", "1")
         );
         assert!(apply_call(&Event::CommentModerated(comment(Status::Rejected))).is_none());
+    }
+
+    /// What a client's user needs besides `EVALSHA_RO` and `EVAL_RO` is this list (the README's
+    /// Security section gives it); `EVALSHA_RO` would refuse any write anyway.
+    #[test]
+    fn the_reads_are_flagged_no_writes_and_call_only_read_only_commands() {
+        for script in [&*READ_POSTS, &*READ_COMMENT] {
+            assert!(script.code.starts_with("#!lua flags=no-writes\n"));
+            for call in script.code.split("redis.call('").skip(1) {
+                let command = call.split('\'').next().unwrap();
+                assert!(
+                    ["GET", "ZRANGE", "HGET", "HVALS"].contains(&command),
+                    "{command} in a read script"
+                );
+            }
+        }
     }
 }

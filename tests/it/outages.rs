@@ -3,6 +3,8 @@
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
+use blogctl::keyspace::{Partition, Service};
+
 use crate::delivery::add_request;
 use crate::support::{Blog, PATIENCE, RedisServer, wait_until};
 
@@ -584,6 +586,135 @@ fn the_redis_password_is_never_printed_and_a_wrong_one_is_named() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("default:***@"), "{log}");
     assert!(!log.contains("s3cret"), "{log}");
+}
+
+/// A client whose Redis user may only read the query view lists and shows posts: the reads are
+/// read-only scripts (`EVALSHA_RO`, with `EVAL_RO` when Redis has not cached them), which need
+/// no write permission on the keys they name. The same user cannot write the view.
+#[test]
+fn a_client_that_may_only_read_the_view_lists_and_shows_posts_and_writes_nothing() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let post = blog.ok(&["post", "create", "Readable"]);
+    assert_eq!(blog.verdict(&post, "nice"), "approved");
+    let view = blog.wait_for_view(1, 1);
+    let query = blog.keys().service_pattern(Service::Query);
+    let read_view = format!("%R~{query}");
+    // The commands the read scripts call, and nothing for connecting but the password.
+    let reads = [
+        "+evalsha_ro",
+        "+eval_ro",
+        "+get",
+        "+zrange",
+        "+hget",
+        "+hvals",
+    ];
+    blog.redis
+        .add_user("reader", &[&[read_view.as_str()][..], &reads].concat());
+    // Nothing cached: the first read falls back to `EVAL_RO`, which caches the script.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    let list = blog.run_as("reader", &["post", "list", "--json"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&list.stdout).unwrap(),
+        view
+    );
+    for _ in 0..2 {
+        let show = blog.run_as("reader", &["post", "show", &post, "--json"]);
+        assert_eq!(show.code, 0, "{show:?}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&show.stdout).unwrap(),
+            view[0]
+        );
+    }
+    // One `EVAL_RO` after the flush, then one `EVALSHA_RO` per read: one round trip each.
+    let stats = blog.redis.command_stats();
+    let calls = |command: &str| {
+        stats
+            .get(command)
+            .map_or((0, 0), |fields| (fields["calls"], fields["failed_calls"]))
+    };
+    assert_eq!(calls("eval_ro"), (1, 0), "{stats:?}");
+    assert_eq!(calls("evalsha_ro"), (3, 1), "{stats:?}");
+    assert_eq!(calls("evalsha"), (0, 0), "{stats:?}");
+    assert_eq!(calls("eval"), (0, 0), "{stats:?}");
+
+    // Writing the view, or running a script that could write it, is refused.
+    let mut reader = blog.redis.connection_as("reader");
+    let post_key = blog
+        .keys()
+        .generation(Service::Query, Partition::FIRST, 0)
+        .view_post(&post);
+    let written: redis::RedisResult<i64> = redis::cmd("HSET")
+        .arg(&post_key)
+        .arg("title")
+        .arg("Defaced")
+        .query(&mut reader);
+    assert_eq!(written.unwrap_err().code(), Some("NOPERM"));
+    let written: redis::RedisResult<i64> = redis::cmd("EVAL")
+        .arg("return redis.call('HSET', KEYS[1], 'title', 'Defaced')")
+        .arg(1)
+        .arg(&post_key)
+        .query(&mut reader);
+    assert_eq!(written.unwrap_err().code(), Some("NOPERM"));
+    // Even allowed `HSET`, the user's read-only key pattern refuses it, and `EVALSHA` on a key
+    // it may only read.
+    blog.redis.add_user(
+        "reader",
+        &[&[read_view.as_str(), "+hset", "+evalsha"][..], &reads].concat(),
+    );
+    let mut reader = blog.redis.connection_as("reader");
+    let written: redis::RedisResult<i64> = redis::cmd("HSET")
+        .arg(&post_key)
+        .arg("title")
+        .arg("Defaced")
+        .query(&mut reader);
+    assert_eq!(written.unwrap_err().code(), Some("NOPERM"));
+    let pointer = blog
+        .keys()
+        .generation_pointer(Service::Query, Partition::FIRST);
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("#!lua flags=no-writes\nreturn redis.call('GET', KEYS[1])")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    let read: redis::RedisResult<Option<String>> = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(1)
+        .arg(&pointer)
+        .query(&mut reader);
+    assert_eq!(read.unwrap_err().code(), Some("NOPERM"), "EVALSHA would do");
+    assert_eq!(blog.view(), view, "the view changed");
+
+    // A client that creates posts and comments, its view read-only, waits on the view too.
+    blog.redis.add_user(
+        "writer",
+        &[
+            &format!("~{}", blog.keys().service_pattern(Service::Posts)),
+            &format!("~{}", blog.keys().service_pattern(Service::Comments)),
+            &format!("~{}", blog.keys().reply(Partition::FIRST, "*")),
+            &read_view,
+            "+@all",
+        ],
+    );
+    let created = blog.run_as("writer", &["post", "create", "--wait", "Written"]);
+    assert_eq!(created.code, 0, "{created:?}");
+    let commented = blog.run_as(
+        "writer",
+        &["comment", "create", "--wait", created.stdout.trim(), "fine"],
+    );
+    assert_eq!(commented.code, 0, "{commented:?}");
+    assert!(
+        commented.stdout.trim().ends_with(" approved"),
+        "{commented:?}"
+    );
 }
 
 /// Runs openssl, which must succeed.

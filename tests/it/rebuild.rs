@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use blogctl::keyspace::{Partition, Service};
+
 use crate::support::{Blog, PATIENCE, wait_until};
 
 /// A small blog: posts with approved and rejected comments, all settled.
@@ -128,6 +130,31 @@ fn a_rebuild_under_load_loses_nothing_written_meanwhile() {
     assert_eq!(busy["comments"].as_array().unwrap().len(), 40);
 }
 
+/// Runs `blogctl rebuild <args>` as a Redis user that may neither `SCAN` nor `KEYS`, and checks
+/// Redis ran neither meanwhile; returns its stdout.
+fn rebuild_without_scanning(blog: &Blog, args: &[&str]) -> String {
+    blog.redis
+        .add_user("rebuilder", &["~*", "+@all", "-scan", "-keys"]);
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    let run = blog.run_as("rebuilder", &[&["rebuild"][..], args].concat());
+    assert_eq!(run.code, 0, "{run:?}");
+    let stats = blog.redis.command_stats();
+    assert!(
+        !stats.contains_key("scan") && !stats.contains_key("keys"),
+        "{stats:?}"
+    );
+    run.stdout
+}
+
+/// The comments state's generation `number`.
+fn comments_generation(blog: &Blog, number: u64) -> blogctl::keyspace::Generation {
+    blog.keys()
+        .generation(Service::Comments, Partition::FIRST, number)
+}
+
 #[test]
 fn rebuilt_comments_state_equals_the_live_one() {
     let blog = Blog::new();
@@ -135,8 +162,16 @@ fn rebuilt_comments_state_equals_the_live_one() {
     story(&blog);
     let live = dump(&blog, &blog.generation("comments", 0));
     assert!(live.len() > 20, "{live:?}");
+    // The index lists each comment of the generation.
+    let comment_keys: Vec<String> = live
+        .keys()
+        .filter_map(|key| key.strip_prefix("comment:"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(comment_keys.len(), 20);
+    assert_eq!(live["comments"], format!("{comment_keys:?}"));
 
-    blog.ok(&["rebuild", "comments"]);
+    rebuild_without_scanning(&blog, &["comments"]);
     assert_eq!(dump(&blog, &blog.generation("comments", 1)), live);
     assert!(dump(&blog, &blog.generation("comments", 0)).is_empty());
     // The comments service goes on from the new generation: it still knows every post.
@@ -313,4 +348,122 @@ fn a_log_of_events_that_change_nothing_rebuilds_to_an_empty_view() {
     assert_eq!(report["events"], 3);
     assert_eq!(report["skipped"], 3);
     assert!(dump(&blog, &blog.generation("query", 1)).is_empty());
+}
+
+/// A generation an earlier version wrote has no index of its comments, or one begun at the
+/// upgrade: the rebuild completes it from the log, and the old generation is dropped whole.
+#[test]
+fn a_comments_generation_written_without_an_index_is_dropped_whole() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let view = story(&blog);
+    // As an earlier version left it: no index. Then one comment by this version, indexed.
+    let old = comments_generation(&blog, 0);
+    let _: () = redis::cmd("DEL")
+        .arg(old.comment_ids())
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    let post = view[0]["id"].as_str().unwrap();
+    assert_eq!(blog.verdict(post, "after the upgrade"), "approved");
+    let mut live = dump(&blog, old.base());
+    assert_eq!(
+        live.keys()
+            .filter(|key| key.starts_with("comment:"))
+            .count(),
+        21
+    );
+    let begun: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(old.comment_ids())
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    assert_eq!(begun.len(), 1, "{begun:?}");
+
+    rebuild_without_scanning(&blog, &["comments"]);
+    let left = dump(&blog, old.base());
+    assert!(left.is_empty(), "left of the old generation: {left:?}");
+    // The new generation indexes every comment.
+    let rebuilt = dump(&blog, &blog.generation("comments", 1));
+    let mut ids: Vec<&str> = rebuilt
+        .keys()
+        .filter_map(|key| key.strip_prefix("comment:"))
+        .collect();
+    ids.sort();
+    assert_eq!(rebuilt["comments"], format!("{ids:?}"));
+    live.remove("comments");
+    let mut rebuilt = rebuilt;
+    rebuilt.remove("comments");
+    assert_eq!(rebuilt, live);
+}
+
+/// When the counter of generation numbers is lost, the next number may be one a rebuild that
+/// died was filling: what that rebuild wrote is dropped before the number is filled again,
+/// through the comments state's index (never scanning), and by a scan for the view's keys (a
+/// half-built view may hold comments of posts it does not list yet).
+#[test]
+fn a_generation_a_dead_rebuild_left_is_dropped_before_its_number_is_used_again() {
+    let blog = Blog::new();
+    let _services = blog.serve(&["all"]);
+    let view = story(&blog);
+    // Both states live in generation 1; a rebuild that died was filling generation 2.
+    blog.ok(&["rebuild", "comments"]);
+    blog.ok(&["rebuild", "query"]);
+    let post = view[0]["id"].as_str().unwrap();
+    let stranger = uuid::Uuid::now_v7().to_string();
+    let mut connection = blog.redis.connection();
+    // What the dead rebuild wrote: a comment of its own, a post, and of the view a post with
+    // its comments and a comment on a real post.
+    let dead = comments_generation(&blog, 2);
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(dead.comment(&stranger))
+        .arg(&[("id", stranger.as_str()), ("status", "pending")])
+        .cmd("SADD")
+        .arg(dead.comment_ids())
+        .arg(&stranger)
+        .cmd("SADD")
+        .arg(dead.known_posts())
+        .arg(&stranger)
+        .query(&mut connection)
+        .unwrap();
+    let dead_view = blog.keys().generation(Service::Query, Partition::FIRST, 2);
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(dead_view.view_post(&stranger))
+        .arg(&[("id", stranger.as_str()), ("title", "Half-built")])
+        .cmd("ZADD")
+        .arg(dead_view.view_posts())
+        .arg(0)
+        .arg(&stranger)
+        .cmd("HSET")
+        .arg(dead_view.view_comments(&stranger))
+        .arg(&stranger)
+        .arg("{}")
+        .cmd("HSET")
+        .arg(dead_view.view_comments(post))
+        .arg(&stranger)
+        .arg("{}")
+        .query(&mut connection)
+        .unwrap();
+    for service in [Service::Comments, Service::Query] {
+        let _: () = redis::cmd("DEL")
+            .arg(blog.keys().generation_counter(service, Partition::FIRST))
+            .query(&mut connection)
+            .unwrap();
+    }
+    for target in ["comments", "query"] {
+        let live = dump(&blog, &blog.generation(target, 1));
+        let report = match target {
+            "comments" => rebuild_without_scanning(&blog, &[target, "--json"]),
+            _ => blog.ok(&["rebuild", target, "--json"]),
+        };
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(report["generation"], 2);
+        assert_eq!(
+            dump(&blog, &blog.generation(target, 2)),
+            live,
+            "{target}: the dead rebuild's keys are left"
+        );
+        assert!(dump(&blog, &blog.generation(target, 1)).is_empty());
+    }
+    assert_eq!(blog.view(), view);
 }

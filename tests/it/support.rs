@@ -1,5 +1,6 @@
 //! Test helpers: a private redis-server per test, the real `blogctl` binary, polling.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -58,6 +59,58 @@ impl RedisServer {
             .unwrap()
             .get_connection()
             .expect("connect to test redis")
+    }
+
+    /// The URL that logs in as `user` (made by [`RedisServer::add_user`]).
+    pub fn url_as(&self, user: &str) -> String {
+        format!(
+            "redis://{user}:{}@127.0.0.1:{}",
+            password_of(user),
+            self.port
+        )
+    }
+
+    /// A connection as `user` (made by [`RedisServer::add_user`]).
+    pub fn connection_as(&self, user: &str) -> redis::Connection {
+        redis::Client::open(self.url_as(user))
+            .unwrap()
+            .get_connection()
+            .expect("connect to test redis as a user")
+    }
+
+    /// Creates a Redis user with `ACL SETUSER`, as the default user: on, with a password of its
+    /// own, allowed `rules` (ACL rules such as `%R~<pattern>` or `+get`) and nothing else.
+    pub fn add_user(&self, user: &str, rules: &[&str]) {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg("reset")
+            .arg("on")
+            .arg(format!(">{}", password_of(user)))
+            .arg(rules)
+            .query(&mut self.connection())
+            .unwrap();
+    }
+
+    /// `INFO commandstats`: for each command Redis ran since its start (or `CONFIG RESETSTAT`),
+    /// by name (`evalsha_ro`, `client|setinfo`), the fields of its line (`calls`, `failed_calls`).
+    pub fn command_stats(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection())
+            .unwrap();
+        info.lines()
+            .filter_map(|line| line.strip_prefix("cmdstat_"))
+            .filter_map(|line| line.trim().split_once(':'))
+            .map(|(command, fields)| {
+                let fields = fields
+                    .split(',')
+                    .filter_map(|field| field.split_once('='))
+                    .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+                    .collect();
+                (command.to_owned(), fields)
+            })
+            .collect()
     }
 
     /// Waits until our own child answers on the port, ready (PING, so not while it loads its
@@ -165,6 +218,11 @@ fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (scripts/test.sh installs it)")
+}
+
+/// The password [`RedisServer::add_user`] gives `user`.
+fn password_of(user: &str) -> String {
+    format!("{user}-s3cret")
 }
 
 /// A port nobody listens on right now.
@@ -315,6 +373,16 @@ impl Blog {
     /// Runs a client command to completion.
     pub fn run(&self, args: &[&str]) -> Run {
         self.command_for(args)
+            .args(args)
+            .output()
+            .expect("run blogctl")
+            .into()
+    }
+
+    /// Runs a client command as Redis user `user` (made by [`RedisServer::add_user`]).
+    pub fn run_as(&self, user: &str, args: &[&str]) -> Run {
+        self.command()
+            .env("BLOGCTL_REDIS_URL", self.redis.url_as(user))
             .args(args)
             .output()
             .expect("run blogctl")
