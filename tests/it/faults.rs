@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Blog, PATIENCE, PRODUCERS, RedisServer, Rng, Service, signal, wait_until};
+use crate::support::{Blog, PATIENCE, PRODUCERS, Rng, Service, signal, wait_until};
 
 const COMMENTS_PER_POST: usize = 10;
 const WORKERS: usize = 4;
@@ -179,12 +179,8 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
 
     // Redis is killed (SIGKILL) once, so it runs with `appendfsync always`: with `everysec` a
     // crashed Redis may lose the last second or two of acknowledged writes (see the README).
-    let blog = Blog::on(RedisServer::start_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-    ]));
+    // Every process runs as its own Redis user (`blogctl acl`).
+    let blog = Blog::with_users_and(&["--appendonly", "yes", "--appendfsync", "always"]);
     let slots: Mutex<Vec<Slot>> = Mutex::new(
         [
             ("posts", "a"),
@@ -497,6 +493,13 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
         "tries left counted (seed {seed}): {:?}",
         services.map(|service| (service, attempts(service)))
     );
+    // No process was refused anything by its Redis user (since Redis's restart, which empties
+    // the log).
+    let refused: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    assert!(refused.is_empty(), "refused by Redis's ACL: {refused:?}");
 
     println!(
         "fault suite passed: seed {seed}, in {:.1}s",

@@ -307,6 +307,11 @@ impl Blog {
     /// that service's user, client commands as the client's, operator commands as the
     /// operator's.
     pub fn with_users() -> Blog {
+        Blog::with_users_and(&[])
+    }
+
+    /// [`Blog::with_users`] with extra `redis-server` arguments.
+    pub fn with_users_and(extra: &[&str]) -> Blog {
         let passwords = tempfile::tempdir().unwrap();
         let acl = blogctl("redis://127.0.0.1:1", "blog")
             .args(["acl", "--passwords"])
@@ -321,7 +326,9 @@ impl Blog {
             format!("user default on nopass ~* &* +@all\n{rules}"),
         )
         .unwrap();
-        let redis = RedisServer::start_with(&["--aclfile", file.to_str().unwrap()]);
+        let mut args = vec!["--aclfile", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let redis = RedisServer::start_with(&args);
         Blog {
             passwords: Some(passwords),
             ..Blog::on(redis)

@@ -21,7 +21,7 @@ fn the_story_runs_with_a_redis_user_per_process() {
         .run(&["status", "--check"])
         .code
         == 0));
-    assert_eq!(blog.ok(&["events", "list"]).lines().count(), 5);
+    assert_eq!(blog.ok(&["events", "list"]).lines().count(), 7);
     assert!(blog.ok(&["dead", "list"]).contains("no dead letters"));
     blog.ok(&["rebuild", "query"]);
     blog.ok(&["rebuild", "comments"]);
