@@ -101,6 +101,17 @@ pub fn hint(report: &color_eyre::Report) -> Option<&'static str> {
 
 /// Redis is up but refuses commands: a condition to wait out or fix, not a bug.
 fn refusal_hint(error: &redis::RedisError) -> Option<&'static str> {
+    // A script's command that the user may not run fails with ERR and this text.
+    let script_refused = error
+        .detail()
+        .is_some_and(|detail| detail.starts_with("The user executing the script can't"));
+    let no_permission = error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm);
+    if script_refused || no_permission {
+        return Some(
+            "Redis's ACL does not permit this to the user: run each process as the user \
+             `blogctl acl` made for it (--redis-url redis://<user>@..., --redis-password-file)",
+        );
+    }
     match error.code()? {
         "OOM" => Some("Redis is full (maxmemory reached): free memory or raise maxmemory"),
         "READONLY" => Some("Redis is read-only (a replica?): point --redis-url at the primary"),

@@ -147,6 +147,12 @@ fn each_user_is_refused_outside_its_keys() {
             "{user} could {what}: {refusal:?}"
         );
     }
+    // A process run as the wrong user says so, with exit code 4.
+    let status = blog.command_as("blog-client").arg("status").output().unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("ACL does not permit"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     // Nothing of it reached a stream.
     assert_eq!(blog.events_count(), 0);
     // And each user may do its own work: moderation publishes on its own stream.
