@@ -463,9 +463,16 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
     let mut dead_sorted = dead_ids.clone();
     expected.sort();
     dead_sorted.sort();
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|(_, fields)| {
+            let field = |name: &str| fields.iter().find(|(k, _)| k == name).unwrap().1.clone();
+            format!("{} {}: {}", field("stream"), field("id"), field("reason"))
+        })
+        .collect();
     assert_eq!(
         dead_sorted, expected,
-        "dead letters are not exactly the poison (seed {seed})"
+        "dead letters are not exactly the poison (seed {seed}): {reasons:#?}"
     );
     for service in ["posts", "comments"] {
         let inbox = blog.inbox(service);
