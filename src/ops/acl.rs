@@ -49,7 +49,7 @@ const SERVICE: &str = "+evalsha +eval +script|load +time +xreadgroup +xack +xadd
 /// What a service runs on the streams it follows (in a selector with its own keys, so that a
 /// step's script, which names the followed stream and its own keys, fits it as a whole): no
 /// command that adds to them. `type` and `memory|usage` are for its health check.
-const FOLLOWER: &str = "+evalsha +eval +xreadgroup +xack +xrange +xlen +xinfo|groups \
+const FOLLOWER: &str = "+evalsha +eval +xreadgroup +xack +xrange +xrevrange +xlen +xinfo|groups \
     +xinfo|consumers +xinfo|stream +xgroup|create +xgroup|createconsumer +xgroup|delconsumer \
     +xautoclaim +xclaim +xpending +type +memory|usage";
 
