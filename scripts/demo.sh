@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The blogctl demo: the four services on Redis streams, one per producer, driven from the shell.
 #
-# Starts a private redis-server on a free loopback port (AOF on, everysec) unless
-# BLOGCTL_REDIS_URL points at one, runs `blogctl serve all`, tells a short story with the client,
-# prints the view, and stops everything it started. BLOGCTL_BIN: use this binary instead of
-# building one. Works from any directory.
+# Makes a Redis user per process (`blogctl acl`, passwords in a temporary directory), starts a
+# private redis-server with that ACL file on a free loopback port (AOF on, everysec), runs each
+# service as a process of its own, as its own user, tells a short story with the client (as the
+# client's user) and the operator (as the operator's), shows Redis refusing a service what is
+# not its own, and stops everything it started. With BLOGCTL_REDIS_URL pointing at a Redis, it
+# uses that one instead, every process as the URL's user (it cannot load an ACL file there).
+# BLOGCTL_BIN: use this binary instead of building one. Works from any directory.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,7 +17,9 @@ source scripts/ensure-redis.sh
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/blogctl-demo.XXXXXX")
 redis_pid=""
-serve_pid=""
+# One process per service, in the order of $services.
+services=(posts comments moderation query)
+service_pids=()
 
 # Waits for a child process to exit, up to $2 seconds; true when it did.
 wait_for_exit() {
@@ -46,11 +51,17 @@ cleanup() {
     # A second Ctrl-C must not cut the clean-up short.
     trap - EXIT
     trap '' INT TERM
-    stop "$serve_pid" "blogctl serve"
+    local index
+    for index in "${!service_pids[@]}"; do
+        stop "${service_pids[$index]}" "blogctl serve ${services[$index]}"
+    done
     stop "$redis_pid" "redis-server"
-    if ((status != 0)) && [[ -s $workdir/serve.log ]]; then
-        echo "demo: failed (exit code $status); the services' log:" >&2
-        tail -n 30 "$workdir/serve.log" >&2
+    if ((status != 0)); then
+        echo "demo: failed (exit code $status)" >&2
+        for index in "${!service_pids[@]}"; do
+            echo "demo: the log of blogctl serve ${services[$index]}:" >&2
+            tail -n 15 "$workdir/${services[$index]}.log" >&2 || true
+        done
     fi
     rm -rf "$workdir"
     exit "$status"
@@ -92,9 +103,11 @@ if [[ ! -x $bin ]]; then
     echo "demo: error: no blogctl binary at $bin (set BLOGCTL_BIN to the one to use)" >&2
     exit 1
 fi
-blogctl() { "$bin" "$@"; }
 
-# --- Redis --------------------------------------------------------------------------------
+# --- Redis and its users ----------------------------------------------------------------
+# Its own namespace, so the demo never mixes with a blog already in that Redis.
+export BLOGCTL_NAMESPACE="demo-$$"
+
 free_port() {
     if command -v python3 >/dev/null 2>&1; then
         python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -103,22 +116,51 @@ free_port() {
     fi
 }
 
-# Ready once the client can read from it; the client's last error is kept for the report.
-redis_ready() { blogctl post list >/dev/null 2>"$workdir/ready.err"; }
+# With users (a private Redis), each role runs as `<namespace>-<role>`, with its password file.
+users=0
+secrets=$workdir/secrets
+port=""
+
+# Sets role_env to the environment a process of ROLE (a service, client or operator) runs with:
+# its Redis user and password file, when the demo made users.
+role_env() {
+    role_env=()
+    if ((users)); then
+        role_env=(
+            "BLOGCTL_REDIS_URL=redis://$BLOGCTL_NAMESPACE-$1@127.0.0.1:$port"
+            "BLOGCTL_REDIS_PASSWORD_FILE=$secrets/$BLOGCTL_NAMESPACE-$1.password"
+        )
+    fi
+}
+
+# blogctl as the user of its command: `post` and `comment` the client's, any other the operator's.
+blogctl() {
+    local role=operator
+    case $1 in post | comment) role=client ;; esac
+    role_env "$role"
+    env ${role_env[@]+"${role_env[@]}"} "$bin" "$@"
+}
+
+# Ready once the operator can read from it; its last error is kept for the report.
+redis_ready() { blogctl status >/dev/null 2>"$workdir/ready.err"; }
 
 if [[ -n ${BLOGCTL_REDIS_URL:-} ]]; then
-    echo "demo: using the Redis at $BLOGCTL_REDIS_URL" >&2
+    echo "demo: using the Redis at $BLOGCTL_REDIS_URL, every process as its user" >&2
     wait_until 5 "Redis at $BLOGCTL_REDIS_URL" redis_ready
 else
     ensure_redis
+    # A user per process: the file Redis loads holds the hashes of their passwords, and turns
+    # Redis's `default` user off.
+    "$bin" acl --passwords "$secrets" >"$workdir/users.acl" 2>/dev/null
+    users=1
+    echo "demo: made a Redis user per process: blogctl acl --passwords $secrets > users.acl" >&2
     for _ in 1 2 3 4 5; do
         port=$(free_port)
         # Never the shared 6379.
         [[ $port == 6379 ]] && continue
-        export BLOGCTL_REDIS_URL="redis://127.0.0.1:$port"
         redis-server --bind 127.0.0.1 --port "$port" --dir "$workdir" \
             --appendonly yes --appendfsync everysec --save '' \
-            --logfile "$workdir/redis.log" &
+            --aclfile "$workdir/users.acl" --logfile "$workdir/redis.log" &
         redis_pid=$!
         # A port someone took meanwhile makes it exit: then try another.
         deadline=$((SECONDS + 10))
@@ -139,25 +181,35 @@ else
         tail -n 20 "$workdir/redis.log" >&2 || true
         exit 1
     fi
-    echo "demo: started a private redis-server at $BLOGCTL_REDIS_URL (AOF, fsync every second)" >&2
+    echo "demo: started a private redis-server on 127.0.0.1:$port (AOF, fsync every second) with that ACL file" >&2
 fi
-# Its own namespace, so the demo never mixes with a blog already in that Redis.
-export BLOGCTL_NAMESPACE="demo-$$"
 
 # --- the services -------------------------------------------------------------------------
-# The binary itself, not the `blogctl` function: $! must be its pid, for the trap to stop it.
-RUST_LOG=info "$bin" serve all >"$workdir/serve.log" 2>&1 &
-serve_pid=$!
-# Ready when each of the four services has said it started (and the process is still up).
+# Each service a process of its own, as its own user. Started through `env`, which becomes the
+# binary: $! must be its pid, for the trap to stop it.
+for service in "${services[@]}"; do
+    role_env "$service"
+    env ${role_env[@]+"${role_env[@]}"} RUST_LOG=info "$bin" serve "$service" \
+        >"$workdir/$service.log" 2>&1 &
+    service_pids+=("$!")
+done
+# Ready when each service has said it started (and its process is still up).
 services_started() {
-    kill -0 "$serve_pid" 2>/dev/null || {
-        echo "demo: blogctl serve all exited" >&2
-        exit 1
-    }
-    (($(grep -c ' started' "$workdir/serve.log" || true) >= 4))
+    local index
+    for index in "${!services[@]}"; do
+        kill -0 "${service_pids[$index]}" 2>/dev/null || {
+            echo "demo: blogctl serve ${services[$index]} exited" >&2
+            exit 1
+        }
+        grep -q ' started' "$workdir/${services[$index]}.log" || return 1
+    done
 }
 wait_until 15 "the four services to start" services_started
-echo "demo: blogctl serve all is running (pid $serve_pid, namespace $BLOGCTL_NAMESPACE)" >&2
+if ((users)); then
+    echo "demo: the four services are running, each as its own user ($BLOGCTL_NAMESPACE-posts, ...)" >&2
+else
+    echo "demo: the four services are running (namespace $BLOGCTL_NAMESPACE)" >&2
+fi
 
 # --- the story ----------------------------------------------------------------------------
 # Shows a command as typed, runs it, prints its output, keeps it in $output, returns its exit code.
@@ -172,6 +224,11 @@ show() {
     [[ -z $output ]] || printf '%s\n' "$output"
     return "$status"
 }
+
+if ((users)); then
+    printf '\n# The commands below run as %s (post, comment) and %s (the others).\n' \
+        "$BLOGCTL_NAMESPACE-client" "$BLOGCTL_NAMESPACE-operator"
+fi
 
 show post create --wait "Hello, event-driven world"
 post1=$output
@@ -197,6 +254,21 @@ show post list
 printf '\n# What the services did, as an operator sees it:\n'
 show status
 show events list --count 6
+
+if ((users)) && command -v redis-cli >/dev/null 2>&1; then
+    printf '\n# Redis refuses a user what is not its own: the query service reads the posts'"'"' stream,\n'
+    printf '# and may not add to it (only the posts service writes its events):\n'
+    query_user=$BLOGCTL_NAMESPACE-query
+    stream="$BLOGCTL_NAMESPACE:posts:{$BLOGCTL_NAMESPACE.0}:events"
+    printf '\n$ redis-cli --user %s XADD "%s" "*" type PostCreated data "{}"\n' "$query_user" "$stream"
+    refusal=$(REDISCLI_AUTH=$(head -n 1 "$secrets/$query_user.password") \
+        redis-cli -p "$port" --user "$query_user" XADD "$stream" '*' type PostCreated data '{}' 2>&1)
+    printf '%s\n' "$refusal"
+    if [[ $refusal != NOPERM* ]]; then
+        echo "demo: expected Redis to refuse $query_user an XADD to $stream" >&2
+        exit 1
+    fi
+fi
 
 printf '\n# Done. To go on, start a Redis and the services yourself and follow the README'"'"'s Tour\n'
 printf '# (README.md, "Tour"): blogctl serve all & blogctl post create "Hello" ...\n'

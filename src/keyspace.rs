@@ -103,6 +103,11 @@ impl Keys {
         format!("{}:events:{}", self.namespace, self.tag(partition))
     }
 
+    /// A pattern matching the shared events stream of earlier versions in every partition.
+    pub fn shared_events_pattern(&self) -> String {
+        format!("{}:events:{{{}.*}}", self.namespace, self.namespace)
+    }
+
     /// Dead letters: `<ns>:dead:{<ns>.<p>}`.
     pub fn dead(&self, partition: Partition) -> String {
         format!("{}:dead:{}", self.namespace, self.tag(partition))

@@ -116,7 +116,8 @@ pub enum Command {
     /// Archive, then remove, the events every group has acknowledged.
     #[command(after_help = r#"Example: blogctl trim --archive archive/ --yes"#)]
     Trim(ops::trim::TrimArgs),
-    /// Print a Redis ACL file: a user per service, one for clients, one for operators.
+    /// Print a Redis ACL file: a user per service, one for clients, one for operators, and
+    /// the `default` user off.
     #[command(
         after_help = r#"Example: blogctl acl --passwords secrets > users.acl && redis-server --aclfile users.acl"#
     )]

@@ -7,12 +7,17 @@
 //! - a **service** reads and writes its own keys (`<ns>:<service>:*`, its own events stream
 //!   included), adds dead letters and answers (`<ns>:dead:*`, `<ns>:replies:*`); a selector lets it
 //!   read, acknowledge and claim entries of the streams it follows, and run its steps over them,
-//!   but no command that adds to them;
+//!   but no command that adds to them; it may also read what its own health check
+//!   (`status --check --service <name>`) looks at: the size of those streams and the shared
+//!   stream of earlier versions, read-only;
 //! - the **client** adds requests to the inboxes (by a script that also reads the posts' stream's
 //!   last id), waits for and marks reply keys, and reads the query view with read-only scripts
 //!   (`EVALSHA_RO`) and read-only key patterns;
 //! - the **operator** may run any command but the dangerous and administrative ones, on the
-//!   namespace's keys only.
+//!   namespace's keys only;
+//! - Redis's **`default`** user (what a connection is before `AUTH`) is off in the file, since
+//!   Redis would add an open one (no password, every command) in its place; an administrator
+//!   who wants one adds their own user to the file.
 //!
 //! What ACLs cannot stop: group names are not keys, so a service may acknowledge or claim
 //! another group's entries on a stream it follows; and a service may create a group on such a
@@ -33,19 +38,20 @@ use crate::services;
 /// Commands every user needs to connect and to tell what the server is.
 const CONNECT: &str = "+ping +hello +auth +client|setname +client|id +select +info";
 
-/// What a service runs on its own keys, including what its scripts call.
+/// What a service runs on its own keys, including what its scripts call, and what its health
+/// check (`status --check --service <name>`) reads.
 const SERVICE: &str = "+evalsha +eval +script|load +time +xreadgroup +xack +xadd +xdel +xrange \
     +xrevrange +xlen +xinfo|groups +xinfo|consumers +xinfo|stream +xgroup|create \
     +xgroup|createconsumer +xgroup|delconsumer +xautoclaim +xclaim +xpending +get +set +del \
-    +unlink +exists +type +expire +pexpire +hget +hset +hsetnx +hdel +hincrby +hgetall +sadd \
-    +sismember +zadd +rpush +lpush";
+    +unlink +exists +type +memory|usage +expire +pexpire +hget +hset +hsetnx +hdel +hincrby \
+    +hgetall +sadd +sismember +zadd +rpush +lpush";
 
 /// What a service runs on the streams it follows (in a selector with its own keys, so that a
 /// step's script, which names the followed stream and its own keys, fits it as a whole): no
-/// command that adds to them.
-const FOLLOWER: &str = "+evalsha +eval +xreadgroup +xack +xrange +xlen +xinfo|groups \
+/// command that adds to them. `type` and `memory|usage` are for its health check.
+const FOLLOWER: &str = "+evalsha +eval +xreadgroup +xack +xrange +xrevrange +xlen +xinfo|groups \
     +xinfo|consumers +xinfo|stream +xgroup|create +xgroup|createconsumer +xgroup|delconsumer \
-    +xautoclaim +xclaim +xpending";
+    +xautoclaim +xclaim +xpending +type +memory|usage";
 
 /// What the client runs: add a request (to an inbox, by a script reading the posts' stream),
 /// wait for its answer, mark it given up, read the view with read-only scripts.
@@ -66,10 +72,14 @@ pub struct AclArgs {
     /// a missing one is created with a random password, readable by its owner only.
     #[arg(long, value_name = "DIR")]
     pub passwords: PathBuf,
-    /// Print `ACL SETUSER` commands (for `redis-cli`) instead of the lines of an ACL file.
+    /// Print `ACL SETUSER` commands (for `redis-cli`) instead of the lines of an ACL file
+    /// (which also turns Redis's `default` user off; these leave it as it is).
     #[arg(long)]
     pub setuser: bool,
 }
+
+/// The user Redis authenticates a connection as before `AUTH`.
+const DEFAULT_USER: &str = "default";
 
 /// One user of the model: its name and its rules, password aside.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +131,12 @@ fn service_rules(keys: &Keys, service: Service) -> String {
     ];
     let patterns =
         |list: &[String]| -> String { list.iter().map(|pattern| format!(" ~{pattern}")).collect() };
-    let mut rules = format!("{CONNECT} {SERVICE}{}", patterns(&own));
+    // Its health check looks for entries left on the shared stream of earlier versions.
+    let mut rules = format!(
+        "{CONNECT} {SERVICE}{} %R~{}",
+        patterns(&own),
+        keys.shared_events_pattern()
+    );
     let followed: Vec<String> = services::follows(service)
         .iter()
         .map(|&producer| keys.events_pattern(producer))
@@ -161,9 +176,21 @@ fn client_rules(keys: &Keys) -> String {
 }
 
 pub fn run(keys: &Keys, args: &AclArgs) -> Result<()> {
-    let users = users(keys);
+    for line in lines(keys, args)? {
+        print_line(&line)?;
+    }
+    Ok(())
+}
+
+/// What `run` prints: the ACL file's lines, or the `ACL SETUSER` commands.
+fn lines(keys: &Keys, args: &AclArgs) -> Result<Vec<String>> {
     let mut lines = Vec::new();
-    for user in &users {
+    if !args.setuser {
+        // Redis adds a `default` user the file does not name, and that one is open: on, no
+        // password, every command and key.
+        lines.push(format!("user {DEFAULT_USER} off"));
+    }
+    for user in &users(keys) {
         let password = password(&args.passwords, &user.name)?;
         let hash = sha256_hex(password.as_bytes());
         lines.push(if args.setuser {
@@ -175,10 +202,7 @@ pub fn run(keys: &Keys, args: &AclArgs) -> Result<()> {
             format!("user {} on #{hash} resetchannels {}", user.name, user.rules)
         });
     }
-    for line in lines {
-        print_line(&line)?;
-    }
-    Ok(())
+    Ok(lines)
 }
 
 /// The password of `user`, from `<directory>/<user>.password`, created when missing.
@@ -266,6 +290,29 @@ mod tests {
         assert!(client.contains(" ~blog:posts:{blog.*}:inbox"));
         assert!(client.contains(" ~blog:comments:{blog.*}:inbox"));
         assert!(client.contains("%R~blog:posts:{blog.*}:events"));
+    }
+
+    #[test]
+    fn the_file_turns_the_default_user_off_and_setuser_leaves_it() {
+        let keys = Keys::new("blog").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let args = |setuser| AclArgs {
+            passwords: dir.path().to_owned(),
+            setuser,
+        };
+        let file = lines(&keys, &args(false)).unwrap();
+        assert_eq!(file[0], "user default off");
+        assert_eq!(file.len(), 7, "{file:?}");
+        assert!(file[1..].iter().all(|line| line.starts_with("user blog-")));
+        let setuser = lines(&keys, &args(true)).unwrap();
+        assert_eq!(setuser.len(), 6);
+        assert!(!setuser.iter().any(|line| line.contains("default")));
+        // The same passwords, kept in their files.
+        assert_eq!(file[1..].len(), setuser.len());
+        for (line, command) in file[1..].iter().zip(&setuser) {
+            let hash = |text: &str| text.split(" #").nth(1).unwrap()[..64].to_owned();
+            assert_eq!(hash(line), hash(command));
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Blog, PATIENCE, compose_lists, producer_of, signal, wait_until};
+use crate::support::{Blog, PATIENCE, producer_of, signal, wait_until};
 
 /// The groups the services read with: (stream, group).
 fn expected_groups(blog: &Blog) -> Vec<(String, &'static str)> {
@@ -1050,34 +1050,6 @@ fn completions_are_generated_for_each_shell() {
         );
     }
     assert_eq!(blog.run(&["completions", "tcsh"]).code, 2);
-}
-
-/// The healthcheck of each service in docker-compose.yml: `blogctl` arguments.
-fn compose_healthchecks() -> Vec<Vec<String>> {
-    compose_lists("test:")
-        .into_iter()
-        .filter(|test| test.get(1).is_some_and(|program| program == "blogctl"))
-        .map(|test| test[2..].to_vec())
-        .collect()
-}
-
-#[test]
-fn compose_healthchecks_fail_until_the_services_run_then_pass() {
-    let checks = compose_healthchecks();
-    assert_eq!(checks.len(), 4, "one healthcheck per service: {checks:?}");
-    let blog = Blog::new();
-    for check in &checks {
-        let args: Vec<&str> = check.iter().map(String::as_str).collect();
-        assert_eq!(blog.run(&args).code, 6, "{check:?} before the service ran");
-    }
-    let _services = blog.serve(&["all"]);
-    blog.ok(&["post", "create", "--wait", "Healthy"]);
-    wait_until_caught_up(&blog);
-    for check in &checks {
-        let args: Vec<&str> = check.iter().map(String::as_str).collect();
-        let run = blog.run(&args);
-        assert_eq!(run.code, 0, "{check:?}: {run:?}");
-    }
 }
 
 #[test]

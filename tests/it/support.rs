@@ -19,6 +19,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct RedisServer {
     pub port: u16,
     args: Vec<String>,
+    /// `user:password@` to probe it with, when its `default` user is off.
+    credentials: String,
     process: Mutex<Child>,
     dir: tempfile::TempDir,
 }
@@ -30,6 +32,17 @@ impl RedisServer {
 
     /// Starts with extra `redis-server` arguments (e.g. `--appendonly yes`).
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_probed_as(extra, "")
+    }
+
+    /// Starts with extra arguments that turn the `default` user off (an `--aclfile`): it is
+    /// probed as `user`, with the password in `password_file`.
+    pub fn start_with_user(extra: &[&str], user: &str, password_file: &Path) -> RedisServer {
+        let password = std::fs::read_to_string(password_file).unwrap();
+        RedisServer::start_probed_as(extra, &format!("{user}:{}@", password.trim()))
+    }
+
+    fn start_probed_as(extra: &[&str], credentials: &str) -> RedisServer {
         for _ in 0..10 {
             let dir = tempfile::tempdir().expect("temp dir");
             // The port is free when probed but not held: another test may bind it before this
@@ -40,6 +53,7 @@ impl RedisServer {
             let server = RedisServer {
                 port,
                 args,
+                credentials: credentials.to_owned(),
                 process: Mutex::new(process),
                 dir,
             };
@@ -133,7 +147,8 @@ impl RedisServer {
 
     /// The pid of the redis-server that answers PING on our port, if one does.
     fn answering_process(&self) -> Option<u32> {
-        let client = redis::Client::open(self.url()).ok()?;
+        let url = format!("redis://{}127.0.0.1:{}", self.credentials, self.port);
+        let client = redis::Client::open(url).ok()?;
         // Bounded, in case whatever holds the port accepts and never answers.
         let mut connection = client
             .get_connection_with_timeout(Duration::from_secs(1))
@@ -303,7 +318,7 @@ impl Blog {
     }
 
     /// A blog on a Redis whose ACL file is the one `blogctl acl` prints (kept across restarts),
-    /// plus a `default` user the tests inspect Redis with: every `serve` of one service runs as
+    /// its `default` user on, for the tests to inspect Redis with: every `serve` of one service runs as
     /// that service's user, client commands as the client's, operator commands as the
     /// operator's.
     pub fn with_users() -> Blog {
@@ -320,7 +335,13 @@ impl Blog {
             .expect("run blogctl acl");
         assert!(acl.status.success(), "{acl:?}");
         let file = passwords.path().join("users.acl");
-        let rules = String::from_utf8(acl.stdout).unwrap();
+        // Its `default` user, off, replaced by the one the tests inspect Redis with.
+        let rules: String = String::from_utf8(acl.stdout)
+            .unwrap()
+            .lines()
+            .filter(|line| *line != "user default off")
+            .map(|line| format!("{line}\n"))
+            .collect();
         std::fs::write(
             &file,
             format!("user default on nopass ~* &* +@all\n{rules}"),
@@ -432,7 +453,6 @@ impl Blog {
 
     /// [`Blog::serve`] with more environment variables.
     pub fn serve_with(&self, args: &[&str], env: &[(&str, String)]) -> Service {
-        let log = tempfile::NamedTempFile::new().unwrap();
         let mut command = match &self.passwords {
             // With users, one service per process, as its own user.
             Some(_) => {
@@ -445,16 +465,11 @@ impl Blog {
             }
             None => self.command(),
         };
-        let child = command
+        command
             .arg("serve")
             .args(args)
-            .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
-            .env("RUST_LOG", "info")
-            .stderr(log.reopen().unwrap())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start blogctl serve");
-        Service { child, log }
+            .envs(env.iter().map(|(name, value)| (*name, value.as_str())));
+        Service::start(command)
     }
 
     /// The blog's key names, from the same module the services use.
@@ -631,6 +646,18 @@ pub struct Service {
 }
 
 impl Service {
+    /// Starts `command` (a `blogctl serve ...`), logging at `info` into a file of its own.
+    pub fn start(mut command: Command) -> Service {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = command
+            .env("RUST_LOG", "info")
+            .stderr(log.reopen().unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start blogctl serve");
+        Service { child, log }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -723,14 +750,86 @@ impl Rng {
     }
 }
 
-/// The one-line JSON lists behind `key:` in docker-compose.yml (`command:`, `test:`), in order.
-pub fn compose_lists(key: &str) -> Vec<Vec<String>> {
-    let compose =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
-            .unwrap();
-    compose
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix(key))
-        .filter_map(|list| serde_json::from_str::<Vec<String>>(list.trim()).ok())
-        .collect()
+/// docker-compose.yml, as text.
+pub fn compose_text() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml")).unwrap()
+}
+
+/// One service of docker-compose.yml: its name and the lines of its block, comments left out.
+/// (The file keeps to a plain shape so that lines are enough: two spaces before a service's
+/// name, four before its keys, lists as one-line JSON.)
+#[derive(Debug)]
+pub struct ComposeService {
+    pub name: String,
+    lines: Vec<String>,
+}
+
+impl ComposeService {
+    /// The text after `key:` among the service's own keys (`image`, `read_only`, ...).
+    pub fn value(&self, key: &str) -> Option<String> {
+        self.lines.iter().find_map(|line| {
+            let rest = line.strip_prefix("    ")?;
+            if rest.starts_with(' ') {
+                return None;
+            }
+            Some(rest.strip_prefix(key)?.strip_prefix(':')?.trim().to_owned())
+        })
+    }
+
+    /// The one-line JSON list after `key:`, at any depth (`command`, `secrets`, `test`, ...).
+    pub fn list(&self, key: &str) -> Option<Vec<String>> {
+        self.lines.iter().find_map(|line| {
+            let list = line.trim().strip_prefix(key)?.strip_prefix(':')?;
+            serde_json::from_str(list.trim()).ok()
+        })
+    }
+
+    /// The `NAME: value` lines under `environment:`.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        self.lines
+            .iter()
+            .skip_while(|line| line.trim() != "environment:")
+            .skip(1)
+            .take_while(|line| line.starts_with("      "))
+            .filter_map(|line| {
+                let (name, value) = line.trim().split_once(':')?;
+                Some((name.to_owned(), value.trim().to_owned()))
+            })
+            .collect()
+    }
+
+    /// Whether the service runs the blogctl image (built from the Dockerfile).
+    pub fn is_blogctl(&self) -> bool {
+        self.value("build").as_deref() == Some(".")
+    }
+}
+
+/// The services of docker-compose.yml, in order.
+pub fn compose_services() -> Vec<ComposeService> {
+    let mut services: Vec<ComposeService> = Vec::new();
+    let mut inside = false;
+    for line in compose_text().lines() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        if !line.starts_with(' ') {
+            inside = line == "services:";
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        match line.strip_prefix("  ") {
+            Some(name) if !name.starts_with(' ') => services.push(ComposeService {
+                name: name.trim_end_matches(':').to_owned(),
+                lines: Vec::new(),
+            }),
+            _ => services
+                .last_mut()
+                .expect("a service before its keys")
+                .lines
+                .push(line.to_owned()),
+        }
+    }
+    services
 }

@@ -37,6 +37,27 @@ fn the_story_runs_with_a_redis_user_per_process() {
     assert!(log.is_empty(), "refused: {log:?}");
 }
 
+#[test]
+fn a_comment_on_a_missing_post_fails_with_exit_code_3() {
+    let blog = Blog::with_users();
+    let _services: Vec<_> = SERVICES.iter().map(|name| blog.serve(&[name])).collect();
+    blog.ok(&["post", "create", "Not this one"]);
+    // Comments answers "not found" once it has applied the posts' stream up to the request:
+    // it looks at that stream (XREVRANGE, XINFO, XPENDING) as its own user.
+    let missing = blog.run(&[
+        "comment",
+        "create",
+        "00000000-0000-7000-8000-000000000000",
+        "Hello?",
+    ]);
+    assert_eq!(missing.code, 3, "{missing:?}");
+    let log: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    assert!(log.is_empty(), "refused: {log:?}");
+}
+
 /// Runs `command` as `user` and returns Redis's error, if it refused it.
 fn refused(blog: &Blog, user: &str, command: &mut redis::Cmd) -> Option<String> {
     let result: redis::RedisResult<redis::Value> = command.query(&mut blog.connection_as(user));
