@@ -17,7 +17,8 @@
 //! - [`keyspace`]: every Redis key name, and nothing else formats one.
 //! - [`events`]: the events (the wire contract) and pure rules (moderation, validation).
 //! - `client`: the shell client commands (`post ...`, `comment ...`).
-//! - `ops`: operator commands: `status`, `events`, `dead`, `trim`.
+//! - `ops`: operator commands: `status`, `events`, `dead`, `trim`, and `acl` (a Redis user per
+//!   service, one for clients, one for operators).
 //! - `rebuild`: `blogctl rebuild`: a service's state from the log, beside the live one.
 //! - `bench`: `blogctl bench`, throughput, latency and memory of the whole pipeline.
 //! - `context` (the global flags), `output` (lines, tables, progress bars), [`connection`]
