@@ -1,6 +1,7 @@
 //! Integration tests: real redis-server processes, the real `blogctl` binary.
 
 mod bad_input;
+mod bench;
 mod compose;
 mod delivery;
 mod faults;

@@ -169,7 +169,11 @@ fn each_user_is_refused_outside_its_keys() {
         );
     }
     // A process run as the wrong user says so, with exit code 4.
-    let status = blog.command_as("blog-client").arg("status").output().unwrap();
+    let status = blog
+        .command_as("blog-client")
+        .arg("status")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&status.stderr);
     assert_eq!(status.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("ACL does not permit"), "{stderr}");

@@ -1,5 +1,8 @@
 //! `blogctl bench`: measures the whole pipeline against a running set of services (or services
-//! started in this process with `--embedded`): throughput, latency, memory.
+//! started in this process with `--embedded`): throughput, latency, memory, and the CPU time
+//! each comment costs Redis and blogctl (see `cpu`).
+
+mod cpu;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +31,7 @@ use crate::services::posts::{self, CREATE_POST, CreatePost};
 use crate::services::query::{self, View};
 use crate::services::{self, ServeArgs};
 use crate::shutdown;
+use cpu::CpuTime;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -56,6 +60,12 @@ pub struct Report {
     pub in_flight: usize,
     /// Comments per second from the first create to every comment final in the view.
     pub comments_per_second: f64,
+    /// Redis's CPU time (`INFO cpu`) per comment over the same phase, in microseconds.
+    pub redis_cpu_us_per_comment: f64,
+    /// blogctl's CPU time per comment over the same phase, in microseconds: this process's
+    /// (`getrusage`; embedded, the services' too) and, when they run apart, that of each local
+    /// service process found.
+    pub blogctl_cpu_us_per_comment: f64,
     /// Create -> final status visible in the view, one comment at a time, in milliseconds.
     pub latency_ms: Latency,
     /// Redis's used memory per post and per comment, in bytes.
@@ -64,6 +74,9 @@ pub struct Report {
     /// `rebuild query` over the whole log at the end.
     pub rebuild_events: u64,
     pub rebuild_events_per_second: f64,
+    /// Redis's and this process's CPU time per event of the rebuild, in microseconds.
+    pub rebuild_redis_cpu_us_per_event: f64,
+    pub rebuild_blogctl_cpu_us_per_event: f64,
     /// Resident memory of each service process found, in KiB (embedded: this whole process).
     pub resident_kib: Vec<(String, u64)>,
 }
@@ -137,13 +150,27 @@ async fn measure(
     let memory_posts = used_memory(connection).await?;
 
     let post_ids = Arc::new(post_ids);
+    let processes: Vec<u32> = if args.embedded {
+        Vec::new()
+    } else {
+        service_processes(context, connection)
+            .await?
+            .into_iter()
+            .map(|(_, pid)| pid)
+            .collect()
+    };
+    let before = CpuTime::now(connection, &processes).await?;
     let elapsed = time_comment_creation(context, args, connection, &post_ids).await?;
+    let (redis_cpu, blogctl_cpu) = CpuTime::now(connection, &processes)
+        .await?
+        .per(&before, args.comments as u64);
     let memory_comments = used_memory(connection).await?;
     let view = View::new(&context.keys);
     check_every_comment_final(connection, &view, args.comments).await?;
 
     let samples = sample_latency(context, args, connection, &view, post_ids[0]).await?;
     let resident_kib = resident_memory(context, connection, args.embedded).await?;
+    let before = CpuTime::now(connection, &[]).await?;
     let rebuilt = rebuild::rebuild(
         connection,
         &context.redis,
@@ -152,18 +179,25 @@ async fn measure(
         &[],
     )
     .await?;
+    let (rebuild_redis_cpu, rebuild_blogctl_cpu) = CpuTime::now(connection, &[])
+        .await?
+        .per(&before, rebuilt.events);
 
     Ok(Report {
         posts: args.posts,
         comments: args.comments,
         in_flight: args.in_flight,
         comments_per_second: args.comments as f64 / elapsed.as_secs_f64(),
+        redis_cpu_us_per_comment: redis_cpu,
+        blogctl_cpu_us_per_comment: blogctl_cpu,
         latency_ms: latency(samples),
         redis_bytes_per_post: (memory_posts - memory_start) as f64 / args.posts as f64,
         redis_bytes_per_comment: (memory_comments - memory_posts) as f64
             / args.comments.max(1) as f64,
         rebuild_events: rebuilt.events,
         rebuild_events_per_second: rebuilt.events_per_second,
+        rebuild_redis_cpu_us_per_event: rebuild_redis_cpu,
+        rebuild_blogctl_cpu_us_per_event: rebuild_blogctl_cpu,
         resident_kib,
     })
 }
@@ -384,7 +418,20 @@ async fn resident_memory(
             rss_kib(std::process::id()).unwrap_or(0),
         )]);
     }
-    let mut found = Vec::new();
+    Ok(service_processes(context, connection)
+        .await?
+        .into_iter()
+        .filter_map(|(name, pid)| Some((name, rss_kib(pid)?)))
+        .collect())
+}
+
+/// The local blogctl processes named by the consumers (`<host>-<pid>`) of each service's group,
+/// each once, with a label: `<service> (<consumer>)`.
+async fn service_processes(
+    context: &Context,
+    connection: &mut Connection,
+) -> Result<Vec<(String, u32)>> {
+    let mut found: Vec<(String, u32)> = Vec::new();
     for service in Service::ALL {
         // Every stream a service reads has the same consumers: the first will do.
         let (streams, _) = services::streams(&context.keys, service, Partition::FIRST);
@@ -397,9 +444,10 @@ async fn resident_memory(
                 .name
                 .rsplit('-')
                 .next()
-                .and_then(|pid| pid.parse::<u32>().ok());
-            if let Some(kib) = pid.and_then(rss_kib) {
-                found.push((format!("{service} ({})", consumer.name), kib));
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .filter(|&pid| cpu::is_blogctl(pid));
+            if let Some(pid) = pid.filter(|pid| !found.iter().any(|(_, seen)| seen == pid)) {
+                found.push((format!("{service} ({})", consumer.name), pid));
             }
         }
     }
@@ -443,6 +491,10 @@ fn print_report(report: &Report) -> std::io::Result<()> {
         report.comments_per_second
     ))?;
     print_line(&format!(
+        "cpu per comment           redis {:.1} us  blogctl {:.1} us",
+        report.redis_cpu_us_per_comment, report.blogctl_cpu_us_per_comment
+    ))?;
+    print_line(&format!(
         "latency (ms, {} samples)  p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}",
         latency.samples, latency.p50, latency.p95, latency.p99, latency.max
     ))?;
@@ -451,8 +503,11 @@ fn print_report(report: &Report) -> std::io::Result<()> {
         report.redis_bytes_per_post, report.redis_bytes_per_comment
     ))?;
     print_line(&format!(
-        "rebuild query             {:.0} events/s over {} events",
-        report.rebuild_events_per_second, report.rebuild_events
+        "rebuild query             {:.0} events/s over {} events; cpu per event redis {:.2} us  blogctl {:.2} us",
+        report.rebuild_events_per_second,
+        report.rebuild_events,
+        report.rebuild_redis_cpu_us_per_event,
+        report.rebuild_blogctl_cpu_us_per_event
     ))?;
     for (service, kib) in &report.resident_kib {
         print_line(&format!(
