@@ -469,13 +469,12 @@ fn events_list_filters_counts_and_prints_ndjson() {
     assert_eq!(blog.ok(&["--namespace", "empty", "events", "list"]), "");
 }
 
-#[test]
-fn events_tail_prints_new_events_and_stops_on_sigterm() {
-    let blog = Blog::new();
-    add_event(&blog, "PostCreated", "posts", r#"{"title":"old"}"#);
+/// Starts `events tail --json <args>`; its lines arrive on the receiver as it prints them.
+fn tail(blog: &Blog, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
     let mut tail = blog
         .command()
-        .args(["events", "tail", "--json", "--type", "PostCreated"])
+        .args(["events", "tail", "--json"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -489,6 +488,14 @@ fn events_tail_prints_new_events_and_stops_on_sigterm() {
             }
         }
     });
+    (tail, received)
+}
+
+#[test]
+fn events_tail_prints_new_events_and_stops_on_sigterm() {
+    let blog = Blog::new();
+    add_event(&blog, "PostCreated", "posts", r#"{"title":"old"}"#);
+    let (mut tail, received) = tail(&blog, &["--type", "PostCreated"]);
     let next_line = |limit: Duration| received.recv_timeout(limit).ok();
 
     // Tail starts after the entries already there: add probes until one shows up.
@@ -544,21 +551,7 @@ fn events_tail_prints_new_events_and_stops_on_sigterm() {
 #[test]
 fn events_tail_keeps_id_order_across_streams_past_a_full_batch() {
     let blog = Blog::new();
-    let mut tail = blog
-        .command()
-        .args(["events", "tail", "--json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, received) = mpsc::channel();
-    let stdout = tail.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if lines.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut tail, received) = tail(&blog, &[]);
     let deadline = Instant::now() + PATIENCE;
     while received.recv_timeout(Duration::from_millis(200)).is_err() {
         assert!(Instant::now() < deadline, "tail printed nothing");
