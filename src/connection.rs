@@ -3,15 +3,73 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 
 use crate::error::{ExitCode, Failure};
 
-/// One connection, shared by the steps of one service or one client command.
-pub type Connection = MultiplexedConnection;
+/// One connection, shared by the steps of one service or one client command: to a single Redis,
+/// or to a Redis Cluster (found out when connecting), whose client follows `MOVED` and `ASK`.
+/// Every key of a partition shares one hash tag, so every command and script of blogctl goes to
+/// one node.
+#[derive(Clone)]
+pub enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+impl Connection {
+    /// `INFO <sections>` of the Redis holding `key`: on a Cluster, of the master serving its
+    /// slot (a plain `INFO` there would ask every master).
+    pub async fn info(&mut self, key: &str, sections: &[&str]) -> RedisResult<String> {
+        let mut command = redis::cmd("INFO");
+        for section in sections {
+            command.arg(*section);
+        }
+        match self {
+            Connection::Single(connection) => command.query_async(connection).await,
+            Connection::Cluster(connection) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let reply = connection.route_command(command, routing).await?;
+                Ok(redis::from_redis_value(reply)?)
+            }
+        }
+    }
+}
 
 /// How long opening a connection may take before Redis counts as unreachable: a little under
 /// the 2 s the README promises, which include starting the process and reporting.
@@ -25,6 +83,12 @@ pub struct Redis {
     /// The user it authenticates as (`default` unless the URL names one).
     user: String,
     client: redis::Client,
+    /// The node the URL names, for a Cluster client.
+    node: redis::ConnectionInfo,
+    /// Whether it is a Redis Cluster: found out by the first connection (`INFO cluster`).
+    cluster: Arc<OnceLock<bool>>,
+    /// Whether TLS certificates were given (a Cluster client is not offered them yet).
+    tls: bool,
 }
 
 impl Redis {
@@ -69,7 +133,10 @@ impl Redis {
             .to_owned();
         // rustls (for rediss://) needs its cryptography chosen once per process: ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = match tls_certificates(access)? {
+        let node = info.clone();
+        let certificates = tls_certificates(access)?;
+        let tls = certificates.is_some();
+        let client = match certificates {
             Some(certificates) => redis::Client::build_with_tls(info, certificates),
             None => redis::Client::open(info),
         }
@@ -78,6 +145,9 @@ impl Redis {
             shown,
             user,
             client,
+            node,
+            cluster: Arc::new(OnceLock::new()),
+            tls,
         })
     }
 
@@ -86,23 +156,64 @@ impl Redis {
         &self.shown
     }
 
-    /// The client, for a connection of its own on another thread (a blocking one).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
-    }
-
     /// Connects; `response_timeout` bounds every later command (None: wait as long as it takes,
-    /// for blocking reads that carry their own timeout).
+    /// for blocking reads that carry their own timeout). The first connection finds out whether
+    /// the URL names a node of a Redis Cluster; from then on a Cluster gets a Cluster client.
     pub async fn try_connect(
         &self,
         response_timeout: Option<Duration>,
     ) -> redis::RedisResult<Connection> {
+        if self.cluster.get() == Some(&true) {
+            return self.connect_cluster(response_timeout).await;
+        }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(response_timeout);
-        self.client
+        let mut single = self
+            .client
             .get_multiplexed_async_connection_with_config(&config)
-            .await
+            .await?;
+        if self.cluster.get().is_none() {
+            let info: RedisResult<String> = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut single)
+                .await;
+            let info = match info {
+                // A user that may not ask: a Cluster would need it, so a single Redis.
+                Err(error)
+                    if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) =>
+                {
+                    String::new()
+                }
+                info => info?,
+            };
+            let cluster = info.lines().any(|line| line.trim() == "cluster_enabled:1");
+            let _ = self.cluster.set(cluster);
+            if cluster {
+                return self.connect_cluster(response_timeout).await;
+            }
+        }
+        Ok(Connection::Single(single))
+    }
+
+    async fn connect_cluster(
+        &self,
+        response_timeout: Option<Duration>,
+    ) -> redis::RedisResult<Connection> {
+        if self.tls {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "TLS certificates with a Redis Cluster",
+                "not supported yet: use a single Redis for TLS, or a Cluster without it".to_owned(),
+            )));
+        }
+        // Blocking reads carry their own timeout: a day stands for "as long as it takes".
+        let response_timeout = response_timeout.unwrap_or(Duration::from_secs(86_400));
+        let client = redis::cluster::ClusterClientBuilder::new(vec![self.node.clone()])
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(response_timeout)
+            .build()?;
+        Ok(Connection::Cluster(client.get_async_connection().await?))
     }
 
     /// Connects, or fails with exit code 4 and a message naming the URL.
@@ -158,11 +269,11 @@ impl Redis {
 /// Redis delete keys when it is full: a remembered answer (a retry would then apply twice), a
 /// generation pointer, a service's state. Read from `INFO memory`, which works where `CONFIG`
 /// is not allowed.
-pub async fn eviction_problem(connection: &mut Connection) -> RedisResult<Option<String>> {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(connection)
-        .await?;
+pub async fn eviction_problem(
+    connection: &mut Connection,
+    key: &str,
+) -> RedisResult<Option<String>> {
+    let info = connection.info(key, &["memory"]).await?;
     let policy = info
         .lines()
         .find_map(|line| line.strip_prefix("maxmemory_policy:"))

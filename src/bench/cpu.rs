@@ -18,10 +18,10 @@ pub struct CpuTime {
 }
 
 impl CpuTime {
-    /// Now: Redis's, this process's (`getrusage`) and that of each process in `services`
+    /// Now: Redis's (the server holding `key`), this process's (`getrusage`) and that of each process in `services`
     /// (`/proc/<pid>/stat`; one that is gone counts for nothing).
-    pub async fn now(connection: &mut Connection, services: &[u32]) -> Result<CpuTime> {
-        let redis = redis_cpu(connection).await?;
+    pub async fn now(connection: &mut Connection, key: &str, services: &[u32]) -> Result<CpuTime> {
+        let redis = redis_cpu(connection, key).await?;
         let others: Duration = services.iter().filter_map(|&pid| process_cpu(pid)).sum();
         Ok(CpuTime {
             redis,
@@ -42,11 +42,8 @@ impl CpuTime {
 }
 
 /// `used_cpu_sys` + `used_cpu_user` of `INFO cpu`.
-async fn redis_cpu(connection: &mut Connection) -> Result<Duration> {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(connection)
-        .await?;
+async fn redis_cpu(connection: &mut Connection, key: &str) -> Result<Duration> {
+    let info = connection.info(key, &["cpu"]).await?;
     let field = |name: &str| -> Result<f64> {
         info.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))

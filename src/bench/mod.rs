@@ -144,10 +144,12 @@ async fn measure(
     args: &BenchArgs,
     connection: &mut Connection,
 ) -> Result<Report> {
-    let memory_start = used_memory(connection).await?;
+    // A key of the namespace's partition: on a Cluster, INFO asks the master serving it.
+    let slot_key = context.keys.dead(Partition::FIRST);
+    let memory_start = used_memory(connection, &slot_key).await?;
     let post_ids = create_posts(context, args, connection).await?;
     wait_until_idle(context, connection).await?;
-    let memory_posts = used_memory(connection).await?;
+    let memory_posts = used_memory(connection, &slot_key).await?;
 
     let post_ids = Arc::new(post_ids);
     let processes: Vec<u32> = if args.embedded {
@@ -159,18 +161,18 @@ async fn measure(
             .map(|(_, pid)| pid)
             .collect()
     };
-    let before = CpuTime::now(connection, &processes).await?;
+    let before = CpuTime::now(connection, &slot_key, &processes).await?;
     let elapsed = time_comment_creation(context, args, connection, &post_ids).await?;
-    let (redis_cpu, blogctl_cpu) = CpuTime::now(connection, &processes)
+    let (redis_cpu, blogctl_cpu) = CpuTime::now(connection, &slot_key, &processes)
         .await?
         .per(&before, args.comments as u64);
-    let memory_comments = used_memory(connection).await?;
+    let memory_comments = used_memory(connection, &slot_key).await?;
     let view = View::new(&context.keys);
     check_every_comment_final(connection, &view, args.comments).await?;
 
     let samples = sample_latency(context, args, connection, &view, post_ids[0]).await?;
     let resident_kib = resident_memory(context, connection, args.embedded).await?;
-    let before = CpuTime::now(connection, &[]).await?;
+    let before = CpuTime::now(connection, &slot_key, &[]).await?;
     let rebuilt = rebuild::rebuild(
         connection,
         &context.redis,
@@ -179,7 +181,7 @@ async fn measure(
         &[],
     )
     .await?;
-    let (rebuild_redis_cpu, rebuild_blogctl_cpu) = CpuTime::now(connection, &[])
+    let (rebuild_redis_cpu, rebuild_blogctl_cpu) = CpuTime::now(connection, &slot_key, &[])
         .await?
         .per(&before, rebuilt.events);
 
@@ -384,13 +386,10 @@ async fn wait_until_idle(context: &Context, connection: &mut Connection) -> Resu
 
 /// Redis's `used_memory`, once nothing deleted earlier (an earlier run's dropped generation,
 /// say) is still being freed in the background, which would make the figure drift.
-async fn used_memory(connection: &mut Connection) -> Result<i64> {
+async fn used_memory(connection: &mut Connection, key: &str) -> Result<i64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(connection)
-            .await?;
+        let info = connection.info(key, &["memory"]).await?;
         let field = |name: &str| -> Option<i64> {
             info.lines()
                 .find_map(|line| line.strip_prefix(name))

@@ -204,7 +204,7 @@ impl<H: Handler> Consumer<'_, H> {
         served: &mut Option<String>,
     ) -> RedisResult<()> {
         // A restarted Redis (a new run_id) may have come back empty: its groups are made anew.
-        let server = run_id(&mut self.connection).await?;
+        let server = run_id(&mut self.connection, &self.config.streams[0]).await?;
         for stream in &self.config.streams {
             if served.as_deref() == Some(server.as_str()) {
                 self.refuse_a_vanished_group(stream).await?;

@@ -28,12 +28,9 @@ pub async fn ensure_group(
     }
 }
 
-/// The `run_id` of the Redis server: it changes each time the server starts.
-pub(super) async fn run_id(connection: &mut Connection) -> RedisResult<String> {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(connection)
-        .await?;
+/// The `run_id` of the Redis server holding `stream`: it changes each time the server starts.
+pub(super) async fn run_id(connection: &mut Connection, stream: &str) -> RedisResult<String> {
+    let info = connection.info(stream, &["server"]).await?;
     Ok(info
         .lines()
         .find_map(|line| line.strip_prefix("run_id:"))

@@ -221,7 +221,7 @@ async fn gather(
     Ok(Status {
         streams,
         dead_letters: dead.summary,
-        eviction: eviction_problem(connection).await?,
+        eviction: eviction_problem(connection, &keys.dead(Partition::FIRST)).await?,
         earlier_log: earlier_log(connection, keys).await?,
         problems: Vec::new(),
     })

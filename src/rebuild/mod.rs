@@ -30,7 +30,7 @@ use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
 
 use crate::bus::{Delivery, RawEntry, SERVICE_RESPONSE_TIMEOUT};
-use crate::connection::{CONNECT_TIMEOUT, Connection, Redis, map_of};
+use crate::connection::{Connection, Redis, map_of};
 use crate::context::Context;
 use crate::error::Failure;
 use crate::events::EventKind;
@@ -450,7 +450,7 @@ async fn apply_stream(
     counts: &mut Counts,
     progress: &ProgressBar,
 ) -> Result<String> {
-    let mut chunks = read_ahead(redis.client().clone(), log.events.to_owned(), after.clone());
+    let mut chunks = read_ahead(redis.clone(), log.events.to_owned(), after.clone());
     let mut last = after;
     let mut writing: Option<(Vec<ApplyCall>, String)> = None;
     loop {
@@ -492,48 +492,55 @@ async fn apply_stream(
 /// Reads the stream after `after` in chunks, on a thread and connection of its own, until a
 /// read comes back empty; the receiver gets the chunks in order, or the error that ended them.
 fn read_ahead(
-    client: redis::Client,
+    redis: Redis,
     events: String,
     after: String,
 ) -> tokio::sync::mpsc::Receiver<redis::RedisResult<Vec<RawEntry>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(2);
     std::thread::spawn(move || {
-        let connected = client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .and_then(|connection| {
-                // A Redis that stops answering fails the rebuild rather than hanging it.
-                connection.set_read_timeout(Some(SERVICE_RESPONSE_TIMEOUT))?;
-                Ok(connection)
-            });
-        let mut connection = match connected {
-            Ok(connection) => connection,
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
             Err(error) => {
-                let _ = sender.blocking_send(Err(error));
+                let _ = sender.blocking_send(Err(redis::RedisError::from(error)));
                 return;
             }
         };
-        let mut after = after;
-        loop {
-            let chunk: redis::RedisResult<Vec<RawEntry>> = redis::cmd("XRANGE")
-                .arg(&events)
-                .arg(format!("({after}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(CHUNK)
-                .query(&mut connection);
-            let last = match &chunk {
-                Ok(entries) => entries.last().map(|(id, _)| id.clone()),
-                Err(_) => None,
+        runtime.block_on(async move {
+            // A Redis that stops answering fails the rebuild rather than hanging it.
+            let mut connection = match redis.try_connect(Some(SERVICE_RESPONSE_TIMEOUT)).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
             };
-            // Stops when the receiver is gone, after an error, and after the empty chunk.
-            if sender.blocking_send(chunk).is_err() {
-                return;
+            let mut after = after;
+            loop {
+                let chunk: redis::RedisResult<Vec<RawEntry>> = redis::cmd("XRANGE")
+                    .arg(&events)
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(CHUNK)
+                    .query_async(&mut connection)
+                    .await;
+                let last = match &chunk {
+                    Ok(entries) => entries.last().map(|(id, _)| id.clone()),
+                    Err(_) => None,
+                };
+                // Stops when the receiver is gone, after an error, and after the empty chunk.
+                if sender.send(chunk).await.is_err() {
+                    return;
+                }
+                match last {
+                    Some(id) => after = id,
+                    None => return,
+                }
             }
-            match last {
-                Some(id) => after = id,
-                None => return,
-            }
-        }
+        });
     });
     receiver
 }
@@ -709,7 +716,9 @@ async fn drop_view(connection: &mut Connection, generation: &Generation) -> Resu
 /// a time, then the posts it knew.
 async fn drop_comments(connection: &mut Connection, generation: &Generation) -> Result<()> {
     loop {
+        // The index is named as a key: a Cluster routes the script to the node of its slot.
         let dropped: usize = DROP_COMMENTS
+            .key(generation.comment_ids())
             .arg(generation.base())
             .arg(DROP_PAGE)
             .invoke_async(connection)

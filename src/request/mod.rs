@@ -442,7 +442,8 @@ async fn why_no_answer(
         timeout.as_secs_f64()
     );
     let never = "the request will never be applied";
-    if let Ok(Some(refusal)) = redis_refusal(connection).await {
+    let inbox = keys.inbox(service, Partition::FIRST);
+    if let Ok(Some(refusal)) = redis_refusal(connection, &inbox).await {
         return Failure::new(
             ExitCode::RedisUnreachable,
             format!("{late}: {refusal}; {never}"),
@@ -465,12 +466,12 @@ async fn why_no_answer(
 }
 
 /// Why Redis refuses writes, if it does: full, a read-only replica, or loading.
-async fn redis_refusal(connection: &mut Connection) -> redis::RedisResult<Option<&'static str>> {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .arg("replication")
-        .arg("persistence")
-        .query_async(connection)
+async fn redis_refusal(
+    connection: &mut Connection,
+    key: &str,
+) -> redis::RedisResult<Option<&'static str>> {
+    let info = connection
+        .info(key, &["memory", "replication", "persistence"])
         .await?;
     let field = |name: &str| {
         info.lines()

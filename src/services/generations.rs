@@ -120,9 +120,11 @@ impl Rebuilder {
     /// [`Rebuilder::load`]).
     pub fn batch(&self, generation: &Generation, calls: &[ApplyCall]) -> redis::Cmd {
         let mut command = redis::cmd("EVALSHA");
+        // The base is named as a key (it is none, but holds the partition's hash tag) so that a
+        // Cluster routes the script to the node of its slot.
         command
             .arg(self.script.get_hash())
-            .arg(0)
+            .arg(1)
             .arg(generation.base());
         for call in calls {
             command

@@ -116,7 +116,7 @@ pub async fn run(
     args: &ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> color_eyre::Result<()> {
-    refuse_unusable_redis(redis).await?;
+    refuse_unusable_redis(redis, keys).await?;
     let listener = match args.metrics {
         Some(address) => Some(crate::metrics::bind(address).await?),
         None => None,
@@ -170,9 +170,9 @@ pub async fn run(
 }
 
 /// Fails fast, with exit code 4, when Redis is not there at all at start, or would evict keys.
-async fn refuse_unusable_redis(redis: &Redis) -> color_eyre::Result<()> {
+async fn refuse_unusable_redis(redis: &Redis, keys: &Keys) -> color_eyre::Result<()> {
     let mut connection = redis.connect(Some(CONNECT_TIMEOUT)).await?;
-    if let Some(problem) = eviction_problem(&mut connection)
+    if let Some(problem) = eviction_problem(&mut connection, &keys.dead(Partition::FIRST))
         .await
         .map_err(|error| redis.unreachable(&error))?
     {

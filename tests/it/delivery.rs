@@ -170,9 +170,9 @@ async fn a_redelivered_entry_has_no_second_effect() {
     let blog = Blog::new();
     let keys = Keys::new("blog").unwrap();
     let events = keys.events(Service::Comments, Partition::FIRST);
-    let mut connection = redis::Client::open(blog.redis.url())
+    let mut connection = blogctl::connection::Redis::open(&blog.redis.url())
         .unwrap()
-        .get_multiplexed_async_connection()
+        .try_connect(None)
         .await
         .unwrap();
     let comment = serde_json::json!({

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod bench;
+mod cluster;
 mod compose;
 mod delivery;
 mod faults;

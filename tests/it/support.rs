@@ -43,11 +43,29 @@ impl RedisServer {
     }
 
     fn start_probed_as(extra: &[&str], credentials: &str) -> RedisServer {
+        RedisServer::start_on(free_port, extra, credentials)
+    }
+
+    /// A node of a Redis Cluster: `cluster-enabled`, on a port whose cluster bus port (+10000)
+    /// is free too.
+    pub fn start_cluster_node() -> RedisServer {
+        let extra = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ];
+        RedisServer::start_on(free_cluster_port, &extra, "")
+    }
+
+    fn start_on(port: fn() -> u16, extra: &[&str], credentials: &str) -> RedisServer {
         for _ in 0..10 {
             let dir = tempfile::tempdir().expect("temp dir");
             // The port is free when probed but not held: another test may bind it before this
             // redis-server does. Then our child exits (address in use) and we try another port.
-            let port = free_port();
+            let port = port();
             let process = spawn_redis(dir.path(), port, extra);
             let args = extra.iter().map(|arg| arg.to_string()).collect();
             let server = RedisServer {
@@ -247,6 +265,18 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A free loopback port p, 20000 to 40000, whose p + 10000 (a Cluster node's bus) is free too.
+pub fn free_cluster_port() -> u16 {
+    let mut rng = Rng::new(u64::from(std::process::id()) ^ free_port() as u64);
+    loop {
+        let port = 20_000 + rng.below(20_000) as u16;
+        let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
 }
 
 /// Polls `condition` every 10 ms until it holds (true) or `limit` passes (false).

@@ -1,0 +1,149 @@
+//! A Redis Cluster: `--redis-url` naming any node works, the client following `MOVED`. Every key
+//! of a partition shares one hash tag, so each command and script goes to one node (one
+//! partition today).
+
+use std::process::{Command, Stdio};
+
+use crate::support::{PATIENCE, RedisServer, blogctl, wait_until};
+
+/// A loopback Redis Cluster of `masters` masters and no replicas.
+struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    fn start(masters: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| RedisServer::start_cluster_node())
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli");
+        assert!(created.status.success(), "{created:?}");
+        let cluster = RedisCluster { nodes };
+        let ready = wait_until(PATIENCE, || {
+            cluster.nodes.iter().all(|node| {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.connection())
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+            })
+        });
+        assert!(ready, "the cluster never reached cluster_state:ok");
+        cluster
+    }
+
+    /// The node that does not serve `key`'s slot (the first such one).
+    fn node_without(&self, key: &str) -> &RedisServer {
+        let mut connection = self.nodes[0].connection();
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut connection)
+            .unwrap();
+        // CLUSTER SLOTS: [start, end, [ip, port, id], replicas...] per range.
+        let ranges: Vec<(i64, i64, Vec<redis::Value>)> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query::<Vec<redis::Value>>(&mut connection)
+            .unwrap()
+            .into_iter()
+            .map(|range| redis::from_redis_value(range).unwrap())
+            .map(|range: Vec<redis::Value>| {
+                let number =
+                    |value: &redis::Value| redis::from_redis_value_ref::<i64>(value).unwrap();
+                let master: Vec<redis::Value> = redis::from_redis_value_ref(&range[2]).unwrap();
+                (number(&range[0]), number(&range[1]), master)
+            })
+            .collect();
+        let (_, _, master) = ranges
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .expect("the slot is served");
+        let serving: i64 = redis::from_redis_value_ref(&master[1]).unwrap();
+        self.nodes
+            .iter()
+            .find(|node| i64::from(node.port) != serving)
+            .expect("another node")
+    }
+}
+
+fn run(url: &str, args: &[&str]) -> (i32, String, String) {
+    let output = blogctl(url, "blog").args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn ok(url: &str, args: &[&str]) -> String {
+    let (code, stdout, stderr) = run(url, args);
+    assert_eq!(code, 0, "{args:?}: {stderr}");
+    stdout
+}
+
+#[test]
+fn the_story_runs_on_a_redis_cluster_through_any_node() {
+    let cluster = RedisCluster::start(3);
+    // A node that must redirect every command of the namespace elsewhere.
+    let url = cluster.node_without("{blog.0}").url();
+    let mut services = blogctl(&url, "blog")
+        .args(["serve", "all"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let post = ok(&url, &["post", "create", "--wait", "Clustered"]);
+    let verdict = |content: &str| {
+        let printed = ok(&url, &["comment", "create", "--wait", &post, content]);
+        printed.split_once(' ').unwrap().1.to_owned()
+    };
+    assert_eq!(verdict("fine"), "approved");
+    assert_eq!(verdict("an orange"), "rejected");
+    let view: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["post", "list", "--json"])).unwrap();
+    assert_eq!(view[0]["title"], "Clustered", "{view}");
+    assert_eq!(view[0]["comments"].as_array().unwrap().len(), 2, "{view}");
+    assert!(wait_until(PATIENCE, || run(&url, &["status", "--check"]).0 == 0));
+    assert_eq!(ok(&url, &["events", "list"]).lines().count(), 7);
+    ok(&url, &["rebuild", "query"]);
+    ok(&url, &["rebuild", "comments"]);
+    let rebuilt: serde_json::Value =
+        serde_json::from_str(&ok(&url, &["post", "list", "--json"])).unwrap();
+    assert_eq!(rebuilt, view);
+    let archive = tempfile::tempdir().unwrap();
+    ok(
+        &url,
+        &[
+            "trim",
+            "--yes",
+            "--archive",
+            archive.path().to_str().unwrap(),
+        ],
+    );
+    assert!(archive.path().join("comments.ndjson").is_file());
+    let _ = services.kill();
+    let _ = services.wait();
+    // Every key of the namespace is on the one node serving its slot.
+    let holders = cluster
+        .nodes
+        .iter()
+        .filter(|node| {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("blog:*")
+                .query(&mut node.connection())
+                .unwrap();
+            !keys.is_empty()
+        })
+        .count();
+    assert_eq!(holders, 1);
+}
