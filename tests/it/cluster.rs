@@ -96,25 +96,35 @@ fn the_story_runs_on_a_redis_cluster_through_any_node() {
     let cluster = RedisCluster::start(3);
     // A node that must redirect every command of the namespace elsewhere.
     let url = cluster.node_without("{blog.0}").url();
-    let mut services = blogctl(&url, "blog")
-        .args(["serve", "all"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Two instances of every service, competing through the groups.
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut services: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|instance| {
+            blogctl(&url, "blog")
+                .args(["serve", "all", "--consumer", instance])
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log.reopen().unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
     let post = ok(&url, &["post", "create", "--wait", "Clustered"]);
     let verdict = |content: &str| {
         let printed = ok(&url, &["comment", "create", "--wait", &post, content]);
         printed.split_once(' ').unwrap().1.to_owned()
     };
-    assert_eq!(verdict("fine"), "approved");
+    for n in 0..10 {
+        assert_eq!(verdict(&format!("fine {n}")), "approved");
+    }
     assert_eq!(verdict("an orange"), "rejected");
     let view: serde_json::Value =
         serde_json::from_str(&ok(&url, &["post", "list", "--json"])).unwrap();
     assert_eq!(view[0]["title"], "Clustered", "{view}");
-    assert_eq!(view[0]["comments"].as_array().unwrap().len(), 2, "{view}");
+    assert_eq!(view[0]["comments"].as_array().unwrap().len(), 11, "{view}");
     assert!(wait_until(PATIENCE, || run(&url, &["status", "--check"]).0 == 0));
-    assert_eq!(ok(&url, &["events", "list"]).lines().count(), 7);
+    assert_eq!(ok(&url, &["events", "list"]).lines().count(), 1 + 3 * 11);
     ok(&url, &["rebuild", "query"]);
     ok(&url, &["rebuild", "comments"]);
     let rebuilt: serde_json::Value =
@@ -131,8 +141,19 @@ fn the_story_runs_on_a_redis_cluster_through_any_node() {
         ],
     );
     assert!(archive.path().join("comments.ndjson").is_file());
-    let _ = services.kill();
-    let _ = services.wait();
+    for service in &mut services {
+        let _ = service.kill();
+        let _ = service.wait();
+    }
+    // Nothing went wrong inside the services either (a script sent to the wrong node, say).
+    let log = std::fs::read_to_string(log.path()).unwrap();
+    assert!(log.contains("serving"), "{log}");
+    for trouble in ["WARN", "ERROR", "non local key"] {
+        assert!(
+            !log.contains(trouble),
+            "{trouble} in the services' log:\n{log}"
+        );
+    }
     // Every key of the namespace is on the one node serving its slot.
     let holders = cluster
         .nodes
