@@ -225,8 +225,20 @@ impl Redis {
 
     /// The failure to report when Redis cannot be reached, or refuses the credentials.
     pub fn unreachable(&self, error: &redis::RedisError) -> Failure {
+        if error.code() == Some("NOPERM") {
+            return Failure::new(
+                ExitCode::RedisUnreachable,
+                format!(
+                    "Redis at {} does not permit user {} what connecting needs ({}): give it \
+                     the rules `blogctl acl` prints",
+                    self.shown,
+                    self.user,
+                    error.detail().unwrap_or("NOPERM")
+                ),
+            );
+        }
         let refused_credentials = error.kind() == redis::ErrorKind::AuthenticationFailed
-            || matches!(error.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
+            || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"));
         if refused_credentials {
             return Failure::new(
                 ExitCode::RedisUnreachable,

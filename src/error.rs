@@ -119,6 +119,9 @@ fn refusal_hint(error: &redis::RedisError) -> Option<&'static str> {
             Some("Redis cannot persist to disk and refuses writes: check its disk and logs")
         }
         "LOADING" => Some("Redis is still loading its data: try again in a moment"),
+        "CLUSTERDOWN" | "TRYAGAIN" => {
+            Some("the Redis Cluster does not serve the slot right now: try again in a moment")
+        }
         "BUSY" | "MASTERDOWN" | "NOREPLICAS" => {
             Some("Redis is busy or degraded: try again in a moment")
         }

@@ -35,8 +35,10 @@ use crate::keyspace::{Keys, Service};
 use crate::output::print_line;
 use crate::services;
 
-/// Commands every user needs to connect and to tell what the server is.
-const CONNECT: &str = "+ping +hello +auth +client|setname +client|id +select +info";
+/// Commands every user needs to connect and to tell what the server is (a Cluster client also
+/// asks for the slots, and follows `ASK`).
+const CONNECT: &str = "+ping +hello +auth +client|setname +client|id +select +info \
+    +cluster|slots +cluster|shards +cluster|nodes +asking +readonly";
 
 /// What a service runs on its own keys, including what its scripts call, and what its health
 /// check (`status --check --service <name>`) reads.

@@ -4,7 +4,19 @@
 
 use std::process::{Command, Stdio};
 
-use crate::support::{PATIENCE, RedisServer, blogctl, wait_until};
+use crate::support::{Blog, PATIENCE, RedisServer, blogctl, wait_until};
+
+/// A blog on a 3-master Cluster, its `redis` the master serving the namespace's slot (so the
+/// tests' own inspections find every key there); `extra`: arguments for every node.
+pub fn blog_on_cluster(extra: &[&str]) -> Blog {
+    let mut cluster = RedisCluster::start(3, extra);
+    let serving = cluster.serving("{blog.0}");
+    let redis = cluster.nodes.remove(serving);
+    Blog {
+        others: cluster.nodes,
+        ..Blog::on(redis)
+    }
+}
 
 /// A loopback Redis Cluster of `masters` masters and no replicas.
 struct RedisCluster {
@@ -12,9 +24,9 @@ struct RedisCluster {
 }
 
 impl RedisCluster {
-    fn start(masters: usize) -> RedisCluster {
+    fn start(masters: usize, extra: &[&str]) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..masters)
-            .map(|_| RedisServer::start_cluster_node())
+            .map(|_| RedisServer::start_cluster_node(extra))
             .collect();
         let addresses: Vec<String> = nodes
             .iter()
@@ -44,6 +56,17 @@ impl RedisCluster {
 
     /// The node that does not serve `key`'s slot (the first such one).
     fn node_without(&self, key: &str) -> &RedisServer {
+        let serving = self.serving(key);
+        self.nodes
+            .iter()
+            .enumerate()
+            .find(|(index, _)| *index != serving)
+            .map(|(_, node)| node)
+            .expect("another node")
+    }
+
+    /// The index of the node serving `key`'s slot.
+    fn serving(&self, key: &str) -> usize {
         let mut connection = self.nodes[0].connection();
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
@@ -71,8 +94,8 @@ impl RedisCluster {
         let serving: i64 = redis::from_redis_value_ref(&master[1]).unwrap();
         self.nodes
             .iter()
-            .find(|node| i64::from(node.port) != serving)
-            .expect("another node")
+            .position(|node| i64::from(node.port) == serving)
+            .expect("a node of the cluster serves it")
     }
 }
 
@@ -93,7 +116,7 @@ fn ok(url: &str, args: &[&str]) -> String {
 
 #[test]
 fn the_story_runs_on_a_redis_cluster_through_any_node() {
-    let cluster = RedisCluster::start(3);
+    let cluster = RedisCluster::start(3, &[]);
     // A node that must redirect every command of the namespace elsewhere.
     let url = cluster.node_without("{blog.0}").url();
     // Two instances of every service, competing through the groups.

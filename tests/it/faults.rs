@@ -160,6 +160,28 @@ fn create(blog: &Blog, args: &[&str], request_id: &str) -> String {
 
 #[test]
 fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
+    // Redis is killed (SIGKILL) once, so it runs with `appendfsync always`: with `everysec` a
+    // crashed Redis may lose the last second or two of acknowledged writes (see the README).
+    // Every process runs as its own Redis user (`blogctl acl`).
+    fault_suite(Blog::with_users_and(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]));
+}
+
+/// The same on a 3-master Redis Cluster, with the same users; the master serving the
+/// namespace's slot is the one Redis the chaos kills.
+#[test]
+fn nothing_lost_nothing_doubled_on_a_redis_cluster() {
+    fault_suite(Blog::with_users_on(
+        &["--appendonly", "yes", "--appendfsync", "always"],
+        crate::cluster::blog_on_cluster,
+    ));
+}
+
+fn fault_suite(blog: Blog) {
     let started = Instant::now();
     let seed: u64 = std::env::var("BLOGCTL_FAULT_SEED")
         .ok()
@@ -177,10 +199,6 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
     let posts = 200 * scale;
     println!("fault suite: seed {seed} (replay with BLOGCTL_FAULT_SEED={seed}), {posts} posts");
 
-    // Redis is killed (SIGKILL) once, so it runs with `appendfsync always`: with `everysec` a
-    // crashed Redis may lose the last second or two of acknowledged writes (see the README).
-    // Every process runs as its own Redis user (`blogctl acl`).
-    let blog = Blog::with_users_and(&["--appendonly", "yes", "--appendfsync", "always"]);
     let slots: Mutex<Vec<Slot>> = Mutex::new(
         [
             ("posts", "a"),

@@ -47,9 +47,9 @@ impl RedisServer {
     }
 
     /// A node of a Redis Cluster: `cluster-enabled`, on a port whose cluster bus port (+10000)
-    /// is free too.
-    pub fn start_cluster_node() -> RedisServer {
-        let extra = [
+    /// is free too; `extra` arguments after.
+    pub fn start_cluster_node(extra: &[&str]) -> RedisServer {
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -57,7 +57,8 @@ impl RedisServer {
             "--cluster-node-timeout",
             "2000",
         ];
-        RedisServer::start_on(free_cluster_port, &extra, "")
+        args.extend_from_slice(extra);
+        RedisServer::start_on(free_cluster_port, &args, "")
     }
 
     fn start_on(port: fn() -> u16, extra: &[&str], credentials: &str) -> RedisServer {
@@ -213,6 +214,7 @@ impl RedisServer {
 
     /// After a start on the same port: the services under test know only this port, so a
     /// server of another test that took it meanwhile fails the test instead of being shared.
+    /// A node of a Cluster also waits until the Cluster serves every slot again.
     fn assert_back(&self) {
         assert!(
             self.wait_until_serving(),
@@ -220,6 +222,15 @@ impl RedisServer {
             self.port,
             std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
         );
+        if self.args.iter().any(|arg| arg == "--cluster-enabled") {
+            let ok = wait_until(PATIENCE, || {
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query::<String>(&mut self.connection())
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            });
+            assert!(ok, "the Cluster did not serve every slot again");
+        }
     }
 }
 
@@ -332,6 +343,10 @@ pub struct Blog {
     pub namespace: String,
     /// With a Redis user per process ([`Blog::with_users`]): the directory of their passwords.
     pub passwords: Option<tempfile::TempDir>,
+    /// On a Redis Cluster: the nodes besides `redis` (the one serving the namespace's slot),
+    /// held so that they run as long as the blog.
+    #[expect(dead_code, reason = "held only to keep the nodes running")]
+    pub others: Vec<RedisServer>,
 }
 
 impl Blog {
@@ -344,6 +359,7 @@ impl Blog {
             redis,
             namespace: "blog".to_owned(),
             passwords: None,
+            others: Vec::new(),
         }
     }
 
@@ -357,6 +373,11 @@ impl Blog {
 
     /// [`Blog::with_users`] with extra `redis-server` arguments.
     pub fn with_users_and(extra: &[&str]) -> Blog {
+        Blog::with_users_on(extra, |args| Blog::on(RedisServer::start_with(args)))
+    }
+
+    /// [`Blog::with_users_and`] on the blog `start` makes from the Redis arguments.
+    pub fn with_users_on(extra: &[&str], start: impl FnOnce(&[&str]) -> Blog) -> Blog {
         let passwords = tempfile::tempdir().unwrap();
         let acl = blogctl("redis://127.0.0.1:1", "blog")
             .args(["acl", "--passwords"])
@@ -379,10 +400,9 @@ impl Blog {
         .unwrap();
         let mut args = vec!["--aclfile", file.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let redis = RedisServer::start_with(&args);
         Blog {
             passwords: Some(passwords),
-            ..Blog::on(redis)
+            ..start(&args)
         }
     }
 

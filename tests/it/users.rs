@@ -7,7 +7,16 @@ const SERVICES: [&str; 4] = ["posts", "comments", "moderation", "query"];
 
 #[test]
 fn the_story_runs_with_a_redis_user_per_process() {
-    let blog = Blog::with_users();
+    story_as_users(Blog::with_users());
+}
+
+/// The same on a 3-master Redis Cluster, each node with the ACL file.
+#[test]
+fn the_story_runs_with_a_redis_user_per_process_on_a_cluster() {
+    story_as_users(Blog::with_users_on(&[], crate::cluster::blog_on_cluster));
+}
+
+fn story_as_users(blog: Blog) {
     let _services: Vec<_> = SERVICES.iter().map(|name| blog.serve(&[name])).collect();
     let post = blog.ok(&["post", "create", "--wait", "Least privilege"]);
     assert_eq!(blog.verdict(&post, "fine"), "approved");
