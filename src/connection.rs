@@ -1,4 +1,5 @@
-//! Opening Redis connections, with the timeouts and error messages users see.
+//! Opening Redis connections, to a single Redis or to a Redis Cluster through any of its nodes,
+//! with the timeouts and error messages users see.
 
 use std::time::Duration;
 

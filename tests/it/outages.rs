@@ -386,12 +386,7 @@ fn running_services_wait_out_a_switch_to_a_read_only_replica_and_back() {
     // Back to a primary: all of it is applied, once.
     replicate(&blog.redis, None);
     let view = blog.wait_for_view(3, 2);
-    let mut titles: Vec<&str> = view
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|post| post["title"].as_str().unwrap())
-        .collect();
+    let mut titles = Blog::titles(&view);
     titles.sort();
     assert_eq!(
         titles,

@@ -150,13 +150,10 @@ fn a_service_started_for_the_first_time_rebuilds_from_history() {
 
     let _query = blog.serve(&["query"]);
     let view = blog.wait_for_view(5, 15);
-    let titles: Vec<&str> = view
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["title"].as_str().unwrap())
-        .collect();
-    assert_eq!(titles, ["Post 0", "Post 1", "Post 2", "Post 3", "Post 4"]);
+    assert_eq!(
+        Blog::titles(&view),
+        ["Post 0", "Post 1", "Post 2", "Post 3", "Post 4"]
+    );
     for post in view.as_array().unwrap() {
         let statuses: Vec<&str> = post["comments"]
             .as_array()

@@ -609,6 +609,15 @@ impl Blog {
             .collect()
     }
 
+    /// The titles of the posts of a view, in its order.
+    pub fn titles(view: &serde_json::Value) -> Vec<String> {
+        view.as_array()
+            .unwrap()
+            .iter()
+            .map(|post| post["title"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// The view as `post list --json` shows it.
     pub fn view(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["post", "list", "--json"])).unwrap()
