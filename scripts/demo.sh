@@ -7,8 +7,19 @@
 # client's user) and the operator (as the operator's), shows Redis refusing a service what is
 # not its own, and stops everything it started. With BLOGCTL_REDIS_URL pointing at a Redis, it
 # uses that one instead, every process as the URL's user (it cannot load an ACL file there).
+# `--cluster`: a private Redis Cluster of three masters instead of one redis-server.
 # BLOGCTL_BIN: use this binary instead of building one. Works from any directory.
 set -euo pipefail
+
+cluster=0
+case ${1:-} in
+    "") ;;
+    --cluster) cluster=1 ;;
+    *)
+        echo "usage: scripts/demo.sh [--cluster]" >&2
+        exit 2
+        ;;
+esac
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -17,6 +28,8 @@ source scripts/ensure-redis.sh
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/blogctl-demo.XXXXXX")
 redis_pid=""
+# The nodes of the Cluster, with --cluster.
+cluster_pids=()
 # One process per service, in the order of $services.
 services=(posts comments moderation query)
 service_pids=()
@@ -56,6 +69,9 @@ cleanup() {
         stop "${service_pids[$index]}" "blogctl serve ${services[$index]}"
     done
     stop "$redis_pid" "redis-server"
+    for index in "${!cluster_pids[@]}"; do
+        stop "${cluster_pids[$index]}" "redis-server (Cluster node)"
+    done
     if ((status != 0)); then
         echo "demo: failed (exit code $status)" >&2
         for index in "${!service_pids[@]}"; do
@@ -144,6 +160,68 @@ blogctl() {
 # Ready once the operator can read from it; its last error is kept for the report.
 redis_ready() { blogctl status >/dev/null 2>"$workdir/ready.err"; }
 
+# A loopback port p, 20000 to 39999, whose p + 10000 (a Cluster node's bus) is free too.
+free_cluster_port() {
+    python3 -c '
+import random, socket
+def free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+while True:
+    port = random.randrange(20000, 40000)
+    if free(port) and free(port + 10000):
+        print(port)
+        break'
+}
+
+# Starts three Cluster nodes with the ACL file, joins them (as an administrator the demo adds to
+# the file for that), and sets `port` to the first node's: blogctl reaches the others through it.
+start_cluster() {
+    local admin_password ports=() node
+    admin_password=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    echo "user demo-admin on >$admin_password ~* &* +@all" >>"$workdir/users.acl"
+    for node in 1 2 3; do
+        local node_port
+        node_port=$(free_cluster_port)
+        mkdir -p "$workdir/node-$node"
+        redis-server --bind 127.0.0.1 --port "$node_port" --dir "$workdir/node-$node" \
+            --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+            --appendonly yes --appendfsync everysec --save '' \
+            --aclfile "$workdir/users.acl" --logfile "$workdir/node-$node/redis.log" &
+        cluster_pids+=("$!")
+        ports+=("127.0.0.1:$node_port")
+    done
+    local address
+    for address in "${ports[@]}"; do
+        wait_until 10 "the Cluster node at $address" \
+            env REDISCLI_AUTH="$admin_password" redis-cli -h 127.0.0.1 -p "${address#*:}" \
+            --user demo-admin ping >/dev/null
+    done
+    REDISCLI_AUTH=$admin_password redis-cli --user demo-admin --cluster create "${ports[@]}" \
+        --cluster-yes >"$workdir/cluster-create.log" 2>&1 || {
+        echo "demo: redis-cli --cluster create failed:" >&2
+        cat "$workdir/cluster-create.log" >&2
+        exit 1
+    }
+    cluster_ok() {
+        REDISCLI_AUTH=$admin_password redis-cli -p "${ports[0]#*:}" --user demo-admin \
+            cluster info 2>/dev/null | grep -q 'cluster_state:ok'
+    }
+    wait_until 15 "the Cluster to serve every slot" cluster_ok
+    port=${ports[0]#*:}
+    wait_until 10 "blogctl to reach the Cluster" redis_ready
+    echo "demo: started a private Redis Cluster of three masters (${ports[*]}) with that ACL file;" \
+        "blogctl reaches it through 127.0.0.1:$port" >&2
+}
+
+if [[ -n ${BLOGCTL_REDIS_URL:-} ]] && ((cluster)); then
+    echo "demo: --cluster starts a Cluster of its own: unset BLOGCTL_REDIS_URL" >&2
+    exit 2
+fi
 if [[ -n ${BLOGCTL_REDIS_URL:-} ]]; then
     echo "demo: using the Redis at $BLOGCTL_REDIS_URL, every process as its user" >&2
     wait_until 5 "Redis at $BLOGCTL_REDIS_URL" redis_ready
@@ -154,7 +232,11 @@ else
     "$bin" acl --passwords "$secrets" >"$workdir/users.acl" 2>/dev/null
     users=1
     echo "demo: made a Redis user per process: blogctl acl --passwords $secrets > users.acl" >&2
+    if ((cluster)); then
+        start_cluster
+    fi
     for _ in 1 2 3 4 5; do
+        ((cluster)) && break
         port=$(free_port)
         # Never the shared 6379.
         [[ $port == 6379 ]] && continue
@@ -174,14 +256,16 @@ else
         done
         [[ -n $redis_pid ]] && break
     done
-    if [[ -z $redis_pid ]]; then
+    if [[ -z $redis_pid ]] && ((!cluster)); then
         echo "demo: could not start redis-server, or blogctl could not use it:" >&2
         cat "$workdir/ready.err" >&2 || true
         echo "demo: redis-server's log:" >&2
         tail -n 20 "$workdir/redis.log" >&2 || true
         exit 1
     fi
-    echo "demo: started a private redis-server on 127.0.0.1:$port (AOF, fsync every second) with that ACL file" >&2
+    if ((!cluster)); then
+        echo "demo: started a private redis-server on 127.0.0.1:$port (AOF, fsync every second) with that ACL file" >&2
+    fi
 fi
 
 # --- the services -------------------------------------------------------------------------
@@ -262,7 +346,7 @@ if ((users)) && command -v redis-cli >/dev/null 2>&1; then
     stream="$BLOGCTL_NAMESPACE:posts:{$BLOGCTL_NAMESPACE.0}:events"
     printf '\n$ redis-cli --user %s XADD "%s" "*" type PostCreated data "{}"\n' "$query_user" "$stream"
     refusal=$(REDISCLI_AUTH=$(head -n 1 "$secrets/$query_user.password") \
-        redis-cli -p "$port" --user "$query_user" XADD "$stream" '*' type PostCreated data '{}' 2>&1)
+        redis-cli -c -p "$port" --user "$query_user" XADD "$stream" '*' type PostCreated data '{}' 2>&1)
     printf '%s\n' "$refusal"
     if [[ $refusal != NOPERM* ]]; then
         echo "demo: expected Redis to refuse $query_user an XADD to $stream" >&2
