@@ -210,9 +210,15 @@ impl Redis {
         }
         // Blocking reads carry their own timeout: a day stands for "as long as it takes".
         let response_timeout = response_timeout.unwrap_or(Duration::from_secs(86_400));
+        // A few quick retries (redirections, a node coming back), not the crate's 16 of at least
+        // 1.28 s each: a Cluster that does not serve the slot fails a command within seconds,
+        // and a service waits it out with its own backoff.
         let client = redis::cluster::ClusterClientBuilder::new(vec![self.node.clone()])
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(response_timeout)
+            .retries(3)
+            .min_retry_wait(50)
+            .max_retry_wait(500)
             .build()?;
         Ok(Connection::Cluster(client.get_async_connection().await?))
     }

@@ -19,11 +19,12 @@ fn main() {
     if let Err(error) = color_eyre::install() {
         eprintln!("blogctl: {error}");
     }
-    // Services log what they do; one-shot commands only warnings. RUST_LOG overrides either.
+    // Services log what they do; one-shot commands only warnings (not the redis crate's: a
+    // Cluster node it cannot reach is reported once, by blogctl). RUST_LOG overrides either.
     let default_level = if matches!(cli.command, Command::Serve(_)) {
         "info"
     } else {
-        "warn"
+        "warn,redis=error"
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -58,7 +58,7 @@ const FOLLOWER: &str = "+evalsha +eval +xreadgroup +xack +xrange +xrevrange +xle
 /// What the client runs: add a request (to an inbox, by a script reading the posts' stream),
 /// wait for its answer, mark it given up, read the view with read-only scripts.
 const CLIENT: &str = "+eval +eval_ro +evalsha_ro +time +xadd +xrevrange \
-    +xinfo|consumers +blpop +set +get +exists +zrange +zcard +hget +hgetall +hmget +hvals +hlen";
+    +xinfo|consumers +blpop +lpop +set +get +exists +zrange +zcard +hget +hgetall +hmget +hvals +hlen";
 
 /// The client's request script names an inbox and the posts' stream; it may only add to the
 /// inbox (the selector has no command that writes a stream but the script itself).

@@ -191,3 +191,33 @@ fn the_story_runs_on_a_redis_cluster_through_any_node() {
         .count();
     assert_eq!(holders, 1);
 }
+
+/// The master serving the namespace's slot is gone and no replica takes over: a client command
+/// through another node fails at once with exit code 4, saying the Cluster does not serve it.
+#[test]
+fn a_slot_no_master_serves_is_exit_code_4_within_seconds() {
+    let blog = blog_on_cluster(&[]);
+    let other = blog.others[0].url();
+    let (code, _, stderr) = run(&other, &["post", "list"]);
+    assert_eq!(code, 0, "{stderr}");
+    blog.redis.stop();
+    let failed = wait_until(PATIENCE, || {
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query::<String>(&mut blog.others[0].connection())
+            .is_ok_and(|info| info.contains("cluster_state:fail"))
+    });
+    assert!(failed, "the Cluster never noticed its master was gone");
+    for args in [&["post", "list"][..], &["post", "create", "Lost"]] {
+        let started = std::time::Instant::now();
+        let (code, _, stderr) = run(&other, args);
+        assert_eq!(code, 4, "{args:?}: {stderr}");
+        assert!(stderr.contains("does not serve the slot"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

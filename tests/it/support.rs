@@ -343,9 +343,7 @@ pub struct Blog {
     pub namespace: String,
     /// With a Redis user per process ([`Blog::with_users`]): the directory of their passwords.
     pub passwords: Option<tempfile::TempDir>,
-    /// On a Redis Cluster: the nodes besides `redis` (the one serving the namespace's slot),
-    /// held so that they run as long as the blog.
-    #[expect(dead_code, reason = "held only to keep the nodes running")]
+    /// On a Redis Cluster: the nodes besides `redis` (the one serving the namespace's slot).
     pub others: Vec<RedisServer>,
 }
 
