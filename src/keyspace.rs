@@ -50,12 +50,103 @@ impl fmt::Display for Service {
     }
 }
 
-/// A partition of the blog: its keys share one hash tag. Only partition 0 exists today.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A partition of the blog: its keys share one hash tag, so one Redis Cluster slot holds it
+/// whole. A post and its comments live in one partition ([`Partitions::of_post`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Partition(pub u32);
 
 impl Partition {
     pub const FIRST: Partition = Partition(0);
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How many partitions a namespace has: fixed when it is first served, and stored in Redis
+/// ([`Keys::partitions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitions(u32);
+
+impl Partitions {
+    pub const ONE: Partitions = Partitions(1);
+    /// The most partitions a namespace may have: every `serve` process holds two connections
+    /// per partition and service it runs.
+    pub const MAX: u32 = 256;
+
+    /// `count` partitions, if from 1 to [`Partitions::MAX`].
+    pub fn new(count: u32) -> Option<Partitions> {
+        (1..=Self::MAX)
+            .contains(&count)
+            .then_some(Partitions(count))
+    }
+
+    pub fn count(self) -> u32 {
+        self.0
+    }
+
+    /// Every partition, in order.
+    pub fn all(self) -> impl DoubleEndedIterator<Item = Partition> + Clone {
+        (0..self.0).map(Partition)
+    }
+
+    /// The partition of a post, and of its comments: the post id's last 16 hex digits, read
+    /// as a number, modulo the partition count.
+    pub fn of_post(self, post_id: &uuid::Uuid) -> Partition {
+        let low = post_id.as_u128() as u64;
+        Partition((low % u64::from(self.0)) as u32)
+    }
+
+    /// A partition picked at random: posts spread evenly over the partitions.
+    pub fn random(self) -> Partition {
+        let random = uuid::Uuid::now_v7().as_u128() as u32;
+        Partition(random % self.0)
+    }
+
+    /// The partition a new post's request goes to: the FNV-1a hash (64 bits) of its request
+    /// id, modulo the partition count. A retry with the same `--request-id` reaches the same
+    /// partition, where its answer is remembered; a new request id is random (a UUIDv7), so
+    /// posts spread evenly.
+    pub fn of_request(self, request_id: &str) -> Partition {
+        Partition((fnv1a(request_id.bytes()) % u64::from(self.0)) as u32)
+    }
+
+    /// A new post id (a UUIDv7: ordered by time) that falls in `partition`: a fresh id with its
+    /// last bits moved to the nearest value of the partition, its random part kept otherwise.
+    pub fn new_post_id(self, partition: Partition) -> uuid::Uuid {
+        let count = u64::from(self.0);
+        loop {
+            let id = uuid::Uuid::now_v7().as_u128();
+            let low = id as u64;
+            // The low 64 bits are the variant (`10`) and 62 random bits: stay within them.
+            let Some(moved) = (low - low % count).checked_add(u64::from(partition.0)) else {
+                continue;
+            };
+            if moved >> 62 == low >> 62 {
+                let id = uuid::Uuid::from_u128((id & !u128::from(u64::MAX)) | u128::from(moved));
+                debug_assert_eq!(self.of_post(&id), partition);
+                return id;
+            }
+        }
+    }
+}
+
+/// The FNV-1a hash, 64 bits: short, stable and documented, for ids written by anyone.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+impl fmt::Display for Partitions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// Key names for one namespace.
@@ -106,6 +197,21 @@ impl Keys {
     /// A pattern matching the shared events stream of earlier versions in every partition.
     pub fn shared_events_pattern(&self) -> String {
         format!("{}:events:{{{}.*}}", self.namespace, self.namespace)
+    }
+
+    /// The namespace's partition count ([`Partitions`]), set once by the first `serve`:
+    /// `<ns>:partitions:{<ns>.0}`.
+    pub fn partitions(&self) -> String {
+        format!(
+            "{}:partitions:{}",
+            self.namespace,
+            self.tag(Partition::FIRST)
+        )
+    }
+
+    /// A pattern matching [`Keys::partitions`] (for ACL key patterns).
+    pub fn partitions_pattern(&self) -> String {
+        format!("{}:partitions:*", self.namespace)
     }
 
     /// Dead letters: `<ns>:dead:{<ns>.<p>}`.
@@ -324,6 +430,38 @@ mod tests {
             keys.alive_pattern(Service::Comments),
             "blog:comments:{blog.*}:alive:*"
         );
+    }
+
+    #[test]
+    fn a_new_post_id_falls_in_its_partition_and_keeps_its_time_order() {
+        for count in [1, 2, 3, 8, 255, Partitions::MAX] {
+            let partitions = Partitions::new(count).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..2000 {
+                let partition = partitions.random();
+                assert!(partition.0 < count);
+                seen.insert(partition);
+                let before = uuid::Uuid::now_v7();
+                let id = partitions.new_post_id(partition);
+                assert_eq!(partitions.of_post(&id), partition);
+                assert_eq!(id.get_version_num(), 7);
+                assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+                assert!(
+                    id.as_u128() >> 64 >= before.as_u128() >> 64,
+                    "older than before"
+                );
+            }
+            if count <= 8 {
+                assert_eq!(seen.len(), count as usize, "{count} partitions");
+            }
+        }
+        let id: uuid::Uuid = "0190c4b2-6f1e-7abc-8def-0123456789ab".parse().unwrap();
+        let partitions = Partitions::new(8).unwrap();
+        assert_eq!(
+            partitions.of_post(&id),
+            Partition((0x8def_0123_4567_89ab_u64 % 8) as u32)
+        );
+        assert!(Partitions::new(0).is_none() && Partitions::new(Partitions::MAX + 1).is_none());
     }
 
     #[test]

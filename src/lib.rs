@@ -37,6 +37,7 @@ pub mod keyspace;
 mod metrics;
 mod ops;
 mod output;
+pub mod partitions;
 mod rebuild;
 pub mod request;
 pub mod services;

@@ -21,14 +21,14 @@ use crate::connection::Connection;
 use crate::context::Context;
 use crate::error::Failure;
 use crate::events::{Comment, Post};
-use crate::keyspace::{Partition, Service};
+use crate::keyspace::{Partition, Partitions, Service};
 use crate::ops::{ExpectedGroup, events_streams, expected_groups};
 use crate::output::{print_line, progress_bar};
 use crate::rebuild::{self, Target};
 use crate::request::{call, request_id};
 use crate::services::comments::{self, CREATE_COMMENT, CreateComment};
 use crate::services::posts::{self, CREATE_POST, CreatePost};
-use crate::services::query::{self, View};
+use crate::services::query::{self, View, Views};
 use crate::services::{self, ServeArgs};
 use crate::shutdown;
 use cpu::CpuTime;
@@ -95,8 +95,16 @@ pub async fn run(context: &Context, args: &BenchArgs) -> Result<()> {
         return Err(Failure::invalid("--posts and --in-flight must be at least 1").into());
     }
     let mut connection = context.connect().await?;
+    // A fresh namespace gets its partition count here, before any service starts.
+    let partitions = crate::partitions::fix(
+        &mut connection,
+        &context.keys,
+        context.partitions,
+        &Service::ALL,
+    )
+    .await?;
     let mut events: usize = 0;
-    for stream in events_streams(&context.keys) {
+    for stream in events_streams(&context.keys, partitions) {
         let length: usize = connection.xlen(stream).await?;
         events += length;
     }
@@ -109,7 +117,7 @@ pub async fn run(context: &Context, args: &BenchArgs) -> Result<()> {
     }
     let (trigger, stop) = shutdown::channel();
     let embedded = if args.embedded {
-        let (redis, keys) = (context.redis.clone(), context.keys.clone());
+        let context = context.clone();
         let serve = ServeArgs {
             services: vec![ServiceChoice::All],
             consumer: Some("bench".to_owned()),
@@ -120,12 +128,12 @@ pub async fn run(context: &Context, args: &BenchArgs) -> Result<()> {
         };
         let mut stop = stop.clone();
         Some(tokio::spawn(async move {
-            services::run(&redis, &keys, &serve, async move { stop.wait().await }).await
+            services::run(&context, &serve, async move { stop.wait().await }).await
         }))
     } else {
         None
     };
-    let result = measure(context, args, &mut connection).await;
+    let result = measure(context, args, partitions, &mut connection).await;
     trigger.fire();
     if let Some(task) = embedded {
         task.await.wrap_err("the embedded services")??;
@@ -142,13 +150,14 @@ pub async fn run(context: &Context, args: &BenchArgs) -> Result<()> {
 async fn measure(
     context: &Context,
     args: &BenchArgs,
+    partitions: Partitions,
     connection: &mut Connection,
 ) -> Result<Report> {
     // A key of the namespace's partition: on a Cluster, INFO asks the master serving it.
     let slot_key = context.keys.dead(Partition::FIRST);
     let memory_start = used_memory(connection, &slot_key).await?;
-    let post_ids = create_posts(context, args, connection).await?;
-    wait_until_idle(context, connection).await?;
+    let post_ids = create_posts(context, args, partitions, connection).await?;
+    wait_until_idle(context, partitions, connection).await?;
     let memory_posts = used_memory(connection, &slot_key).await?;
 
     let post_ids = Arc::new(post_ids);
@@ -162,15 +171,16 @@ async fn measure(
             .collect()
     };
     let before = CpuTime::now(connection, &slot_key, &processes).await?;
-    let elapsed = time_comment_creation(context, args, connection, &post_ids).await?;
+    let elapsed = time_comment_creation(context, args, partitions, connection, &post_ids).await?;
     let (redis_cpu, blogctl_cpu) = CpuTime::now(connection, &slot_key, &processes)
         .await?
         .per(&before, args.comments as u64);
     let memory_comments = used_memory(connection, &slot_key).await?;
-    let view = View::new(&context.keys);
-    check_every_comment_final(connection, &view, args.comments).await?;
+    let views = Views::new(&context.keys, partitions);
+    check_every_comment_final(connection, &views, args.comments).await?;
 
-    let samples = sample_latency(context, args, connection, &view, post_ids[0]).await?;
+    let view = views.of_post(&post_ids[0]);
+    let samples = sample_latency(context, args, connection, view, post_ids[0]).await?;
     let resident_kib = resident_memory(context, connection, args.embedded).await?;
     let before = CpuTime::now(connection, &slot_key, &[]).await?;
     let rebuilt = rebuild::rebuild(
@@ -208,19 +218,22 @@ async fn measure(
 async fn create_posts(
     context: &Context,
     args: &BenchArgs,
+    partitions: Partitions,
     connection: &mut Connection,
 ) -> Result<Vec<Uuid>> {
     let progress = progress_bar(args.posts as u64, "posts");
     let mut post_ids = Vec::with_capacity(args.posts);
     for n in 0..args.posts {
         let title = format!("Bench post {n}");
+        let request_id = request_id(None)?;
         let post: Post = call(
             connection,
             &context.keys,
             posts::SERVICE,
+            partitions.of_request(&request_id),
             CREATE_POST,
             &CreatePost { title },
-            &request_id(None)?,
+            &request_id,
             context.timeout,
         )
         .await?;
@@ -236,6 +249,7 @@ async fn create_posts(
 async fn time_comment_creation(
     context: &Context,
     args: &BenchArgs,
+    partitions: Partitions,
     connection: &mut Connection,
     post_ids: &Arc<Vec<Uuid>>,
 ) -> Result<Duration> {
@@ -259,7 +273,9 @@ async fn time_comment_creation(
                 if n >= total {
                     return Ok::<_, color_eyre::Report>(());
                 }
-                create_comment(&context, &mut connection, post_ids[n % post_ids.len()], n).await?;
+                let post_id = post_ids[n % post_ids.len()];
+                let partition = partitions.of_post(&post_id);
+                create_comment(&context, &mut connection, partition, post_id, n).await?;
                 progress.inc(1);
             }
         });
@@ -268,18 +284,19 @@ async fn time_comment_creation(
         result??;
     }
     progress.finish_and_clear();
-    wait_until_idle(context, connection).await?;
+    wait_until_idle(context, partitions, connection).await?;
     Ok(started.elapsed())
 }
 
 /// Fails unless the view shows exactly `expected` comments with a final status.
 async fn check_every_comment_final(
     connection: &mut Connection,
-    view: &View,
+    views: &Views,
     expected: usize,
 ) -> Result<()> {
     let mut final_comments = 0;
-    for post in view.list(connection, None, None).await? {
+    let mut posts = views.merged(None, 500);
+    while let Some(post) = posts.next(connection).await? {
         final_comments += post.comments.iter().filter(|c| c.status.is_final()).count();
     }
     if final_comments != expected {
@@ -301,7 +318,9 @@ async fn sample_latency(
     let mut samples = Vec::with_capacity(args.latency_samples);
     for n in 0..args.latency_samples {
         let started = Instant::now();
-        let comment = create_comment(context, connection, post, args.comments + n).await?;
+        let partition = view.partition();
+        let comment =
+            create_comment(context, connection, partition, post, args.comments + n).await?;
         let deadline = started + context.timeout;
         wait_until_final(context, connection, view, post, comment.id, deadline).await?;
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -338,6 +357,7 @@ async fn wait_until_final(
 async fn create_comment(
     context: &Context,
     connection: &mut Connection,
+    partition: Partition,
     post_id: Uuid,
     n: usize,
 ) -> Result<Comment> {
@@ -350,6 +370,7 @@ async fn create_comment(
         connection,
         &context.keys,
         comments::SERVICE,
+        partition,
         CREATE_COMMENT,
         &CreateComment { post_id, content },
         &request_id(None)?,
@@ -359,10 +380,14 @@ async fn create_comment(
 }
 
 /// Waits until every group has read and acknowledged every event: the pipeline is idle.
-async fn wait_until_idle(context: &Context, connection: &mut Connection) -> Result<()> {
+async fn wait_until_idle(
+    context: &Context,
+    partitions: Partitions,
+    connection: &mut Connection,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
-    let events = events_streams(&context.keys);
-    let expected: Vec<ExpectedGroup> = expected_groups(&context.keys)
+    let events = events_streams(&context.keys, partitions);
+    let expected: Vec<ExpectedGroup> = expected_groups(&context.keys, partitions)
         .into_iter()
         .filter(|expected| events.contains(&expected.stream))
         .collect();

@@ -15,7 +15,7 @@ use crate::client::post::PostCommand;
 use crate::connection::{Access, Redis};
 use crate::context::Context;
 use crate::error::Failure;
-use crate::keyspace::Keys;
+use crate::keyspace::{Keys, Partitions};
 use crate::ops;
 use crate::rebuild::{self, RebuildArgs};
 use crate::services::{self, ServeArgs};
@@ -79,6 +79,16 @@ pub struct Global {
         default_value = "blog"
     )]
     pub namespace: String,
+    /// The namespace's partition count: fixed by its first `serve` (default 1), read from
+    /// Redis by every other command; a command naming another count is refused.
+    #[arg(
+        long,
+        global = true,
+        env = "BLOGCTL_PARTITIONS",
+        value_name = "P",
+        value_parser = crate::partitions::parse
+    )]
+    pub partitions: Option<Partitions>,
     /// Print results as JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -153,6 +163,7 @@ impl Global {
                 },
             )?,
             keys: Keys::new(&self.namespace)?,
+            partitions: self.partitions,
             json: self.json,
             timeout: self.timeout,
         })
@@ -166,7 +177,7 @@ pub async fn run(
 ) -> color_eyre::Result<()> {
     let context = cli.global.context()?;
     match &cli.command {
-        Command::Serve(args) => services::run(&context.redis, &context.keys, args, shutdown).await,
+        Command::Serve(args) => services::run(&context, args, shutdown).await,
         Command::Post(command) => client::post::run(&context, command).await,
         Command::Comment(command) => client::comment::run(&context, command).await,
         Command::Status(args) => ops::status::run(&context, args).await,

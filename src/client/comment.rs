@@ -56,10 +56,12 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
     let content = validate_content(&content)?;
     let request_id = request_id(args.request_id.as_deref())?;
     let mut connection = context.connect().await?;
+    let partition = context.partitions(&mut connection).await?.of_post(&post_id);
     let mut comment: Comment = call(
         &mut connection,
         &context.keys,
         comments::SERVICE,
+        partition,
         CREATE_COMMENT,
         &CreateComment { post_id, content },
         &request_id,
@@ -69,7 +71,7 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
     // On a `--wait` that runs out, the comment exists all the same: print it, then say so.
     let mut not_final = None;
     if args.wait {
-        let view = View::new(&context.keys);
+        let view = View::new(&context.keys, partition);
         let mut poll = Poll::until(started + context.timeout);
         loop {
             match view

@@ -15,7 +15,7 @@ use crate::output::one_line;
 use crate::output::{print_line, print_text};
 use crate::request::{call, request_id};
 use crate::services::posts::{self, CREATE_POST, CreatePost};
-use crate::services::query::{self, PostView, View};
+use crate::services::query::{self, PostView, View, Views};
 
 #[derive(Debug, Subcommand)]
 pub enum PostCommand {
@@ -82,10 +82,12 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
     let title = validate_title(&args.title)?;
     let request_id = request_id(args.request_id.as_deref())?;
     let mut connection = context.connect().await?;
+    let partitions = context.partitions(&mut connection).await?;
     let post: Post = call(
         &mut connection,
         &context.keys,
         posts::SERVICE,
+        partitions.of_request(&request_id),
         CREATE_POST,
         &CreatePost { title },
         &request_id,
@@ -95,7 +97,7 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
     // On a `--wait` that runs out, the post exists all the same: print it, then say so.
     let mut not_shown = None;
     if args.wait {
-        let view = View::new(&context.keys);
+        let view = View::new(&context.keys, partitions.of_post(&post.id));
         let mut poll = Poll::until(started + context.timeout);
         while view.get(&mut connection, post.id).await?.is_none() {
             if !poll.pause().await {
@@ -127,18 +129,22 @@ async fn list(context: &Context, args: &ListArgs) -> Result<()> {
         .map(|id| parse_id("--after", id))
         .transpose()?;
     let mut connection = context.connect().await?;
+    let partitions = context.partitions(&mut connection).await?;
+    let views = Views::new(&context.keys, partitions);
     let Some(limit) = args.limit.map(|limit| limit as usize) else {
-        return list_all(context, &mut connection, after).await;
+        return list_all(context, &mut connection, &views, after).await;
     };
-    let limit = Some(limit);
     // One more than the page: whether a next page exists.
-    let mut posts = View::new(&context.keys)
-        .list(&mut connection, after, limit.map(|limit| limit + 1))
-        .await?;
-    let more = limit.is_some_and(|limit| posts.len() > limit);
-    if let Some(limit) = limit {
-        posts.truncate(limit);
+    let mut merged = views.merged(after, limit + 1);
+    let mut posts = Vec::new();
+    while posts.len() <= limit {
+        match merged.next(&mut connection).await? {
+            Some(post) => posts.push(post),
+            None => break,
+        }
     }
+    let more = posts.len() > limit;
+    posts.truncate(limit);
     // stdout carries results only: an empty blog prints nothing there.
     if context.json {
         print_line(&serde_json::to_string(&posts)?)?;
@@ -150,7 +156,7 @@ async fn list(context: &Context, args: &ListArgs) -> Result<()> {
     if posts.is_empty() && !context.json && std::io::stderr().is_terminal() {
         eprintln!("no posts yet");
     }
-    if let (true, Some(last), Some(limit)) = (more, posts.last(), limit) {
+    if let (true, Some(last)) = (more, posts.last()) {
         eprintln!(
             "more posts: the next page is `blogctl post list --limit {limit} --after {}`",
             last.id
@@ -159,8 +165,8 @@ async fn list(context: &Context, args: &ListArgs) -> Result<()> {
     Ok(())
 }
 
-/// Posts read per script when listing without `--limit`: each read is short for Redis, and the
-/// client holds one page at a time, however big the blog.
+/// Posts read per script and partition when listing without `--limit`: each read is short for
+/// Redis, and the client holds one page per partition at a time, however big the blog.
 const LIST_PAGE: usize = 500;
 
 /// Every post after `after`, read a page at a time and printed as it comes (one JSON array,
@@ -168,25 +174,19 @@ const LIST_PAGE: usize = 500;
 async fn list_all(
     context: &Context,
     connection: &mut crate::connection::Connection,
-    mut after: Option<Uuid>,
+    views: &Views,
+    after: Option<Uuid>,
 ) -> Result<()> {
-    let view = View::new(&context.keys);
+    let mut merged = views.merged(after, LIST_PAGE);
     let mut printed = 0usize;
-    loop {
-        let posts = view.list(connection, after, Some(LIST_PAGE)).await?;
-        for post in &posts {
-            if context.json {
-                let separator = if printed == 0 { "[" } else { "," };
-                print_text(&format!("{separator}{}", serde_json::to_string(post)?))?;
-            } else {
-                print_post(post)?;
-            }
-            printed += 1;
+    while let Some(post) = merged.next(connection).await? {
+        if context.json {
+            let separator = if printed == 0 { "[" } else { "," };
+            print_text(&format!("{separator}{}", serde_json::to_string(&post)?))?;
+        } else {
+            print_post(&post)?;
         }
-        match posts.last() {
-            Some(last) if posts.len() == LIST_PAGE => after = Some(last.id),
-            _ => break,
-        }
+        printed += 1;
     }
     if context.json {
         print_line(if printed == 0 { "[]" } else { "]" })?;
@@ -199,7 +199,9 @@ async fn list_all(
 async fn show(context: &Context, args: &ShowArgs) -> Result<()> {
     let id: Uuid = parse_id("post id", &args.post_id)?;
     let mut connection = context.connect().await?;
-    let Some(post) = View::new(&context.keys).get(&mut connection, id).await? else {
+    let partitions = context.partitions(&mut connection).await?;
+    let view = View::new(&context.keys, partitions.of_post(&id));
+    let Some(post) = view.get(&mut connection, id).await? else {
         return Err(Failure::not_found(format!("post {id} is not in the query view")).into());
     };
     if context.json {

@@ -126,10 +126,12 @@ pub fn users(keys: &Keys) -> Vec<User> {
 }
 
 fn service_rules(keys: &Keys, service: Service) -> String {
+    // Every service may fix the partition count on the namespace's first serve.
     let own = [
         keys.service_pattern(service),
         keys.dead_pattern(),
         keys.replies_pattern(),
+        keys.partitions_pattern(),
     ];
     let patterns =
         |list: &[String]| -> String { list.iter().map(|pattern| format!(" ~{pattern}")).collect() };
@@ -162,9 +164,10 @@ fn client_rules(keys: &Keys) -> String {
         .collect();
     let stamped = keys.events_pattern(crate::request::STAMPED_FROM);
     let mut rules = format!(
-        "{CONNECT} {CLIENT} ~{} %R~{} %R~{stamped}",
+        "{CONNECT} {CLIENT} ~{} %R~{} %R~{stamped} %R~{}",
         keys.replies_pattern(),
         keys.service_pattern(Service::Query),
+        keys.partitions_pattern(),
     );
     for inbox in &inboxes {
         let _ = write!(rules, " ~{inbox}");

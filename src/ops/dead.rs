@@ -23,7 +23,7 @@ use crate::bus::FOR_SERVICE;
 use crate::connection::Connection;
 use crate::context::Context;
 use crate::error::Failure;
-use crate::keyspace::{Partition, Service};
+use crate::keyspace::{Partition, Partitions, Service};
 use crate::output::{Table, one_line, print_line};
 
 /// KEYS[1]: the dead letters, KEYS[2]: the stream the entry came from. ARGV[1]: the dead letter's
@@ -192,12 +192,13 @@ async fn retry(context: &Context, args: &IdsArgs) -> Result<()> {
     let ids = ids_of(args)?;
     let mut connection = context.connect().await?;
     let dead = context.keys.dead(Partition::FIRST);
-    let streams = read_streams(&context.keys);
+    let partitions = context.partitions(&mut connection).await?;
+    let streams = read_streams(&context.keys, partitions);
     // Every id is checked before any is retried, so a typo in the last changes nothing.
     let letters = read_letters(&mut connection, &dead, &ids).await?;
     let mut targets = Vec::new();
     for letter in &letters {
-        targets.push(retry_target(context, &streams, letter)?);
+        targets.push(retry_target(context, partitions, &streams, letter)?);
     }
     for target in &targets {
         let id = retry_letter(&mut connection, &dead, target).await?;
@@ -218,7 +219,12 @@ struct RetryTarget {
 /// Where `letter` goes back to; exit code 2 when it cannot be retried: it lacks its stream or
 /// service, is a request, came from a stream no service of the namespace reads, or names a
 /// service that does not read that stream.
-fn retry_target(context: &Context, streams: &[String], letter: &Entry) -> Result<RetryTarget> {
+fn retry_target(
+    context: &Context,
+    partitions: Partitions,
+    streams: &[String],
+    letter: &Entry,
+) -> Result<RetryTarget> {
     let (Some(stream), Some(service)) = (letter.field("stream"), letter.field("service")) else {
         return Err(Failure::invalid(format!(
             "dead letter {} has no stream or service field: it cannot be retried (drop it?)",
@@ -226,9 +232,11 @@ fn retry_target(context: &Context, streams: &[String], letter: &Entry) -> Result
         ))
         .into());
     };
-    let is_request = Service::ALL
-        .into_iter()
-        .any(|owner| context.keys.inbox(owner, Partition::FIRST) == *stream);
+    let is_request = partitions.all().any(|partition| {
+        Service::ALL
+            .into_iter()
+            .any(|owner| context.keys.inbox(owner, partition) == *stream)
+    });
     if is_request {
         return Err(Failure::invalid(format!(
             "dead letter {} is a request to {service}: requests are not retried, as the \
@@ -246,7 +254,7 @@ fn retry_target(context: &Context, streams: &[String], letter: &Entry) -> Result
         ))
         .into());
     }
-    let read_by_service = expected_groups(&context.keys)
+    let read_by_service = expected_groups(&context.keys, partitions)
         .iter()
         .any(|expected| expected.stream == stream && expected.group == service);
     if !read_by_service {

@@ -17,7 +17,7 @@ use redis::RedisResult;
 use crate::bus::StreamId;
 use crate::connection::Connection;
 use crate::error::Failure;
-use crate::keyspace::{Keys, Partition, Service};
+use crate::keyspace::{Keys, Partition, Partitions, Service};
 use crate::services;
 
 /// XRANGE: from the first entry of the stream.
@@ -116,39 +116,56 @@ pub fn parse_entry_id(what: &str, text: &str) -> Result<String, Failure> {
 pub struct ExpectedGroup {
     pub stream: String,
     pub group: String,
+    pub partition: Partition,
 }
 
-/// Every (stream, group) the services read, from [`services::streams`].
-pub fn expected_groups(keys: &Keys) -> Vec<ExpectedGroup> {
-    Service::ALL
-        .into_iter()
-        .flat_map(|service| {
-            let (streams, _) = services::streams(keys, service, Partition::FIRST);
-            streams.into_iter().map(move |stream| ExpectedGroup {
-                stream,
-                group: service.name().to_owned(),
+/// Every (stream, group) the services read in every partition, from [`services::streams`],
+/// partition by partition.
+pub fn expected_groups(keys: &Keys, partitions: Partitions) -> Vec<ExpectedGroup> {
+    partitions
+        .all()
+        .flat_map(|partition| {
+            Service::ALL.into_iter().flat_map(move |service| {
+                let (streams, _) = services::streams(keys, service, partition);
+                streams.into_iter().map(move |stream| ExpectedGroup {
+                    stream,
+                    group: service.name().to_owned(),
+                    partition,
+                })
             })
         })
         .collect()
 }
 
-/// The streams services read with groups: the events streams first (posts, comments,
-/// moderation), then the inboxes.
-pub fn read_streams(keys: &Keys) -> Vec<String> {
-    let mut streams = events_streams(keys);
-    for expected in expected_groups(keys) {
-        if !streams.contains(&expected.stream) {
-            streams.push(expected.stream);
+/// The streams services read with groups, partition by partition: the events streams first
+/// (posts, comments, moderation), then the inboxes.
+pub fn read_streams(keys: &Keys, partitions: Partitions) -> Vec<String> {
+    let mut streams = Vec::new();
+    for partition in partitions.all() {
+        streams.extend(
+            Service::PRODUCERS
+                .iter()
+                .map(|&producer| keys.events(producer, partition)),
+        );
+        for service in Service::ALL {
+            if let (_, Some(inbox)) = services::streams(keys, service, partition) {
+                streams.push(inbox);
+            }
         }
     }
     streams
 }
 
-/// The events streams, one per producing service, in [`Service::PRODUCERS`] order.
-pub fn events_streams(keys: &Keys) -> Vec<String> {
-    Service::PRODUCERS
-        .iter()
-        .map(|&producer| keys.events(producer, Partition::FIRST))
+/// The events streams, one per producing service and partition, partition by partition and
+/// in [`Service::PRODUCERS`] order within one.
+pub fn events_streams(keys: &Keys, partitions: Partitions) -> Vec<String> {
+    partitions
+        .all()
+        .flat_map(|partition| {
+            Service::PRODUCERS
+                .iter()
+                .map(move |&producer| keys.events(producer, partition))
+        })
         .collect()
 }
 
@@ -159,7 +176,7 @@ mod tests {
     #[test]
     fn every_service_group_is_expected() {
         let keys = Keys::new("blog").unwrap();
-        let groups: Vec<(String, String)> = expected_groups(&keys)
+        let groups: Vec<(String, String)> = expected_groups(&keys, Partitions::ONE)
             .into_iter()
             .map(|expected| (expected.stream, expected.group))
             .collect();
@@ -176,7 +193,17 @@ mod tests {
             assert!(groups.contains(&(stream.clone(), group.to_owned())));
         }
         assert_eq!(groups.len(), 7);
-        assert_eq!(read_streams(&keys)[0], events(Service::Posts));
-        assert_eq!(read_streams(&keys).len(), 5);
+        assert_eq!(
+            read_streams(&keys, Partitions::ONE)[0],
+            events(Service::Posts)
+        );
+        assert_eq!(read_streams(&keys, Partitions::ONE).len(), 5);
+        let eight = Partitions::new(8).unwrap();
+        assert_eq!(expected_groups(&keys, eight).len(), 8 * 7);
+        assert_eq!(read_streams(&keys, eight).len(), 8 * 5);
+        assert_eq!(
+            events_streams(&keys, eight)[3],
+            keys.events(Service::Posts, Partition(1))
+        );
     }
 }

@@ -190,11 +190,12 @@ async fn gather(
     services: &[&str],
 ) -> Result<Status> {
     let keys = &context.keys;
-    let expected = expected_groups(keys);
+    let partitions = context.partitions(connection).await?;
+    let expected = expected_groups(keys, partitions);
     let wanted = |group: &str| services.is_empty() || services.contains(&group);
     let dead = dead_letters(connection, &keys.dead(Partition::FIRST)).await?;
     let mut streams = Vec::new();
-    for stream in read_streams(keys) {
+    for stream in read_streams(keys, partitions) {
         // Not even looked at: a service's health check runs as its Redis user, which may read
         // only the streams it reads with its group.
         let read_by_wanted = expected

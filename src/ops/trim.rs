@@ -206,7 +206,7 @@ async fn trim_stream(
 
 /// The groups the services read `stream` with.
 fn groups_reading(context: &Context, stream: &str) -> Vec<ExpectedGroup> {
-    expected_groups(&context.keys)
+    expected_groups(&context.keys, crate::keyspace::Partitions::ONE)
         .into_iter()
         .filter(|expected| expected.stream == stream)
         .collect()

@@ -162,12 +162,8 @@ impl Incoming {
     /// What makes two requests the same request: its command and data, hashed (FNV-1a, 64
     /// bits, as hex). A retry must send the same; another request under a used id is refused.
     pub fn fingerprint(&self) -> String {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.command.bytes().chain([0]).chain(self.data.bytes()) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{hash:016x}")
+        let bytes = self.command.bytes().chain([0]).chain(self.data.bytes());
+        format!("{:016x}", crate::keyspace::fnv1a(bytes))
     }
 
     /// The command's data, or the reason to dead-letter the request.
@@ -182,6 +178,7 @@ impl Incoming {
 pub struct Inbox {
     pub keys: Keys,
     pub service: Service,
+    pub partition: Partition,
     pub step_keys: StepKeys,
 }
 
@@ -189,11 +186,12 @@ static ANSWER_ONLY_SCRIPT: LazyLock<StepScript> =
     LazyLock::new(|| request_script(&[], &["response"], &[ANSWER_ONLY]));
 
 impl Inbox {
-    pub fn new(keys: &Keys, service: Service) -> Inbox {
+    pub fn new(keys: &Keys, service: Service, partition: Partition) -> Inbox {
         Inbox {
             keys: keys.clone(),
             service,
-            step_keys: StepKeys::new(keys, service, Partition::FIRST),
+            partition,
+            step_keys: StepKeys::new(keys, service, partition),
         }
     }
 
@@ -208,18 +206,17 @@ impl Inbox {
             .key(
                 "reply",
                 match &request.reply_to {
-                    Some(reply_to) => self.keys.reply(Partition::FIRST, reply_to),
+                    Some(reply_to) => self.keys.reply(self.partition, reply_to),
                     // Entry ids of two inboxes may be equal: the service tells them apart.
-                    None => self.keys.reply(
-                        Partition::FIRST,
-                        &format!("{}-{}", self.service, delivery.id),
-                    ),
+                    None => self
+                        .keys
+                        .reply(self.partition, &format!("{}-{}", self.service, delivery.id)),
                 },
             )
             .key(
                 "remembered",
                 self.keys
-                    .answer(self.service, Partition::FIRST, &request.request_id),
+                    .answer(self.service, self.partition, &request.request_id),
             )
             .arg("deadline", request.deadline_ms)
             .arg("fingerprint", request.fingerprint())
@@ -356,22 +353,23 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     connection: &mut Connection,
     keys: &Keys,
     service: Service,
+    partition: Partition,
     command: &str,
     data: &C,
     request_id: &str,
     timeout: Duration,
 ) -> color_eyre::Result<T> {
     let data = serde_json::to_string(data)?;
-    let inbox = keys.inbox(service, Partition::FIRST);
+    let inbox = keys.inbox(service, partition);
     let reply_to = uuid::Uuid::now_v7().to_string();
-    let reply_key = keys.reply(Partition::FIRST, &reply_to);
+    let reply_key = keys.reply(partition, &reply_to);
     // EVAL, not EVALSHA: the wait goes in the same round trip, and would block the connection
     // for the whole timeout behind a NOSCRIPT error.
     let mut send = redis::cmd("EVAL");
     send.arg(ENQUEUE)
         .arg(2)
         .arg(&inbox)
-        .arg(keys.events(STAMPED_FROM, Partition::FIRST))
+        .arg(keys.events(STAMPED_FROM, partition))
         .arg(timeout.as_millis() as u64)
         .arg("version")
         .arg(REQUEST_VERSION)
@@ -385,7 +383,7 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
         .arg(&data);
     let body = match send_or_give_up(connection, &send, &reply_key, timeout).await {
         Err(AnswerError::GaveUp) => {
-            return Err(why_no_answer(connection, keys, service, timeout)
+            return Err(why_no_answer(connection, keys, service, partition, timeout)
                 .await
                 .into());
         }
@@ -435,6 +433,7 @@ async fn why_no_answer(
     connection: &mut Connection,
     keys: &Keys,
     service: Service,
+    partition: Partition,
     timeout: Duration,
 ) -> Failure {
     let late = format!(
@@ -442,14 +441,14 @@ async fn why_no_answer(
         timeout.as_secs_f64()
     );
     let never = "the request will never be applied";
-    let inbox = keys.inbox(service, Partition::FIRST);
+    let inbox = keys.inbox(service, partition);
     if let Ok(Some(refusal)) = redis_refusal(connection, &inbox).await {
         return Failure::new(
             ExitCode::RedisUnreachable,
             format!("{late}: {refusal}; {never}"),
         );
     }
-    match alive_consumers(connection, keys, service).await {
+    match alive_consumers(connection, keys, service, partition).await {
         Ok(0) => Failure::new(
             ExitCode::ServiceTimeout,
             format!(
@@ -499,15 +498,16 @@ async fn alive_consumers(
     connection: &mut Connection,
     keys: &Keys,
     service: Service,
+    partition: Partition,
 ) -> redis::RedisResult<usize> {
-    let inbox = keys.inbox(service, Partition::FIRST);
+    let inbox = keys.inbox(service, partition);
     let consumers: redis::RedisResult<redis::streams::StreamInfoConsumersReply> =
         connection.xinfo_consumers(&inbox, service.name()).await;
     let Ok(consumers) = consumers else {
         // No group yet: the service never ran here.
         return Ok(0);
     };
-    let prefix = keys.alive_prefix(service, Partition::FIRST);
+    let prefix = keys.alive_prefix(service, partition);
     let mut alive = 0;
     for consumer in consumers.consumers {
         let exists: bool = connection

@@ -135,13 +135,13 @@ pub struct Comments {
 }
 
 impl Comments {
-    pub fn new(keys: &Keys) -> Comments {
+    pub fn new(keys: &Keys, partition: Partition) -> Comments {
         Comments {
-            posts: keys.events(request::STAMPED_FROM, Partition::FIRST),
-            inbox_stream: keys.inbox(SERVICE, Partition::FIRST),
-            step_keys: StepKeys::new(keys, SERVICE, Partition::FIRST),
-            generations: Generations::new(keys, SERVICE, Partition::FIRST),
-            inbox: Inbox::new(keys, SERVICE),
+            posts: keys.events(request::STAMPED_FROM, partition),
+            inbox_stream: keys.inbox(SERVICE, partition),
+            step_keys: StepKeys::new(keys, SERVICE, partition),
+            generations: Generations::new(keys, SERVICE, partition),
+            inbox: Inbox::new(keys, SERVICE, partition),
         }
     }
 

@@ -43,6 +43,10 @@ impl Generations {
         }
     }
 
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
     /// The key naming the live generation.
     pub fn pointer(&self) -> &str {
         &self.pointer

@@ -17,8 +17,9 @@ use tracing::{error, info};
 use crate::bus::{self, ConsumerConfig, Handler, StepKeys};
 use crate::cli::values::{self, ServiceChoice, parse_seconds};
 use crate::connection::{CONNECT_TIMEOUT, Redis, eviction_problem};
+use crate::context::Context;
 use crate::error::{ExitCode, Failure};
-use crate::keyspace::{Keys, Partition, Service};
+use crate::keyspace::{Keys, Partition, Partitions, Service};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, Trigger};
 
@@ -110,13 +111,15 @@ fn parse_consumer(text: &str) -> Result<String, String> {
 }
 
 /// Runs the chosen services until `shutdown` completes; each finishes the entry in hand.
+/// Every service consumes every partition, each with a consumer (and connection) of its own.
 pub async fn run(
-    redis: &Redis,
-    keys: &Keys,
+    context: &Context,
     args: &ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> color_eyre::Result<()> {
-    refuse_unusable_redis(redis, keys).await?;
+    let (redis, keys) = (&context.redis, &context.keys);
+    let chosen = values::chosen(&args.services);
+    let partitions = prepare_redis(context, &chosen).await?;
     let listener = match args.metrics {
         Some(address) => Some(crate::metrics::bind(address).await?),
         None => None,
@@ -132,45 +135,66 @@ pub async fn run(
         metrics
     });
     let consumer = args.consumer.clone().unwrap_or_else(default_consumer_name);
-    let chosen = values::chosen(&args.services);
     let names: Vec<&str> = chosen.iter().map(|service| service.name()).collect();
-    info!(url = redis.url(), namespace = keys.namespace(), %consumer, "serving {}", names.join(", "));
+    info!(url = redis.url(), namespace = keys.namespace(), %partitions, %consumer,
+        "serving {}", names.join(", "));
     let mut tasks = JoinSet::new();
     for service in chosen {
-        let (streams, inbox) = streams(keys, service, Partition::FIRST);
-        let config = ConsumerConfig {
-            group: service.name().to_owned(),
-            consumer: consumer.clone(),
-            streams,
-            inbox,
-            producers: followed_streams(keys, service, Partition::FIRST),
-            step_keys: StepKeys::new(keys, service, Partition::FIRST),
-            claim_idle: args.claim_idle,
-            alive_prefix: keys.alive_prefix(service, Partition::FIRST),
-            max_deliveries: args.max_deliveries,
-            metrics: metrics.clone(),
-        };
-        let (redis, shutdown) = (redis.clone(), shutdown.clone());
-        match service {
-            Service::Posts => tasks.spawn(serve(redis, config, posts::Posts::new(keys), shutdown)),
-            Service::Comments => tasks.spawn(serve(
-                redis,
-                config,
-                comments::Comments::new(keys),
-                shutdown,
-            )),
-            Service::Moderation => {
-                let handler = moderation::Moderation::new(keys, args.banned_words.clone());
-                tasks.spawn(serve(redis, config, handler, shutdown))
-            }
-            Service::Query => tasks.spawn(serve(redis, config, query::Query::new(keys), shutdown)),
-        };
+        for partition in partitions.all() {
+            let config = consumer_config(keys, service, partition, &consumer, args, &metrics);
+            let (redis, shutdown) = (redis.clone(), shutdown.clone());
+            match service {
+                Service::Posts => {
+                    let handler = posts::Posts::new(keys, partitions, partition);
+                    tasks.spawn(serve(redis, config, handler, shutdown))
+                }
+                Service::Comments => {
+                    let handler = comments::Comments::new(keys, partition);
+                    tasks.spawn(serve(redis, config, handler, shutdown))
+                }
+                Service::Moderation => {
+                    let words = args.banned_words.clone();
+                    let handler = moderation::Moderation::new(keys, partition, words);
+                    tasks.spawn(serve(redis, config, handler, shutdown))
+                }
+                Service::Query => {
+                    let handler = query::Query::new(keys, partition);
+                    tasks.spawn(serve(redis, config, handler, shutdown))
+                }
+            };
+        }
     }
     wait_for_services(tasks, &trigger).await
 }
 
-/// Fails fast, with exit code 4, when Redis is not there at all at start, or would evict keys.
-async fn refuse_unusable_redis(redis: &Redis, keys: &Keys) -> color_eyre::Result<()> {
+/// Who `service`'s consumer of `partition` is and what it reads.
+fn consumer_config(
+    keys: &Keys,
+    service: Service,
+    partition: Partition,
+    consumer: &str,
+    args: &ServeArgs,
+    metrics: &Option<Arc<Metrics>>,
+) -> ConsumerConfig {
+    let (streams, inbox) = streams(keys, service, partition);
+    ConsumerConfig {
+        group: service.name().to_owned(),
+        consumer: consumer.to_owned(),
+        streams,
+        inbox,
+        producers: followed_streams(keys, service, partition),
+        step_keys: StepKeys::new(keys, service, partition),
+        claim_idle: args.claim_idle,
+        alive_prefix: keys.alive_prefix(service, partition),
+        max_deliveries: args.max_deliveries,
+        metrics: metrics.clone(),
+    }
+}
+
+/// Fails fast, with exit code 4, when Redis is not there at all at start, or would evict keys;
+/// then fixes the namespace's partition count on its first serve, and returns it.
+async fn prepare_redis(context: &Context, services: &[Service]) -> color_eyre::Result<Partitions> {
+    let (redis, keys) = (&context.redis, &context.keys);
     let mut connection = redis.connect(Some(CONNECT_TIMEOUT)).await?;
     if let Some(problem) = eviction_problem(&mut connection, &keys.dead(Partition::FIRST))
         .await
@@ -178,7 +202,7 @@ async fn refuse_unusable_redis(redis: &Redis, keys: &Keys) -> color_eyre::Result
     {
         return Err(Failure::new(ExitCode::RedisUnreachable, problem).into());
     }
-    Ok(())
+    crate::partitions::fix(&mut connection, keys, context.partitions, services).await
 }
 
 /// Waits until every service has ended; the first failure, if any, after stopping the others.

@@ -25,7 +25,7 @@ pub struct Moderation {
 }
 
 impl Moderation {
-    pub fn new(keys: &Keys, banned_words: Vec<String>) -> Moderation {
+    pub fn new(keys: &Keys, partition: Partition, banned_words: Vec<String>) -> Moderation {
         // An empty word would be "contained" in every comment.
         let banned_words = banned_words
             .into_iter()
@@ -33,7 +33,7 @@ impl Moderation {
             .filter(|word| !word.is_empty())
             .collect();
         Moderation {
-            step_keys: StepKeys::new(keys, SERVICE, Partition::FIRST),
+            step_keys: StepKeys::new(keys, SERVICE, partition),
             banned_words,
         }
     }
@@ -77,7 +77,7 @@ mod tests {
             " Kiwi ".to_owned(),
         ];
         assert_eq!(
-            Moderation::new(&keys, words).banned_words,
+            Moderation::new(&keys, Partition::FIRST, words).banned_words,
             ["orange", "Kiwi"]
         );
     }

@@ -6,12 +6,11 @@
 use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::bus::{Delivery, Handler, Plan, StepScript};
 use crate::error::Malformed;
 use crate::events::{Post, validate_title};
-use crate::keyspace::{Keys, Partition, Service};
+use crate::keyspace::{Keys, Partition, Partitions, Service};
 use crate::request::{Inbox, Incoming, Reply, request_script};
 
 pub const SERVICE: Service = Service::Posts;
@@ -36,14 +35,18 @@ static CREATE: LazyLock<StepScript> = LazyLock::new(|| {
 
 pub struct Posts {
     keys: Keys,
+    partitions: Partitions,
+    partition: Partition,
     inbox: Inbox,
 }
 
 impl Posts {
-    pub fn new(keys: &Keys) -> Posts {
+    pub fn new(keys: &Keys, partitions: Partitions, partition: Partition) -> Posts {
         Posts {
             keys: keys.clone(),
-            inbox: Inbox::new(keys, SERVICE),
+            partitions,
+            partition,
+            inbox: Inbox::new(keys, SERVICE, partition),
         }
     }
 }
@@ -72,16 +75,14 @@ impl Handler for Posts {
             }
         };
         let post = Post {
-            id: Uuid::now_v7(),
+            // An id of this partition: its comments go where the post is.
+            id: self.partitions.new_post_id(self.partition),
             title,
         };
         let step = self
             .inbox
             .step(&CREATE, delivery, &request)
-            .key(
-                "post",
-                self.keys.post(Partition::FIRST, &post.id.to_string()),
-            )
+            .key("post", self.keys.post(self.partition, &post.id.to_string()))
             .arg("post_id", post.id.to_string())
             .arg("title", &post.title)
             .arg(

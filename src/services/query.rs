@@ -1,8 +1,10 @@
 //! The query service: keeps a ready-to-read view of posts with their comments, built from
 //! `PostCreated`, `CommentCreated` and `CommentUpdated`; and the reads clients make of it.
 //!
-//! Keys: `<ns>:query:{<ns>.0}:generation` (the generation the view lives in, `0` until the first
-//! `blogctl rebuild query`), and under `<ns>:query:{<ns>.0}:<generation>:` the view itself:
+//! Each partition has a view of its own posts ([`View`]); [`Views`] merges them for clients.
+//!
+//! Keys: `<ns>:query:{<ns>.<p>}:generation` (the generation the view lives in, `0` until the first
+//! `blogctl rebuild query`), and under `<ns>:query:{<ns>.<p>}:<generation>:` the view itself:
 //! `posts` (sorted set of post ids, all with score 0, so ordered by id: UUIDv7 ids sort oldest
 //! first), `post:<id>` (hash: id, title), `comments:<post id>` (hash: comment id ->
 //! `{"id","content","status"}`). A rebuild fills a new generation while this one serves, then
@@ -16,6 +18,7 @@
 //! commutes: a pending comment never overwrites a final status, and comments that arrive
 //! before their post wait, unseen, until the post does.
 
+use std::collections::VecDeque;
 use std::sync::LazyLock;
 
 use redis::{FromRedisValue, RedisResult, Script};
@@ -26,7 +29,7 @@ use super::generations::{self, ApplyCall, Generations, Rebuilder};
 use crate::bus::{Delivery, Handler, Plan, Step, StepKeys, StepScript};
 use crate::connection::Connection;
 use crate::events::{Event, EventKind, Status};
-use crate::keyspace::{Keys, Partition, Service, generation_lua};
+use crate::keyspace::{Keys, Partition, Partitions, Service, generation_lua};
 
 pub const SERVICE: Service = Service::Query;
 pub const NAME: &str = SERVICE.name();
@@ -170,10 +173,15 @@ pub struct View {
 }
 
 impl View {
-    pub fn new(keys: &Keys) -> View {
+    pub fn new(keys: &Keys, partition: Partition) -> View {
         View {
-            generations: Generations::new(keys, SERVICE, Partition::FIRST),
+            generations: Generations::new(keys, SERVICE, partition),
         }
+    }
+
+    /// The partition whose view this is.
+    pub fn partition(&self) -> Partition {
+        self.generations.partition()
     }
 
     /// Posts oldest first, with their comments: `limit` posts after the post `after`.
@@ -235,6 +243,85 @@ impl View {
     }
 }
 
+/// The view of every partition: a post's own, or all of them merged oldest first.
+#[derive(Debug, Clone)]
+pub struct Views {
+    partitions: Partitions,
+    views: Vec<View>,
+}
+
+impl Views {
+    pub fn new(keys: &Keys, partitions: Partitions) -> Views {
+        Views {
+            partitions,
+            views: partitions
+                .all()
+                .map(|partition| View::new(keys, partition))
+                .collect(),
+        }
+    }
+
+    /// The view of the partition `post_id` lives in.
+    pub fn of_post(&self, post_id: &Uuid) -> &View {
+        &self.views[self.partitions.of_post(post_id).0 as usize]
+    }
+
+    /// Every post after `after`, oldest first across partitions, read `chunk` posts of a
+    /// partition at a time, and only when that partition's are needed next.
+    pub fn merged(&self, after: Option<Uuid>, chunk: usize) -> Merged<'_> {
+        Merged {
+            views: &self.views,
+            read: self
+                .views
+                .iter()
+                .map(|_| Partial {
+                    buffered: VecDeque::new(),
+                    after,
+                    done: false,
+                })
+                .collect(),
+            chunk: chunk.max(1),
+        }
+    }
+}
+
+/// Posts of every partition merged in id order (see [`Views::merged`]).
+pub struct Merged<'a> {
+    views: &'a [View],
+    read: Vec<Partial>,
+    chunk: usize,
+}
+
+/// What [`Merged`] has read of one partition.
+struct Partial {
+    buffered: VecDeque<PostView>,
+    after: Option<Uuid>,
+    done: bool,
+}
+
+impl Merged<'_> {
+    /// The next post in id order, if any.
+    pub async fn next(&mut self, connection: &mut Connection) -> RedisResult<Option<PostView>> {
+        for (view, partial) in self.views.iter().zip(&mut self.read) {
+            if partial.buffered.is_empty() && !partial.done {
+                let posts = view
+                    .list(connection, partial.after, Some(self.chunk))
+                    .await?;
+                partial.done = posts.len() < self.chunk;
+                partial.after = posts.last().map(|post| post.id).or(partial.after);
+                partial.buffered.extend(posts);
+            }
+        }
+        let oldest = self
+            .read
+            .iter()
+            .enumerate()
+            .filter_map(|(index, partial)| Some((partial.buffered.front()?.id, index)))
+            .min();
+        Ok(oldest.and_then(|(_, index)| self.read[index].buffered.pop_front()))
+    }
+}
+
 /// A post as the read script returns it, comments in id (creation) order.
 fn post_view((id, title, comments): (String, String, Vec<String>)) -> Option<PostView> {
     let mut comments: Vec<CommentView> = comments
@@ -255,10 +342,10 @@ pub struct Query {
 }
 
 impl Query {
-    pub fn new(keys: &Keys) -> Query {
+    pub fn new(keys: &Keys, partition: Partition) -> Query {
         Query {
-            step_keys: StepKeys::new(keys, SERVICE, Partition::FIRST),
-            view: View::new(keys),
+            step_keys: StepKeys::new(keys, SERVICE, partition),
+            view: View::new(keys, partition),
         }
     }
 }

@@ -202,7 +202,7 @@ async fn a_redelivered_entry_has_no_second_effect() {
         .unwrap();
     let delivery = Delivery::new(&events, read[0].1.remove(0), 1);
 
-    let mut handler = Moderation::new(&keys, vec!["orange".into()]);
+    let mut handler = Moderation::new(&keys, Partition::FIRST, vec!["orange".into()]);
     // Delivered twice: to a consumer that stalled, and again to one that took it over.
     let results = [
         run_plan(handler.plan(&delivery), &mut connection).await,

@@ -595,6 +595,7 @@ fn a_client_that_may_only_read_the_view_lists_and_shows_posts_and_writes_nothing
     let view = blog.wait_for_view(1, 1);
     let query = blog.keys().service_pattern(Service::Query);
     let read_view = format!("%R~{query}");
+    let read_count = format!("%R~{}", blog.keys().partitions_pattern());
     // The commands the read scripts call, and nothing for connecting but the password.
     let reads = [
         "+evalsha_ro",
@@ -604,8 +605,10 @@ fn a_client_that_may_only_read_the_view_lists_and_shows_posts_and_writes_nothing
         "+hget",
         "+hvals",
     ];
-    blog.redis
-        .add_user("reader", &[&[read_view.as_str()][..], &reads].concat());
+    blog.redis.add_user(
+        "reader",
+        &[&[read_view.as_str(), read_count.as_str()][..], &reads].concat(),
+    );
     // Nothing cached: the first read falls back to `EVAL_RO`, which caches the script.
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
@@ -696,6 +699,7 @@ fn a_client_that_may_only_read_the_view_lists_and_shows_posts_and_writes_nothing
             &format!("~{}", blog.keys().service_pattern(Service::Comments)),
             &format!("~{}", blog.keys().reply(Partition::FIRST, "*")),
             &read_view,
+            &read_count,
             "+@all",
         ],
     );

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use blogctl::bus::{Delivery, Handler, Plan, RawEntry, ensure_group};
 use blogctl::connection::{CONNECT_TIMEOUT, Connection, Redis};
 use blogctl::events::{Comment, Post};
-use blogctl::keyspace::{Keys, Partition, Service};
+use blogctl::keyspace::{Keys, Partition, Partitions, Service};
 use blogctl::request::call;
 use blogctl::services::comments::{self, Comments, CreateComment};
 use blogctl::services::moderation::{self, Moderation};
@@ -644,6 +644,7 @@ where
             &mut connection,
             &keys,
             service,
+            Partition::FIRST,
             command,
             &data,
             &request_id,
@@ -681,10 +682,10 @@ async fn every_step_script_is_stale_for_an_entry_no_longer_pending_and_changes_n
     ] {
         ensure_group(connection, stream, group).await.unwrap();
     }
-    let mut posts = Posts::new(&keys);
-    let mut comments = Comments::new(&keys);
-    let mut moderation = Moderation::new(&keys, vec!["orange".to_owned()]);
-    let mut query = Query::new(&keys);
+    let mut posts = Posts::new(&keys, Partitions::ONE, Partition::FIRST);
+    let mut comments = Comments::new(&keys, Partition::FIRST);
+    let mut moderation = Moderation::new(&keys, Partition::FIRST, vec!["orange".to_owned()]);
+    let mut query = Query::new(&keys, Partition::FIRST);
 
     // posts: CreatePost, applied then stale (the answer is remembered, so a second run goes
     // through the remembered-answer path).

@@ -311,6 +311,7 @@ pub fn blogctl(url: &str, namespace: &str) -> Command {
         .env("BLOGCTL_REDIS_URL", url)
         .env("BLOGCTL_NAMESPACE", namespace)
         .env_remove("BLOGCTL_BANNED_WORDS")
+        .env_remove("BLOGCTL_PARTITIONS")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     command
@@ -345,6 +346,8 @@ pub struct Blog {
     pub passwords: Option<tempfile::TempDir>,
     /// On a Redis Cluster: the nodes besides `redis` (the one serving the namespace's slot).
     pub others: Vec<RedisServer>,
+    /// The partition count every command is given (`BLOGCTL_PARTITIONS`), if any.
+    pub partitions: Option<u32>,
 }
 
 impl Blog {
@@ -358,7 +361,24 @@ impl Blog {
             namespace: "blog".to_owned(),
             passwords: None,
             others: Vec::new(),
+            partitions: None,
         }
+    }
+
+    /// This blog with `count` partitions: every command it runs is given `--partitions`.
+    pub fn with_partitions(self, count: u32) -> Blog {
+        Blog {
+            partitions: Some(count),
+            ..self
+        }
+    }
+
+    /// `command` with the blog's partition count, if it has one.
+    fn partitioned(&self, mut command: Command) -> Command {
+        if let Some(count) = self.partitions {
+            command.env("BLOGCTL_PARTITIONS", count.to_string());
+        }
+        command
     }
 
     /// A blog on a Redis whose ACL file is the one `blogctl acl` prints (kept across restarts),
@@ -405,14 +425,14 @@ impl Blog {
     }
 
     pub fn command(&self) -> Command {
-        blogctl(&self.redis.url(), &self.namespace)
+        self.partitioned(blogctl(&self.redis.url(), &self.namespace))
     }
 
     /// [`Blog::command`] as `user` (`<ns>-<role>`), with its password file.
     pub fn command_as(&self, user: &str) -> Command {
         let passwords = self.passwords.as_ref().expect("a blog with users");
         let url = format!("redis://{user}@127.0.0.1:{}", self.redis.port);
-        let mut command = blogctl(&url, &self.namespace);
+        let mut command = self.partitioned(blogctl(&url, &self.namespace));
         command.env(
             "BLOGCTL_REDIS_PASSWORD_FILE",
             passwords.path().join(format!("{user}.password")),
