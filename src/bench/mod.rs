@@ -25,7 +25,7 @@ use crate::keyspace::{Partition, Partitions, Service};
 use crate::ops::{ExpectedGroup, events_streams, expected_groups};
 use crate::output::{print_line, progress_bar};
 use crate::rebuild::{self, Target};
-use crate::request::{call, request_id};
+use crate::request::{Recipient, call, request_id};
 use crate::services::comments::{self, CREATE_COMMENT, CreateComment};
 use crate::services::posts::{self, CREATE_POST, CreatePost};
 use crate::services::query::{self, View, Views};
@@ -229,8 +229,10 @@ async fn create_posts(
         let post: Post = call(
             connection,
             &context.keys,
-            posts::SERVICE,
-            partitions.of_request(&request_id),
+            Recipient {
+                service: posts::SERVICE,
+                partition: partitions.of_request(&request_id),
+            },
             CREATE_POST,
             &CreatePost { title },
             &request_id,
@@ -369,8 +371,10 @@ async fn create_comment(
     call(
         connection,
         &context.keys,
-        comments::SERVICE,
-        partition,
+        Recipient {
+            service: comments::SERVICE,
+            partition,
+        },
         CREATE_COMMENT,
         &CreateComment { post_id, content },
         &request_id(None)?,

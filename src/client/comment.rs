@@ -12,7 +12,7 @@ use crate::context::Context;
 use crate::error::{ExitCode, Failure};
 use crate::events::{Comment, parse_id, validate_content};
 use crate::output::print_line;
-use crate::request::{call, request_id};
+use crate::request::{Recipient, call, request_id};
 use crate::services::comments::{self, CREATE_COMMENT, CreateComment};
 use crate::services::query::{self, View};
 
@@ -60,8 +60,10 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
     let mut comment: Comment = call(
         &mut connection,
         &context.keys,
-        comments::SERVICE,
-        partition,
+        Recipient {
+            service: comments::SERVICE,
+            partition,
+        },
         CREATE_COMMENT,
         &CreateComment { post_id, content },
         &request_id,

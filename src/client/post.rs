@@ -13,7 +13,7 @@ use crate::error::Failure;
 use crate::events::{Post, parse_id, validate_title};
 use crate::output::one_line;
 use crate::output::{print_line, print_text};
-use crate::request::{call, request_id};
+use crate::request::{Recipient, call, request_id};
 use crate::services::posts::{self, CREATE_POST, CreatePost};
 use crate::services::query::{self, PostView, View, Views};
 
@@ -86,8 +86,10 @@ async fn create(context: &Context, args: &CreateArgs) -> Result<()> {
     let post: Post = call(
         &mut connection,
         &context.keys,
-        posts::SERVICE,
-        partitions.of_request(&request_id),
+        Recipient {
+            service: posts::SERVICE,
+            partition: partitions.of_request(&request_id),
+        },
         CREATE_POST,
         &CreatePost { title },
         &request_id,

@@ -346,14 +346,20 @@ pub fn request_id(given: Option<&str>) -> Result<String, Failure> {
     }
 }
 
+/// Where a request goes: a service's inbox in one partition.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient {
+    pub service: Service,
+    pub partition: Partition,
+}
+
 /// Sends a command to a service's inbox and waits for the answer until `deadline`.
 ///
 /// Exit code 5 when the service does not answer in time; the request is then never applied.
 pub async fn call<C: Serialize, T: DeserializeOwned>(
     connection: &mut Connection,
     keys: &Keys,
-    service: Service,
-    partition: Partition,
+    Recipient { service, partition }: Recipient,
     command: &str,
     data: &C,
     request_id: &str,

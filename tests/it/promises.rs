@@ -11,7 +11,7 @@ use blogctl::bus::{Delivery, Handler, Plan, RawEntry, ensure_group};
 use blogctl::connection::{CONNECT_TIMEOUT, Connection, Redis};
 use blogctl::events::{Comment, Post};
 use blogctl::keyspace::{Keys, Partition, Partitions, Service};
-use blogctl::request::call;
+use blogctl::request::{Recipient, call};
 use blogctl::services::comments::{self, Comments, CreateComment};
 use blogctl::services::moderation::{self, Moderation};
 use blogctl::services::posts::{self, CreatePost, Posts};
@@ -643,8 +643,10 @@ where
         call(
             &mut connection,
             &keys,
-            service,
-            Partition::FIRST,
+            Recipient {
+                service,
+                partition: Partition::FIRST,
+            },
             command,
             &data,
             &request_id,
