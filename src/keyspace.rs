@@ -2,7 +2,8 @@
 //!
 //! Every key of a namespace carries the hash tag of its partition, `{<ns>.<p>}`, so that every
 //! atomic step (a Lua script touching a stream and a service's keys) stays in one Redis Cluster
-//! slot. There is one partition today, 0; every key function takes the partition already. Each
+//! slot. A namespace has [`Partitions`] (1 to 256), fixed by its first `serve` and stored under
+//! [`Keys::partitions`]; a post and its comments live in one partition. Each
 //! service's keys live under its own prefix `<ns>:<service>:{<ns>.<p>}:`, so a Redis ACL user per
 //! service can be limited to `<ns>:<service>:*` ([`Keys::service_pattern`]).
 //!
@@ -526,11 +527,14 @@ mod tests {
             keys.reply(P, "<reply_to>"),
         ];
         for name in names {
+            let name = name.replace("{NS.0}", "{NS.<p>}");
             let documented = format!("`{}", name.replace("NS", "<ns>").replace(":7:", ":<g>:"));
             assert!(
                 table.contains(&documented),
                 "{documented} is not in the README's table"
             );
         }
+        let count = keys.partitions().replace("NS", "<ns>");
+        assert!(table.contains(&format!("`{count}`")), "{count}");
     }
 }

@@ -60,10 +60,17 @@ fn posts_spread_over_eight_partitions_each_whole_in_its_own_and_listed_oldest_fi
                 .query(&mut connection)
                 .unwrap();
             let shown: bool = redis::cmd("EXISTS")
-                .arg(keys.generation(Service::Query, partition, 0).view_post(&id.to_string()))
+                .arg(
+                    keys.generation(Service::Query, partition, 0)
+                        .view_post(&id.to_string()),
+                )
                 .query(&mut connection)
                 .unwrap();
-            assert_eq!((record, shown), (here, here), "post {id} in partition {partition}");
+            assert_eq!(
+                (record, shown),
+                (here, here),
+                "post {id} in partition {partition}"
+            );
         }
         let shown: serde_json::Value =
             serde_json::from_str(&blog.ok(&["post", "show", "--json", &id.to_string()])).unwrap();
@@ -134,7 +141,8 @@ fn a_namespace_keeps_the_partition_count_it_was_first_served_with() {
         let run = blog.run(args);
         assert_eq!(run.code, 2, "{args:?}: {run:?}");
         assert!(
-            run.stderr.contains("has 4 partitions, fixed when it was first served")
+            run.stderr
+                .contains("has 4 partitions, fixed when it was first served")
                 && run.stderr.lines().count() == 1,
             "{run:?}"
         );
