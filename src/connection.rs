@@ -70,6 +70,32 @@ impl Connection {
             }
         }
     }
+
+    /// `INFO <sections>` of every master, by address (on a single Redis, that one, as `""`),
+    /// in address order.
+    pub async fn info_of_masters(
+        &mut self,
+        sections: &[&str],
+    ) -> RedisResult<Vec<(String, String)>> {
+        let mut command = redis::cmd("INFO");
+        for section in sections {
+            command.arg(*section);
+        }
+        match self {
+            Connection::Single(connection) => Ok(vec![(
+                String::new(),
+                command.query_async(connection).await?,
+            )]),
+            Connection::Cluster(connection) => {
+                use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let reply = connection.route_command(command, routing).await?;
+                let mut masters: Vec<(String, String)> = redis::from_redis_value(reply)?;
+                masters.sort();
+                Ok(masters)
+            }
+        }
+    }
 }
 
 /// How long opening a connection may take before Redis counts as unreachable: a little under

@@ -9,24 +9,50 @@ use color_eyre::eyre::eyre;
 use crate::connection::Connection;
 
 /// CPU time used so far (user and system).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CpuTime {
-    /// By the Redis server (`INFO cpu`).
+    /// By the Redis server (`INFO cpu`), or by every master of a Cluster, summed.
     pub redis: Duration,
+    /// By each master, by address (one, `""`, on a single Redis).
+    pub masters: Vec<(String, Duration)>,
     /// By this process and the service processes given.
     pub blogctl: Duration,
 }
 
 impl CpuTime {
-    /// Now: Redis's (the server holding `key`), this process's (`getrusage`) and that of each process in `services`
-    /// (`/proc/<pid>/stat`; one that is gone counts for nothing).
-    pub async fn now(connection: &mut Connection, key: &str, services: &[u32]) -> Result<CpuTime> {
-        let redis = redis_cpu(connection, key).await?;
+    /// Now: Redis's (every master's), this process's (`getrusage`) and that of each process in
+    /// `services` (`/proc/<pid>/stat`; one that is gone counts for nothing).
+    pub async fn now(connection: &mut Connection, services: &[u32]) -> Result<CpuTime> {
+        let mut masters = Vec::new();
+        for (address, info) in connection.info_of_masters(&["cpu"]).await? {
+            masters.push((address, redis_cpu(&info)?));
+        }
         let others: Duration = services.iter().filter_map(|&pid| process_cpu(pid)).sum();
         Ok(CpuTime {
-            redis,
+            redis: masters.iter().map(|(_, used)| *used).sum(),
+            masters,
             blogctl: own_cpu() + others,
         })
+    }
+
+    /// Each master's share of the Redis CPU used since `earlier`, by address.
+    pub fn shares(&self, earlier: &CpuTime) -> Vec<(String, f64)> {
+        let total = self.redis.saturating_sub(earlier.redis).as_secs_f64();
+        self.masters
+            .iter()
+            .map(|(address, now)| {
+                let then = earlier
+                    .masters
+                    .iter()
+                    .find(|(other, _)| other == address)
+                    .map_or(Duration::ZERO, |(_, then)| *then);
+                let used = now.saturating_sub(then).as_secs_f64();
+                (
+                    address.clone(),
+                    if total > 0.0 { used / total } else { 0.0 },
+                )
+            })
+            .collect()
     }
 
     /// What was used between `earlier` and this, in microseconds per `count` (comments, events).
@@ -41,9 +67,8 @@ impl CpuTime {
     }
 }
 
-/// `used_cpu_sys` + `used_cpu_user` of `INFO cpu`.
-async fn redis_cpu(connection: &mut Connection, key: &str) -> Result<Duration> {
-    let info = connection.info(key, &["cpu"]).await?;
+/// `used_cpu_sys` + `used_cpu_user` of an `INFO cpu` reply.
+fn redis_cpu(info: &str) -> Result<Duration> {
     let field = |name: &str| -> Result<f64> {
         info.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))

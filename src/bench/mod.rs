@@ -58,6 +58,11 @@ pub struct Report {
     pub posts: usize,
     pub comments: usize,
     pub in_flight: usize,
+    /// The namespace's partition count.
+    pub partitions: u32,
+    /// Each master's share of the Redis CPU of the comments phase, by address (on a single
+    /// Redis, one, `""`).
+    pub redis_cpu_share_by_master: Vec<(String, f64)>,
     /// Comments per second from the first create to every comment final in the view.
     pub comments_per_second: f64,
     /// Redis's CPU time (`INFO cpu`) per comment over the same phase, in microseconds.
@@ -153,12 +158,10 @@ async fn measure(
     partitions: Partitions,
     connection: &mut Connection,
 ) -> Result<Report> {
-    // A key of the namespace's partition: on a Cluster, INFO asks the master serving it.
-    let slot_key = context.keys.dead(Partition::FIRST);
-    let memory_start = used_memory(connection, &slot_key).await?;
+    let memory_start = used_memory(connection).await?;
     let post_ids = create_posts(context, args, partitions, connection).await?;
     wait_until_idle(context, partitions, connection).await?;
-    let memory_posts = used_memory(connection, &slot_key).await?;
+    let memory_posts = used_memory(connection).await?;
 
     let post_ids = Arc::new(post_ids);
     let processes: Vec<u32> = if args.embedded {
@@ -170,19 +173,18 @@ async fn measure(
             .map(|(_, pid)| pid)
             .collect()
     };
-    let before = CpuTime::now(connection, &slot_key, &processes).await?;
+    let before = CpuTime::now(connection, &processes).await?;
     let elapsed = time_comment_creation(context, args, partitions, connection, &post_ids).await?;
-    let (redis_cpu, blogctl_cpu) = CpuTime::now(connection, &slot_key, &processes)
-        .await?
-        .per(&before, args.comments as u64);
-    let memory_comments = used_memory(connection, &slot_key).await?;
+    let after = CpuTime::now(connection, &processes).await?;
+    let (redis_cpu, blogctl_cpu) = after.per(&before, args.comments as u64);
+    let memory_comments = used_memory(connection).await?;
     let views = Views::new(&context.keys, partitions);
     check_every_comment_final(connection, &views, args.comments).await?;
 
     let view = views.of_post(&post_ids[0]);
     let samples = sample_latency(context, args, connection, view, post_ids[0]).await?;
     let resident_kib = resident_memory(context, connection, args.embedded).await?;
-    let before = CpuTime::now(connection, &slot_key, &[]).await?;
+    let rebuild_before = CpuTime::now(connection, &[]).await?;
     let rebuilt = rebuild::rebuild(
         connection,
         &context.redis,
@@ -191,14 +193,16 @@ async fn measure(
         &[],
     )
     .await?;
-    let (rebuild_redis_cpu, rebuild_blogctl_cpu) = CpuTime::now(connection, &slot_key, &[])
+    let (rebuild_redis_cpu, rebuild_blogctl_cpu) = CpuTime::now(connection, &[])
         .await?
-        .per(&before, rebuilt.events);
+        .per(&rebuild_before, rebuilt.events);
 
     Ok(Report {
         posts: args.posts,
         comments: args.comments,
         in_flight: args.in_flight,
+        partitions: partitions.count(),
+        redis_cpu_share_by_master: after.shares(&before),
         comments_per_second: args.comments as f64 / elapsed.as_secs_f64(),
         redis_cpu_us_per_comment: redis_cpu,
         blogctl_cpu_us_per_comment: blogctl_cpu,
@@ -415,21 +419,24 @@ async fn wait_until_idle(
 
 /// Redis's `used_memory`, once nothing deleted earlier (an earlier run's dropped generation,
 /// say) is still being freed in the background, which would make the figure drift.
-async fn used_memory(connection: &mut Connection, key: &str) -> Result<i64> {
+async fn used_memory(connection: &mut Connection) -> Result<i64> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let info = connection.info(key, &["memory"]).await?;
-        let field = |name: &str| -> Option<i64> {
-            info.lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|value| value.trim().parse().ok())
-        };
-        let used = field("used_memory:")
-            .ok_or_else(|| color_eyre::eyre::eyre!("INFO memory has no used_memory"))?;
-        if field("lazyfree_pending_objects:").unwrap_or(0) == 0 || Instant::now() > deadline {
-            return Ok(used);
+    'again: loop {
+        let mut used = 0;
+        for (_, info) in connection.info_of_masters(&["memory"]).await? {
+            let field = |name: &str| -> Option<i64> {
+                info.lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .and_then(|value| value.trim().parse().ok())
+            };
+            used += field("used_memory:")
+                .ok_or_else(|| color_eyre::eyre::eyre!("INFO memory has no used_memory"))?;
+            if field("lazyfree_pending_objects:").unwrap_or(0) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue 'again;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        return Ok(used);
     }
 }
 
@@ -509,7 +516,12 @@ fn latency(mut samples: Vec<f64>) -> Latency {
 
 fn print_report(report: &Report) -> std::io::Result<()> {
     let latency = &report.latency_ms;
-    print_line(&format!("posts                     {}", report.posts))?;
+    print_line(&format!(
+        "posts                     {} ({} partition{})",
+        report.posts,
+        report.partitions,
+        if report.partitions == 1 { "" } else { "s" }
+    ))?;
     print_line(&format!(
         "comments                  {} ({} in flight)",
         report.comments, report.in_flight
@@ -522,6 +534,14 @@ fn print_report(report: &Report) -> std::io::Result<()> {
         "cpu per comment           redis {:.1} us  blogctl {:.1} us",
         report.redis_cpu_us_per_comment, report.blogctl_cpu_us_per_comment
     ))?;
+    if report.redis_cpu_share_by_master.len() > 1 {
+        let shares: Vec<String> = report
+            .redis_cpu_share_by_master
+            .iter()
+            .map(|(address, share)| format!("{address} {:.0} %", share * 100.0))
+            .collect();
+        print_line(&format!("redis cpu by master       {}", shares.join("  ")))?;
+    }
     print_line(&format!(
         "latency (ms, {} samples)  p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}",
         latency.samples, latency.p50, latency.p95, latency.p99, latency.max

@@ -53,3 +53,34 @@ fn bench_reports_the_cpu_each_comment_costs_redis_and_blogctl() {
     assert_eq!(resident.len(), 4, "{report}");
     assert!(report["blogctl_cpu_us_per_comment"].as_f64().unwrap() > 0.0);
 }
+
+/// On a 3-master Cluster with 8 partitions, the Redis CPU is every master's, and each one's share
+/// is reported: the namespace's partitions spread over all three.
+#[test]
+fn bench_on_a_cluster_with_eight_partitions_reports_each_masters_share() {
+    let blog = crate::cluster::blog_on_cluster(&[]);
+    let run = blog.ok(&[
+        "--json",
+        "--partitions",
+        "8",
+        "bench",
+        "--embedded",
+        "--posts",
+        "40",
+        "--comments",
+        "400",
+        "--latency-samples",
+        "5",
+    ]);
+    let report: Value = serde_json::from_str(&run).unwrap();
+    assert_eq!(report["partitions"], 8, "{report}");
+    let shares = report["redis_cpu_share_by_master"].as_array().unwrap();
+    assert_eq!(shares.len(), 3, "{report}");
+    // Partitions 0 and 4 on the first master, 1, 2, 5, 6 on the second, 3 and 7 on the third:
+    // 40 posts, each in a random partition, leave none of them idle.
+    let shares: Vec<f64> = shares.iter().map(|share| share[1].as_f64().unwrap()).collect();
+    assert!(shares.iter().all(|&share| share > 0.05), "{report}");
+    let total: f64 = shares.iter().sum();
+    assert!((total - 1.0).abs() < 1e-6, "{report}");
+    assert!(report["redis_cpu_us_per_comment"].as_f64().unwrap() > 0.0);
+}
