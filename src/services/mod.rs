@@ -16,7 +16,7 @@ use tracing::{error, info};
 
 use crate::bus::{self, ConsumerConfig, Handler, StepKeys};
 use crate::cli::values::{self, ServiceChoice, parse_seconds};
-use crate::connection::{CONNECT_TIMEOUT, Redis, eviction_problem};
+use crate::connection::{CONNECT_TIMEOUT, Connection, Redis, eviction_problem};
 use crate::context::Context;
 use crate::error::{ExitCode, Failure};
 use crate::keyspace::{Keys, Partition, Partitions, Service};
@@ -191,18 +191,33 @@ fn consumer_config(
     }
 }
 
-/// Fails fast, with exit code 4, when Redis is not there at all at start, or would evict keys;
-/// then fixes the namespace's partition count on its first serve, and returns it.
+/// Fixes the namespace's partition count on its first serve, and returns it; fails fast, with
+/// exit code 4, when Redis is not there at all at start, or when the Redis holding any partition
+/// (on a Cluster, each partition's master) would evict keys.
 async fn prepare_redis(context: &Context, services: &[Service]) -> color_eyre::Result<Partitions> {
     let (redis, keys) = (&context.redis, &context.keys);
     let mut connection = redis.connect(Some(CONNECT_TIMEOUT)).await?;
-    if let Some(problem) = eviction_problem(&mut connection, &keys.dead(Partition::FIRST))
-        .await
-        .map_err(|error| redis.unreachable(&error))?
-    {
-        return Err(Failure::new(ExitCode::RedisUnreachable, problem).into());
+    // Partition 0's Redis first: a refused serve stores no count.
+    refuse_an_evicting_redis(context, &mut connection, Partition::FIRST).await?;
+    let partitions =
+        crate::partitions::fix(&mut connection, keys, context.partitions, services).await?;
+    for partition in partitions.all().skip(1) {
+        refuse_an_evicting_redis(context, &mut connection, partition).await?;
     }
-    crate::partitions::fix(&mut connection, keys, context.partitions, services).await
+    Ok(partitions)
+}
+
+async fn refuse_an_evicting_redis(
+    context: &Context,
+    connection: &mut Connection,
+    partition: Partition,
+) -> color_eyre::Result<()> {
+    let key = context.keys.dead(partition);
+    match eviction_problem(connection, &key).await {
+        Ok(None) => Ok(()),
+        Ok(Some(problem)) => Err(Failure::new(ExitCode::RedisUnreachable, problem).into()),
+        Err(error) => Err(context.redis.unreachable(&error).into()),
+    }
 }
 
 /// Waits until every service has ended; the first failure, if any, after stopping the others.

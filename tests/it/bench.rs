@@ -78,7 +78,10 @@ fn bench_on_a_cluster_with_eight_partitions_reports_each_masters_share() {
     assert_eq!(shares.len(), 3, "{report}");
     // Partitions 0 and 4 on the first master, 1, 2, 5, 6 on the second, 3 and 7 on the third:
     // 40 posts, each in a random partition, leave none of them idle.
-    let shares: Vec<f64> = shares.iter().map(|share| share[1].as_f64().unwrap()).collect();
+    let shares: Vec<f64> = shares
+        .iter()
+        .map(|share| share[1].as_f64().unwrap())
+        .collect();
     assert!(shares.iter().all(|&share| share > 0.05), "{report}");
     let total: f64 = shares.iter().sum();
     assert!((total - 1.0).abs() < 1e-6, "{report}");
