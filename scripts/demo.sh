@@ -7,7 +7,8 @@
 # client's user) and the operator (as the operator's), shows Redis refusing a service what is
 # not its own, and stops everything it started. With BLOGCTL_REDIS_URL pointing at a Redis, it
 # uses that one instead, every process as the URL's user (it cannot load an ACL file there).
-# `--cluster`: a private Redis Cluster of three masters instead of one redis-server.
+# `--cluster`: a private Redis Cluster of three masters instead of one redis-server, and a blog
+# of 8 partitions spread over them.
 # BLOGCTL_BIN: use this binary instead of building one. Works from any directory.
 set -euo pipefail
 
@@ -234,6 +235,9 @@ else
     echo "demo: made a Redis user per process: blogctl acl --passwords $secrets > users.acl" >&2
     if ((cluster)); then
         start_cluster
+        # Eight partitions, so the blog spreads over the three masters.
+        export BLOGCTL_PARTITIONS=8
+        echo "demo: the blog has 8 partitions (BLOGCTL_PARTITIONS=8), spread over the masters" >&2
     fi
     for _ in 1 2 3 4 5; do
         ((cluster)) && break
