@@ -16,7 +16,7 @@ use redis::RedisResult;
 
 use crate::bus::StreamId;
 use crate::connection::Connection;
-use crate::error::Failure;
+use crate::error::{Failure, is_unavailable};
 use crate::keyspace::{Keys, Partition, Partitions, Service};
 use crate::services;
 
@@ -169,9 +169,69 @@ pub fn events_streams(keys: &Keys, partitions: Partitions) -> Vec<String> {
         .collect()
 }
 
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag, modulo 16384. Every key
+/// of a partition has the same one, so it names where the partition lives.
+pub fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = key
+        .find('{')
+        .and_then(|open| {
+            let close = key[open + 1..].find('}')? + open + 1;
+            (close > open + 1).then(|| &bytes[open + 1..close])
+        })
+        .unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// Whether `report` says that a Redis Cluster does not serve a partition's slot now (its master
+/// is gone, `CLUSTERDOWN`, or cannot be reached): on a Cluster, the other partitions may still be
+/// read. On a single Redis the same errors mean Redis itself is gone, and end the command.
+pub fn slot_unavailable(connection: &Connection, report: &color_eyre::Report) -> bool {
+    matches!(connection, Connection::Cluster(_))
+        && report
+            .chain()
+            .filter_map(|cause| cause.downcast_ref::<redis::RedisError>())
+            .any(is_unavailable)
+}
+
+/// A thing of one partition as the operator commands name it when there are several:
+/// `<partition>/<name>`; the name alone with one partition, as before partitions.
+pub fn in_partition(partitions: Partitions, partition: Partition, name: &str) -> String {
+    if partitions.count() == 1 {
+        name.to_owned()
+    } else {
+        format!("{partition}/{name}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_those_of_redis_cluster() {
+        // CLUSTER KEYSLOT answers: 12739 for "123456789" (the CRC16 check value 0x31C3).
+        assert_eq!(slot_of("123456789"), 0x31c3 % 16384);
+        assert_eq!(slot_of("a{123456789}b"), slot_of("123456789"));
+        assert_eq!(slot_of("a{}b"), slot_of("a{}b"));
+        let keys = Keys::new("blog").unwrap();
+        assert_eq!(
+            slot_of(&keys.dead(Partition(3))),
+            slot_of(&keys.events(Service::Posts, Partition(3)))
+        );
+        assert_eq!(slot_of("foo"), 12182);
+    }
 
     #[test]
     fn every_service_group_is_expected() {
