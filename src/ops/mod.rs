@@ -100,6 +100,68 @@ pub async fn page_through(
     }
 }
 
+/// Streams read as one, a page of each at a time: their entries merged in id order (entries of
+/// equal ids in the order the streams were given). One XRANGE per stream: on a Cluster, the
+/// partitions live in different slots, which one command may not mix.
+pub struct MergedStreams<Tag> {
+    streams: Vec<PagedStream<Tag>>,
+}
+
+/// One stream of [`MergedStreams`]: the entries read and not yet taken, and where to read on.
+struct PagedStream<Tag> {
+    tag: Tag,
+    key: String,
+    read: std::collections::VecDeque<Entry>,
+    start: String,
+    exhausted: bool,
+}
+
+impl<Tag: Copy> MergedStreams<Tag> {
+    /// `streams` (each with a tag saying where it is) from `start` (XRANGE bound) on.
+    pub fn new(streams: Vec<(Tag, String)>, start: &str) -> MergedStreams<Tag> {
+        let streams = streams
+            .into_iter()
+            .map(|(tag, key)| PagedStream {
+                tag,
+                key,
+                read: Default::default(),
+                start: start.to_owned(),
+                exhausted: false,
+            })
+            .collect();
+        MergedStreams { streams }
+    }
+
+    /// The next entry, with the tag of its stream.
+    pub async fn next(
+        &mut self,
+        connection: &mut Connection,
+    ) -> color_eyre::Result<Option<(Tag, Entry)>> {
+        use color_eyre::eyre::WrapErr;
+        for stream in &mut self.streams {
+            if stream.read.is_empty() && !stream.exhausted {
+                let page = read_range(connection, &stream.key, &stream.start, LAST_ENTRY, PAGE)
+                    .await
+                    .wrap_err_with(|| format!("reading {}", stream.key))?;
+                stream.exhausted = page.len() < PAGE;
+                if let Some(last) = page.last() {
+                    stream.start = format!("({}", last.id);
+                }
+                stream.read.extend(page);
+            }
+        }
+        let oldest = self
+            .streams
+            .iter_mut()
+            .filter(|stream| !stream.read.is_empty())
+            .min_by(|a, b| crate::bus::compare_ids(&a.read[0].id, &b.read[0].id));
+        Ok(oldest.map(|stream| {
+            let entry = stream.read.pop_front().expect("a stream with entries read");
+            (stream.tag, entry)
+        }))
+    }
+}
+
 /// An entry id given on the command line (`<ms>-<seq>`); exit code 2 when it is not one.
 pub fn parse_entry_id(what: &str, text: &str) -> Result<String, Failure> {
     StreamId::parse(text, false)
@@ -135,25 +197,6 @@ pub fn expected_groups(keys: &Keys, partitions: Partitions) -> Vec<ExpectedGroup
             })
         })
         .collect()
-}
-
-/// The streams services read with groups, partition by partition: the events streams first
-/// (posts, comments, moderation), then the inboxes.
-pub fn read_streams(keys: &Keys, partitions: Partitions) -> Vec<String> {
-    let mut streams = Vec::new();
-    for partition in partitions.all() {
-        streams.extend(
-            Service::PRODUCERS
-                .iter()
-                .map(|&producer| keys.events(producer, partition)),
-        );
-        for service in Service::ALL {
-            if let (_, Some(inbox)) = services::streams(keys, service, partition) {
-                streams.push(inbox);
-            }
-        }
-    }
-    streams
 }
 
 /// The events streams, one per producing service and partition, partition by partition and
@@ -253,14 +296,8 @@ mod tests {
             assert!(groups.contains(&(stream.clone(), group.to_owned())));
         }
         assert_eq!(groups.len(), 7);
-        assert_eq!(
-            read_streams(&keys, Partitions::ONE)[0],
-            events(Service::Posts)
-        );
-        assert_eq!(read_streams(&keys, Partitions::ONE).len(), 5);
         let eight = Partitions::new(8).unwrap();
         assert_eq!(expected_groups(&keys, eight).len(), 8 * 7);
-        assert_eq!(read_streams(&keys, eight).len(), 8 * 5);
         assert_eq!(
             events_streams(&keys, eight)[3],
             keys.events(Service::Posts, Partition(1))

@@ -339,7 +339,7 @@ enum StreamKind {
 }
 
 impl StreamKind {
-    /// Every kind, in the order of [`read_streams`]: the events streams, then the inboxes.
+    /// Every kind: the events streams (in [`Service::PRODUCERS`] order), then the inboxes.
     fn all(keys: &Keys) -> Vec<StreamKind> {
         let inboxes = Service::ALL.into_iter().filter(|&service| {
             services::streams(keys, service, Partition::FIRST)
