@@ -26,6 +26,12 @@ const TAIL_BATCH: usize = 500;
 /// next one's turn: one XREAD blocks one slot only, so with many partitions a new event may
 /// wait this long times their number to be seen.
 const CLUSTER_WAIT: Duration = Duration::from_millis(50);
+/// How far ahead of Redis's clock (on a Cluster, of the earliest master's) an entry's id may be
+/// and still wait for the clock before `events tail` prints it: the masters' clocks may differ
+/// by that much. Ids further ahead were given by hand, and are printed at once.
+const CLOCK_AHEAD: Duration = Duration::from_millis(1000);
+/// How long `events tail` pauses when it holds back every entry it read.
+const HELD_BACK_PAUSE: Duration = Duration::from_millis(2);
 /// XREAD from the very start of a stream (when it has no entry yet).
 const BEFORE_ANY_ENTRY: &str = "0-0";
 
@@ -187,7 +193,7 @@ struct Follower {
     groups: Vec<Vec<usize>>,
     /// On a Cluster: the group whose XREAD waits next (they take turns).
     turn: usize,
-    /// On a Cluster: entries held back by the last read, up to this id, are printed next.
+    /// The greatest id the last read held back, if any.
     held: Option<String>,
 }
 
@@ -225,9 +231,8 @@ impl Follower {
         &mut self,
         connection: &mut Connection,
     ) -> redis::RedisResult<Vec<(usize, Entry)>> {
-        // The time first: an entry added while the partitions are read one by one gets an id
-        // from then on.
-        let watermark = self.watermark(connection).await?;
+        // The time first: an entry added while the streams are read gets an id from then on.
+        let clock_ms = self.clock(connection).await?;
         // A blocked XREAD is woken with the entries of the stream that got some, not of all:
         // it only waits; what is printed comes from a read of every stream.
         let mut batches = self.read_all(connection).await?;
@@ -247,27 +252,28 @@ impl Follower {
             }
             entries.extend(batch.into_iter().map(|raw| (index, Entry::from_raw(raw))));
         }
-        if let Some(watermark) = watermark {
-            limit = Some(self.release(limit, watermark, &entries));
-        }
-        if let Some(limit) = limit {
-            entries.retain(|(_, entry)| compare_ids(&entry.id, &limit).is_le());
+        let release = self.release(limit, clock_ms, &entries);
+        entries.retain(|(_, entry)| compare_ids(&entry.id, &release).is_le());
+        if entries.is_empty() {
+            // All held back until the clock passes them: read again in a moment.
+            tokio::time::sleep(HELD_BACK_PAUSE).await;
         }
         // Stable: entries of equal ids keep the streams' order.
         entries.sort_by(|(_, a), (_, b)| compare_ids(&a.id, &b.id));
         Ok(entries)
     }
 
-    /// On a Cluster of several partitions, the greatest id every partition is known to be
-    /// complete up to: just before the earliest of the partitions' masters' clocks. None on a
-    /// single Redis, whose one XREAD sees every stream at once.
-    async fn watermark(&self, connection: &mut Connection) -> redis::RedisResult<Option<String>> {
-        let Connection::Cluster(cluster) = connection else {
-            return Ok(None);
+    /// The time of Redis (on a Cluster, the earliest of the partitions' masters' clocks), in
+    /// milliseconds, taken before the streams are read: an entry added after it gets an id of
+    /// this millisecond or later, so every entry of an earlier one is in the read that follows.
+    async fn clock(&self, connection: &mut Connection) -> redis::RedisResult<u64> {
+        let cluster = match connection {
+            Connection::Single(single) => {
+                let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(single).await?;
+                return Ok(seconds * 1000 + micros / 1000);
+            }
+            Connection::Cluster(cluster) => cluster,
         };
-        if self.groups.len() < 2 {
-            return Ok(None);
-        }
         let mut earliest_ms = u64::MAX;
         for group in &self.groups {
             use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
@@ -277,25 +283,23 @@ impl Follower {
             let (seconds, micros): (u64, u64) = redis::from_redis_value(reply)?;
             earliest_ms = earliest_ms.min(seconds * 1000 + micros / 1000);
         }
-        Ok(Some(format!(
-            "{}-{}",
-            earliest_ms.saturating_sub(1),
-            u64::MAX
-        )))
+        Ok(earliest_ms)
     }
 
-    /// The last id to print now on a Cluster: what every partition is complete up to (the
-    /// watermark), and what the read before held back (it was complete by this read), within
-    /// `limit`; what is later is held for the next read.
+    /// The last id to print now: every entry of a millisecond before `clock_ms` (they are all
+    /// read), within `limit`; what is later is held back and read again. Entries held back
+    /// that are more than [`CLOCK_AHEAD`] ahead of the clock (ids given by hand, not by Redis)
+    /// are printed by the next read, not held until the clock reaches them.
     fn release(
         &mut self,
         limit: Option<String>,
-        watermark: String,
+        clock_ms: u64,
         entries: &[(usize, Entry)],
     ) -> String {
-        let mut release = watermark;
+        let mut release = format!("{}-{}", clock_ms.saturating_sub(1), u64::MAX);
         if let Some(held) = self.held.take()
-            && compare_ids(&held, &release).is_gt()
+            && StreamId::parse(&held, false)
+                .is_some_and(|id| id.ms > clock_ms + CLOCK_AHEAD.as_millis() as u64)
         {
             release = held;
         }
@@ -424,12 +428,18 @@ impl<'a> EventLine<'a> {
 /// partitions.
 fn print_event(source: Source, entry: &Entry, json: bool) -> std::io::Result<()> {
     let line = EventLine::new(source.producer, source.partition, entry);
+    // `moderation`, and `255/moderation` with partitions.
+    let width = if source.partitions.count() == 1 {
+        10
+    } else {
+        14
+    };
     if json {
         let text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
         return print_line(&text);
     }
     let mut text = format!(
-        "{}  {:<10}  {:<16}  {:<10}  {}  {}",
+        "{}  {:<width$}  {:<16}  {:<10}  {}  {}",
         line.id,
         in_partition(source.partitions, source.partition, line.stream),
         line.kind.unwrap_or("-"),
