@@ -237,15 +237,19 @@ pub fn slot_of(key: &str) -> u16 {
     crc % 16384
 }
 
-/// Whether `report` says that a Redis Cluster does not serve a partition's slot now (its master
-/// is gone, `CLUSTERDOWN`, or cannot be reached): on a Cluster, the other partitions may still be
-/// read. On a single Redis the same errors mean Redis itself is gone, and end the command.
-pub fn slot_unavailable(connection: &Connection, report: &color_eyre::Report) -> bool {
-    matches!(connection, Connection::Cluster(_))
-        && report
-            .chain()
-            .filter_map(|cause| cause.downcast_ref::<redis::RedisError>())
-            .any(is_unavailable)
+/// When `report` says that a Redis Cluster does not serve a partition's slot now (its master
+/// is gone, `CLUSTERDOWN`, or cannot be reached): Redis's error, one line. On a Cluster the other
+/// partitions may still be read; on a single Redis the same errors mean Redis itself is gone,
+/// and end the command (None).
+pub fn slot_unavailable(connection: &Connection, report: &color_eyre::Report) -> Option<String> {
+    if !matches!(connection, Connection::Cluster(_)) {
+        return None;
+    }
+    report
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<redis::RedisError>())
+        .find(|error| is_unavailable(error))
+        .map(|error| crate::output::one_line(&error.to_string()))
 }
 
 /// A thing of one partition as the operator commands name it when there are several:

@@ -25,7 +25,7 @@ use crate::connection::{Connection, eviction_problem, map_of};
 use crate::context::Context;
 use crate::error::{ExitCode, Failure};
 use crate::keyspace::{Keys, Partition, Partitions, Service};
-use crate::output::{Table, count_of, human_bytes, human_duration, one_line, print_line};
+use crate::output::{Table, count_of, human_bytes, human_duration, print_line};
 use crate::services;
 
 /// When Redis cannot tell a group's lag (entries were deleted after its last delivered entry),
@@ -257,18 +257,22 @@ async fn gather(
     let mut unserved = Vec::new();
     let mut first_error = None;
     for partition in partitions.all() {
-        match gather_partition(connection, keys, partition, &expected, services).await {
-            Ok(status) => served.push(status),
-            Err(error) if slot_unavailable(connection, &error) => {
-                unserved.push(Unserved {
-                    partition: partition.0,
-                    slot: slot_of(&keys.dead(partition)),
-                    error: one_line(&error.to_string()),
-                });
-                first_error.get_or_insert(error);
+        let error = match gather_partition(connection, keys, partition, &expected, services).await {
+            Ok(status) => {
+                served.push(status);
+                continue;
             }
-            Err(error) => return Err(error),
-        }
+            Err(error) => error,
+        };
+        let Some(refusal) = slot_unavailable(connection, &error) else {
+            return Err(error);
+        };
+        unserved.push(Unserved {
+            partition: partition.0,
+            slot: slot_of(&keys.dead(partition)),
+            error: refusal,
+        });
+        first_error.get_or_insert(error);
     }
     if let (true, Some(error)) = (served.is_empty(), first_error) {
         return Err(error);

@@ -543,3 +543,317 @@ fn events_list_and_tail_follow_every_partition_on_a_redis_cluster() {
         .collect();
     assert_eq!(partitions, [0, 2, 5].into());
 }
+
+/// Waits until `dead list --json` shows `count` letters, and returns them.
+fn dead_letters(blog: &Blog, count: usize) -> Vec<Value> {
+    let mut letters = Vec::new();
+    let listed = wait_until(PATIENCE, || {
+        letters = ndjson(&blog.ok(&["dead", "list", "--json"]));
+        letters.len() == count
+    });
+    assert!(listed, "{letters:?}");
+    letters
+}
+
+#[test]
+fn dead_letters_of_two_partitions_are_listed_retried_and_dropped() {
+    let blog = blog();
+    let _services = blog.serve(&["all"]);
+    blog.ok(&["post", "create", "--wait", "Dead letters"]);
+    let keys = blog.keys();
+    // Dead-lettered by comments and query in partition 3, by comments in partition 5.
+    let bad_post = add_event(&blog, Service::Posts, 3, "PostCreated", "not json");
+    let bad_verdict = add_event(
+        &blog,
+        Service::Moderation,
+        5,
+        "CommentModerated",
+        "not json",
+    );
+    let letters = dead_letters(&blog, 3);
+    let mut seen: Vec<(u64, String, String, String)> = letters
+        .iter()
+        .map(|letter| {
+            let partition = letter["partition"].as_u64().unwrap();
+            let dead_id = letter["dead_id"].as_str().unwrap();
+            let (named, id) = dead_id.split_once('/').unwrap();
+            assert_eq!(named, partition.to_string());
+            let stored = blog.entries(&keys.dead(Partition(partition as u32)));
+            assert!(stored.iter().any(|(stored, _)| stored == id), "{dead_id}");
+            (
+                partition,
+                letter["stream"].as_str().unwrap().to_owned(),
+                letter["id"].as_str().unwrap().to_owned(),
+                letter["service"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let (three, five) = (
+        keys.events(Service::Posts, Partition(3)),
+        keys.events(Service::Moderation, Partition(5)),
+    );
+    assert_eq!(
+        seen,
+        [
+            (3, three.clone(), bad_post.clone(), "comments".to_owned()),
+            (3, three.clone(), bad_post.clone(), "query".to_owned()),
+            (5, five.clone(), bad_verdict.clone(), "comments".to_owned()),
+        ]
+    );
+    let ids: Vec<(u64, u64)> = letters
+        .iter()
+        .map(|l| id_key(l["dead_id"].as_str().unwrap().split_once('/').unwrap().1))
+        .collect();
+    assert!(
+        ids.windows(2).all(|pair| pair[0] <= pair[1]),
+        "oldest first"
+    );
+    let human = blog.ok(&["dead", "list"]);
+    assert_eq!(human.lines().count(), 4, "{human}");
+    assert!(
+        human
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(letters[0]["dead_id"].as_str().unwrap())
+    );
+
+    // The query letter of partition 3 is put back on partition 3's stream, for query only,
+    // and fails there again.
+    let query = letters.iter().find(|l| l["service"] == "query").unwrap();
+    let name = query["dead_id"].as_str().unwrap();
+    let retried: Value =
+        serde_json::from_str(&blog.ok(&["--json", "dead", "retry", name])).unwrap();
+    assert_eq!(retried["dead_id"], name);
+    assert_eq!(retried["stream"], three.as_str());
+    let back = blog.entries(&three);
+    let (_, fields) = back
+        .iter()
+        .find(|(id, _)| *id == retried["id"])
+        .expect("back on partition 3");
+    assert!(
+        fields.contains(&("for_service".to_owned(), "query".to_owned())),
+        "{fields:?}"
+    );
+    let again = dead_letters(&blog, 3);
+    let requeued = again
+        .iter()
+        .find(|l| l["id"] == retried["id"])
+        .expect("dead again");
+    assert_eq!(
+        (requeued["partition"].as_u64(), requeued["service"].as_str()),
+        (Some(3), Some("query"))
+    );
+
+    // Two letters of two partitions dropped in one command; the others stay.
+    let comments: Vec<&str> = again
+        .iter()
+        .filter(|l| l["service"] == "comments")
+        .map(|l| l["dead_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(comments.len(), 2);
+    let dropped = blog.ok(&["dead", "drop", comments[0], comments[1]]);
+    assert_eq!(
+        dropped,
+        format!("dropped {}\ndropped {}", comments[0], comments[1])
+    );
+    let left = ndjson(&blog.ok(&["dead", "list", "--json"]));
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], retried["id"]);
+    assert!(blog.entries(&keys.dead(Partition(5))).is_empty());
+}
+
+#[test]
+fn dead_letters_are_named_by_partition_and_checked_against_it() {
+    let blog = blog();
+    let keys = blog.keys();
+    let posts = |partition| keys.events(Service::Posts, Partition(partition));
+    let letter = |stream: &str, service: &str| {
+        let entry = serde_json::json!({"type": "PostCreated", "data": "{}"}).to_string();
+        [
+            ("stream", stream.to_owned()),
+            ("id", "1-1".to_owned()),
+            ("service", service.to_owned()),
+            ("reason", "made by hand".to_owned()),
+            ("entry", entry),
+        ]
+    };
+    let add = |partition: u32, id: &str, fields: &[(&str, String)]| {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        xadd(&blog, &keys.dead(Partition(partition)), id, &fields)
+    };
+    // The same id in partitions 1 and 6; one letter of partition 4 naming partition 2's stream.
+    add(1, "5-1", &letter(&posts(1), "query"));
+    add(6, "5-1", &letter(&posts(6), "query"));
+    add(4, "7-1", &letter(&posts(2), "query"));
+    let snapshot = || {
+        (0..COUNT)
+            .map(|p| blog.entries(&keys.dead(Partition(p))).len())
+            .collect::<Vec<usize>>()
+    };
+    let before = snapshot();
+
+    let listed = ndjson(&blog.ok(&["dead", "list", "--json"]));
+    let names: Vec<&str> = listed
+        .iter()
+        .map(|l| l["dead_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["1/5-1", "6/5-1", "4/7-1"]);
+    for (args, code, says) in [
+        (
+            &["dead", "drop", "5-1"][..],
+            2,
+            "in several partitions: name one of 1/5-1, 6/5-1",
+        ),
+        (&["dead", "retry", "5-1"], 2, "in several partitions"),
+        (&["dead", "drop", "8/5-1"], 2, "has 8 partitions (0 to 7)"),
+        (&["dead", "drop", "x/5-1"], 2, "is not a partition number"),
+        (
+            &["dead", "drop", "3/5-1"],
+            3,
+            "no dead letter 3/5-1 in blog:dead:{blog.3}",
+        ),
+        (&["dead", "drop", "9-9"], 3, "no dead letter"),
+        (&["dead", "drop", "1/5-1", "2/5-1"], 3, "2/5-1"),
+        // A letter of partition 4 never goes to partition 2's stream.
+        (
+            &["dead", "retry", "4/7-1"],
+            2,
+            "which no service of namespace blog reads in partition 4",
+        ),
+        (&["dead", "retry", "7-1"], 2, "partition 4"),
+    ] {
+        let run = blog.run(args);
+        assert_eq!(run.code, code, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert_eq!(snapshot(), before, "{args:?} changed something");
+    }
+    assert!(blog.entries(&posts(2)).is_empty() && blog.entries(&posts(4)).is_empty());
+
+    // Named by its partition, or by its id alone where it is the only one.
+    assert_eq!(
+        blog.ok(&["dead", "drop", "6/5-1", "7-1"]),
+        "dropped 6/5-1\ndropped 4/7-1"
+    );
+    let retried = blog.ok(&["dead", "retry", "5-1"]);
+    assert!(
+        retried.starts_with(&format!("retried 1/5-1: back on {} as ", posts(1))),
+        "{retried}"
+    );
+    assert_eq!(blog.entries(&posts(1)).len(), 1);
+    assert!(blog.ok(&["dead", "list"]).contains("no dead letters"));
+}
+
+/// A Cluster that serves the slots it can (`cluster-require-full-coverage no`) loses the master
+/// of some partitions: `status --check` names each of them and its slot (exit code 6) and still
+/// reports the others; once the Cluster serves no slot at all, nothing can be read (exit 4).
+#[test]
+fn check_names_each_partition_whose_slot_no_master_serves() {
+    let blog = crate::cluster::blog_on_cluster(&["--cluster-require-full-coverage", "no"])
+        .with_partitions(COUNT);
+    let services = blog.serve(&["all"]);
+    blog.ok(&["post", "create", "--wait", "Before"]);
+    assert!(wait_until(PATIENCE, || blog
+        .run(&["status", "--check"])
+        .code
+        == 0));
+    services.kill();
+    let keys = blog.keys();
+    // Another node than the one of partition 0 (where the partition count is kept).
+    let serves = |node: &crate::support::RedisServer, partition: u32| {
+        redis::cmd("EXISTS")
+            .arg(keys.dead(Partition(partition)))
+            .query::<i64>(&mut node.connection())
+            .is_ok()
+    };
+    let (lost, node) = blog
+        .others
+        .iter()
+        .map(|node| {
+            (
+                (0..COUNT)
+                    .filter(|&p| serves(node, p))
+                    .collect::<Vec<u32>>(),
+                node,
+            )
+        })
+        .find(|(partitions, _)| !partitions.is_empty())
+        .expect("another master serves some partition");
+    let slots: Vec<i64> = lost
+        .iter()
+        .map(|&p| {
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(keys.dead(Partition(p)))
+                .query(&mut blog.redis.connection())
+                .unwrap()
+        })
+        .collect();
+    node.stop();
+
+    let mut run = blog.run(&["status", "--check"]);
+    let reported = wait_until(PATIENCE, || {
+        run = blog.run(&["status", "--check"]);
+        run.stderr.contains("is not served")
+    });
+    assert!(reported, "{run:?}");
+    assert_eq!(run.code, 6, "{run:?}");
+    let problems: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("blogctl: unhealthy: "))
+        .collect();
+    assert_eq!(problems.len(), lost.len(), "{problems:?}");
+    for (partition, slot) in lost.iter().zip(&slots) {
+        let line = format!("partition {partition}: Redis Cluster slot {slot} is not served");
+        assert!(
+            problems.iter().any(|p| p.starts_with(&line)),
+            "{line}: {problems:?}"
+        );
+    }
+    // The partitions still served are read as before.
+    let status = json(&blog, &["status", "--json", "--by-partition"]);
+    let unserved: Vec<u64> = status["unserved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["partition"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        unserved,
+        lost.iter().map(|&p| u64::from(p)).collect::<Vec<u64>>()
+    );
+    let read: std::collections::BTreeSet<u64> = status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["partition"].as_u64().unwrap())
+        .collect();
+    assert_eq!(read.len() + lost.len(), COUNT as usize, "{status}");
+    assert!(lost.iter().all(|p| !read.contains(&u64::from(*p))));
+    assert!(blog.ok(&["status"]).contains("NOT SERVED"));
+
+    // Every slot refused: nothing to report on, exit code 4.
+    for other in std::iter::once(&blog.redis)
+        .chain(&blog.others)
+        .filter(|n| n.port != node.port)
+    {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-require-full-coverage")
+            .arg("yes")
+            .query(&mut other.connection())
+            .unwrap();
+    }
+    let mut down = blog.run(&["status", "--check"]);
+    assert!(
+        wait_until(PATIENCE, || {
+            down = blog.run(&["status", "--check"]);
+            down.code == 4
+        }),
+        "{down:?}"
+    );
+    assert!(down.stderr.contains("does not serve the slot"), "{down:?}");
+}
