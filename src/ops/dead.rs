@@ -1,6 +1,10 @@
 //! `blogctl dead list|retry|drop`: the dead letters (see the format in `bus.rs`): inspect them,
 //! put one back for the service that failed it, or drop it.
 //!
+//! Each partition has its dead letters, whose ids may equal another partition's: with several
+//! partitions a letter is named `<partition>/<id>`, or by its id alone where only one partition
+//! holds it. A letter goes back to its own partition's stream, never another's.
+//!
 //! A retry adds the original fields to the original stream with one more, [`FOR_SERVICE`], naming
 //! the service that dead-lettered it: the other groups acknowledge and skip it, so only that
 //! service handles it again. Adding it and deleting the dead letter is one Lua script, so a crash
@@ -52,7 +56,8 @@ pub enum DeadCommand {
 
 #[derive(Debug, Args)]
 pub struct IdsArgs {
-    /// Ids of dead letters (the first column of `blogctl dead list`).
+    /// Dead letters, as the first column of `blogctl dead list` names them: `<partition>/<id>`
+    /// (with several partitions), or the id alone where only one partition holds it.
     #[arg(required = true, value_name = "ID")]
     pub ids: Vec<String>,
 }
@@ -257,13 +262,15 @@ async fn find_letter(
         ))
         .into());
     }
-    let dead = match named.partition {
-        Some(partition) => context.keys.dead(partition),
-        None => context.keys.dead_pattern(),
+    let (name, dead) = match named.partition {
+        Some(partition) => (
+            in_partition(partitions, partition, id),
+            context.keys.dead(partition),
+        ),
+        None if partitions.count() == 1 => (id.clone(), context.keys.dead(Partition::FIRST)),
+        None => (id.clone(), context.keys.dead_pattern()),
     };
-    found
-        .pop()
-        .ok_or_else(|| not_found(&in_partition(partitions, looked_in[0], id), &dead).into())
+    found.pop().ok_or_else(|| not_found(&name, &dead).into())
 }
 
 fn not_found(name: &str, dead: &str) -> Failure {

@@ -1,4 +1,5 @@
-//! `blogctl events list|tail`: what happened, one line per event (`--json`: NDJSON for jq).
+//! `blogctl events list|tail`: what happened, one line per event (`--json`: NDJSON for jq), the
+//! events streams of every partition merged in id order.
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,10 +23,6 @@ use crate::output::{one_line, print_line};
 const TAIL_BLOCK: Duration = Duration::from_millis(1000);
 /// Entries read per XREAD call of `events tail`.
 const TAIL_BATCH: usize = 500;
-/// On a Cluster, the shortest time `events tail` waits on one partition's streams before the
-/// next one's turn: one XREAD blocks one slot only, so with many partitions a new event may
-/// wait this long times their number to be seen.
-const CLUSTER_WAIT: Duration = Duration::from_millis(50);
 /// How far ahead of Redis's clock (on a Cluster, of the earliest master's) an entry's id may be
 /// and still wait for the clock before `events tail` prints it: the masters' clocks may differ
 /// by that much. Ids further ahead were given by hand, and are printed at once.
@@ -337,14 +334,14 @@ impl Follower {
         Ok(batches)
     }
 
-    /// Waits up to [`TAIL_BLOCK`] for an entry after the cursors: on a Cluster, on one
-    /// partition at a time, each for its share of it (at least [`CLUSTER_WAIT`]).
+    /// Waits up to [`TAIL_BLOCK`] for an entry after the cursors. On a Cluster one XREAD may
+    /// only wait on one partition: they take turns, and an entry of another partition is seen
+    /// by the read of every stream that follows the wait. Shorter turns would see it sooner at
+    /// the cost of two commands per partition a turn.
     async fn wait(&mut self, connection: &mut Connection) -> redis::RedisResult<()> {
-        let count = self.groups.len() as u32;
-        let block = (TAIL_BLOCK / count).max(CLUSTER_WAIT.min(TAIL_BLOCK));
         let group = self.groups[self.turn % self.groups.len()].clone();
         self.turn += 1;
-        self.xread(connection, &group, Some(block)).await?;
+        self.xread(connection, &group, Some(TAIL_BLOCK)).await?;
         Ok(())
     }
 

@@ -268,10 +268,15 @@ mod tests {
 
     #[test]
     fn slots_are_those_of_redis_cluster() {
-        // CLUSTER KEYSLOT answers: 12739 for "123456789" (the CRC16 check value 0x31C3).
-        assert_eq!(slot_of("123456789"), 0x31c3 % 16384);
-        assert_eq!(slot_of("a{123456789}b"), slot_of("123456789"));
-        assert_eq!(slot_of("a{}b"), slot_of("a{}b"));
+        // CLUSTER KEYSLOT answers: 12739 (the CRC16 check value 0x31C3) for "123456789".
+        assert_eq!(slot_of("123456789"), 12739);
+        assert_eq!(slot_of("a{123456789}b"), 12739);
+        // An empty tag is no tag: the whole key is hashed.
+        assert_ne!(slot_of("{}123456789"), 12739);
+        assert_eq!(
+            slot_of("{user1000}.following"),
+            slot_of("{user1000}.followers")
+        );
         let keys = Keys::new("blog").unwrap();
         assert_eq!(
             slot_of(&keys.dead(Partition(3))),

@@ -2,8 +2,11 @@
 //! the inboxes: consumers, lag, pending entries and the age of the oldest, the last entry
 //! delivered against the stream's last id, dead letters; each stream's length and memory.
 //!
-//! `--check` turns it into a health check: exit code 6 when a group a service needs is missing,
-//! lags too far or has an entry pending too long.
+//! Every partition is read; the report sums each kind of stream over them (`--by-partition`:
+//! each partition's own), while `--check` judges each partition's groups, so a problem names its
+//! partition. `--check` turns it into a health check: exit code 6 when a group a service needs is
+//! missing, lags too far or has an entry pending too long, or when a Redis Cluster does not serve
+//! a partition's slot (the others are still read).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
