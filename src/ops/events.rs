@@ -1,6 +1,6 @@
-//! `blogctl events list|tail`: what happened, one line per event (`--json`: NDJSON for jq).
+//! `blogctl events list|tail`: what happened, one line per event (`--json`: NDJSON for jq), the
+//! events streams of every partition merged in id order.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
@@ -9,12 +9,12 @@ use color_eyre::Result;
 use color_eyre::eyre::WrapErr;
 use serde::Serialize;
 
-use super::{Entry, FIRST_ENTRY, LAST_ENTRY, PAGE, RawEntry, read_range};
+use super::{Entry, FIRST_ENTRY, LAST_ENTRY, MergedStreams, RawEntry, in_partition};
 use crate::bus::{FOR_SERVICE, StreamId, compare_ids};
 use crate::connection::Connection;
 use crate::context::Context;
 use crate::error::Failure;
-use crate::keyspace::{Keys, Partition, Service};
+use crate::keyspace::{Keys, Partition, Partitions, Service};
 use crate::output::{one_line, print_line};
 
 /// How long one XREAD of `events tail` blocks. Shorter than the connection's response timeout
@@ -23,6 +23,12 @@ use crate::output::{one_line, print_line};
 const TAIL_BLOCK: Duration = Duration::from_millis(1000);
 /// Entries read per XREAD call of `events tail`.
 const TAIL_BATCH: usize = 500;
+/// How far ahead of Redis's clock (on a Cluster, of the earliest master's) an entry's id may be
+/// and still wait for the clock before `events tail` prints it: the masters' clocks may differ
+/// by that much. Ids further ahead were given by hand, and are printed at once.
+const CLOCK_AHEAD: Duration = Duration::from_millis(1000);
+/// How long `events tail` pauses when it holds back every entry it read.
+const HELD_BACK_PAUSE: Duration = Duration::from_millis(2);
 /// XREAD from the very start of a stream (when it has no entry yet).
 const BEFORE_ANY_ENTRY: &str = "0-0";
 
@@ -83,74 +89,45 @@ async fn list(context: &Context, args: &ListArgs) -> Result<()> {
             .to_string(),
     };
     let mut connection = context.connect().await?;
-    let mut log = MergedLog::new(&context.keys, &start);
+    let partitions = context.partitions(&mut connection).await?;
+    // The partitions' streams merged: entries of equal ids by partition, then producer.
+    let mut log = MergedStreams::new(followed(&context.keys, partitions), &start);
     let mut left = args.count.unwrap_or(u64::MAX);
     while left > 0 {
-        let Some((producer, entry)) = log.next(&mut connection).await? else {
+        let Some((source, entry)) = log.next(&mut connection).await? else {
             break;
         };
         if wanted(&entry, &args.types) {
-            print_event(producer, &entry, context.json)?;
+            print_event(source, &entry, context.json)?;
             left -= 1;
         }
     }
     Ok(())
 }
 
-/// The events streams read as one log, a page of each at a time: their entries merged in id
-/// order (entries of equal ids in [`Service::PRODUCERS`] order).
-struct MergedLog {
-    streams: Vec<LogStream>,
-}
-
-/// One stream of a [`MergedLog`]: the entries read and not yet taken, and where to read on.
-struct LogStream {
+/// Where an event was read: the producer whose stream holds it, and the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Source {
     producer: Service,
-    key: String,
-    read: VecDeque<Entry>,
-    start: String,
-    exhausted: bool,
+    partition: Partition,
+    partitions: Partitions,
 }
 
-impl MergedLog {
-    fn new(keys: &Keys, start: &str) -> MergedLog {
-        let streams = Service::PRODUCERS
-            .iter()
-            .map(|&producer| LogStream {
-                producer,
-                key: keys.events(producer, Partition::FIRST),
-                read: VecDeque::new(),
-                start: start.to_owned(),
-                exhausted: false,
+/// Every events stream, partition by partition, in [`Service::PRODUCERS`] order within one.
+fn followed(keys: &Keys, partitions: Partitions) -> Vec<(Source, String)> {
+    partitions
+        .all()
+        .flat_map(|partition| {
+            Service::PRODUCERS.into_iter().map(move |producer| {
+                let source = Source {
+                    producer,
+                    partition,
+                    partitions,
+                };
+                (source, keys.events(producer, partition))
             })
-            .collect();
-        MergedLog { streams }
-    }
-
-    /// The next entry of the log, with the service whose stream holds it.
-    async fn next(&mut self, connection: &mut Connection) -> Result<Option<(Service, Entry)>> {
-        for stream in &mut self.streams {
-            if stream.read.is_empty() && !stream.exhausted {
-                let page = read_range(connection, &stream.key, &stream.start, LAST_ENTRY, PAGE)
-                    .await
-                    .wrap_err_with(|| format!("reading {}", stream.key))?;
-                stream.exhausted = page.len() < PAGE;
-                if let Some(last) = page.last() {
-                    stream.start = format!("({}", last.id);
-                }
-                stream.read.extend(page);
-            }
-        }
-        let oldest = self
-            .streams
-            .iter_mut()
-            .filter(|stream| !stream.read.is_empty())
-            .min_by(|a, b| compare_ids(&a.read[0].id, &b.read[0].id));
-        Ok(oldest.map(|stream| {
-            let entry = stream.read.pop_front().expect("a stream with entries read");
-            (stream.producer, entry)
-        }))
-    }
+        })
+        .collect()
 }
 
 async fn tail(
@@ -159,9 +136,9 @@ async fn tail(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let mut connection = context.connect().await?;
+    let partitions = context.partitions(&mut connection).await?;
     let mut streams = Vec::new();
-    for producer in Service::PRODUCERS {
-        let key = context.keys.events(producer, Partition::FIRST);
+    for (source, key) in followed(&context.keys, partitions) {
         let newest: Vec<RawEntry> = redis::cmd("XREVRANGE")
             .arg(&key)
             .arg(LAST_ENTRY)
@@ -175,102 +152,226 @@ async fn tail(
             .into_iter()
             .next()
             .map_or(BEFORE_ANY_ENTRY.to_owned(), |(id, _)| id);
-        streams.push(Followed {
-            producer,
-            key,
-            after,
-        });
+        streams.push(Followed { source, key, after });
     }
+    let mut follower = Follower::new(&connection, streams);
     tokio::pin!(shutdown);
     loop {
         // The stop signal is polled first, so it is registered before anything is printed.
         let entries = tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
-            read = read_after(&mut connection, &streams) => {
+            read = follower.read_after(&mut connection) => {
                 read.wrap_err("following the events streams")?
             }
         };
-        for (producer, entry) in entries {
+        for (index, entry) in entries {
+            let stream = &mut follower.streams[index];
             if wanted(&entry, &args.types) {
-                print_event(producer, &entry, context.json)?;
+                print_event(stream.source, &entry, context.json)?;
             }
-            if let Some(stream) = streams.iter_mut().find(|s| s.producer == producer) {
-                stream.after = entry.id;
-            }
+            stream.after = entry.id;
         }
     }
 }
 
 /// A stream `events tail` follows, and the id of the last entry printed from it.
 struct Followed {
-    producer: Service,
+    source: Source,
     key: String,
     after: String,
 }
 
-/// One XREAD of every followed stream after its cursor, waiting up to `block` if given.
-async fn read_streams(
-    connection: &mut Connection,
-    streams: &[Followed],
-    block: Option<Duration>,
-) -> redis::RedisResult<Option<Vec<(String, Vec<RawEntry>)>>> {
-    let mut read = redis::cmd("XREAD");
-    read.arg("COUNT").arg(TAIL_BATCH);
-    if let Some(block) = block {
-        read.arg("BLOCK").arg(block.as_millis() as u64);
-    }
-    read.arg("STREAMS")
-        .arg(streams.iter().map(|s| &s.key).collect::<Vec<_>>())
-        .arg(streams.iter().map(|s| &s.after).collect::<Vec<_>>())
-        .query_async(connection)
-        .await
+/// The streams `events tail` follows, and how: on a single Redis, one XREAD reads them all at
+/// once; on a Cluster, one XREAD per partition (its streams share a slot).
+struct Follower {
+    streams: Vec<Followed>,
+    /// The indexes of the streams each XREAD reads.
+    groups: Vec<Vec<usize>>,
+    /// On a Cluster: the group whose XREAD waits next (they take turns).
+    turn: usize,
+    /// The greatest id the last read held back, if any.
+    held: Option<String>,
 }
 
-/// Entries after each stream's `after`, merged in id order, waiting up to [`TAIL_BLOCK`] for
-/// some to arrive. Each stream's cursor moves only past what is returned.
-async fn read_after(
-    connection: &mut Connection,
-    streams: &[Followed],
-) -> redis::RedisResult<Vec<(Service, Entry)>> {
-    // A blocked XREAD is woken with the entries of the stream that got some, not of all: it
-    // only waits; what is printed comes from a read of every stream at once.
-    let mut reply = read_streams(connection, streams, None).await?;
-    if reply.is_none()
-        && read_streams(connection, streams, Some(TAIL_BLOCK))
-            .await?
-            .is_some()
-    {
-        reply = read_streams(connection, streams, None).await?;
-    }
-    // A stream that filled its batch may hold more before another's entries: only what is up
-    // to the smallest last id of the full batches is in order; the rest is read again.
-    let mut limit: Option<String> = None;
-    let mut entries: Vec<(Service, Entry)> = Vec::new();
-    for (key, batch) in reply.into_iter().flatten() {
-        let Some(producer) = streams.iter().find(|s| s.key == key).map(|s| s.producer) else {
-            continue;
+impl Follower {
+    fn new(connection: &Connection, streams: Vec<Followed>) -> Follower {
+        let groups = match connection {
+            Connection::Single(_) => vec![(0..streams.len()).collect()],
+            Connection::Cluster(_) => {
+                let mut groups: Vec<Vec<usize>> = Vec::new();
+                for (index, stream) in streams.iter().enumerate() {
+                    match groups.last_mut() {
+                        Some(group)
+                            if streams[group[0]].source.partition == stream.source.partition =>
+                        {
+                            group.push(index);
+                        }
+                        _ => groups.push(vec![index]),
+                    }
+                }
+                groups
+            }
         };
-        if batch.len() >= TAIL_BATCH
-            && let Some((last, _)) = batch.last()
-            && limit
-                .as_deref()
-                .is_none_or(|limit| compare_ids(last, limit).is_lt())
-        {
-            limit = Some(last.clone());
+        Follower {
+            streams,
+            groups,
+            turn: 0,
+            held: None,
         }
-        entries.extend(
-            batch
+    }
+
+    /// Entries after each stream's `after`, merged in id order, waiting up to [`TAIL_BLOCK`]
+    /// for some to arrive; each with the index of its stream. Each stream's cursor moves only
+    /// past what is returned.
+    async fn read_after(
+        &mut self,
+        connection: &mut Connection,
+    ) -> redis::RedisResult<Vec<(usize, Entry)>> {
+        // The time first: an entry added while the streams are read gets an id from then on.
+        let clock_ms = self.clock(connection).await?;
+        // A blocked XREAD is woken with the entries of the stream that got some, not of all:
+        // it only waits; what is printed comes from a read of every stream.
+        let mut batches = self.read_all(connection).await?;
+        if batches.is_empty() {
+            self.wait(connection).await?;
+            return Ok(Vec::new());
+        }
+        // A stream that filled its batch may hold more before another's entries: only what is
+        // up to the smallest last id of the full batches is in order; the rest is read again.
+        let mut limit: Option<String> = None;
+        let mut entries: Vec<(usize, Entry)> = Vec::new();
+        for (index, batch) in batches.drain(..) {
+            if batch.len() >= TAIL_BATCH
+                && let Some((last, _)) = batch.last()
+            {
+                limit = Some(earliest(limit, last.clone()));
+            }
+            entries.extend(batch.into_iter().map(|raw| (index, Entry::from_raw(raw))));
+        }
+        let release = self.release(limit, clock_ms, &entries);
+        entries.retain(|(_, entry)| compare_ids(&entry.id, &release).is_le());
+        if entries.is_empty() {
+            // All held back until the clock passes them: read again in a moment.
+            tokio::time::sleep(HELD_BACK_PAUSE).await;
+        }
+        // Stable: entries of equal ids keep the streams' order.
+        entries.sort_by(|(_, a), (_, b)| compare_ids(&a.id, &b.id));
+        Ok(entries)
+    }
+
+    /// The time of Redis (on a Cluster, the earliest of the partitions' masters' clocks), in
+    /// milliseconds, taken before the streams are read: an entry added after it gets an id of
+    /// this millisecond or later, so every entry of an earlier one is in the read that follows.
+    async fn clock(&self, connection: &mut Connection) -> redis::RedisResult<u64> {
+        let cluster = match connection {
+            Connection::Single(single) => {
+                let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(single).await?;
+                return Ok(seconds * 1000 + micros / 1000);
+            }
+            Connection::Cluster(cluster) => cluster,
+        };
+        let mut earliest_ms = u64::MAX;
+        for group in &self.groups {
+            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+            let route = Route::with_key(&self.streams[group[0]].key, SlotAddr::Master);
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+            let reply = cluster.route_command(redis::cmd("TIME"), routing).await?;
+            let (seconds, micros): (u64, u64) = redis::from_redis_value(reply)?;
+            earliest_ms = earliest_ms.min(seconds * 1000 + micros / 1000);
+        }
+        Ok(earliest_ms)
+    }
+
+    /// The last id to print now: every entry of a millisecond before `clock_ms` (they are all
+    /// read), within `limit`; what is later is held back and read again. Entries held back
+    /// that are more than [`CLOCK_AHEAD`] ahead of the clock (ids given by hand, not by Redis)
+    /// are printed by the next read, not held until the clock reaches them.
+    fn release(
+        &mut self,
+        limit: Option<String>,
+        clock_ms: u64,
+        entries: &[(usize, Entry)],
+    ) -> String {
+        let mut release = format!("{}-{}", clock_ms.saturating_sub(1), u64::MAX);
+        if let Some(held) = self.held.take()
+            && StreamId::parse(&held, false)
+                .is_some_and(|id| id.ms > clock_ms + CLOCK_AHEAD.as_millis() as u64)
+        {
+            release = held;
+        }
+        if let Some(limit) = limit {
+            release = earliest(Some(release), limit);
+        }
+        self.held = entries
+            .iter()
+            .map(|(_, entry)| &entry.id)
+            .filter(|id| compare_ids(id, &release).is_gt())
+            .max_by(|a, b| compare_ids(a, b))
+            .cloned();
+        release
+    }
+
+    /// One read, without waiting, of every stream after its cursor: the batches that have
+    /// entries, with their stream's index.
+    async fn read_all(
+        &self,
+        connection: &mut Connection,
+    ) -> redis::RedisResult<Vec<(usize, Vec<RawEntry>)>> {
+        let mut batches = Vec::new();
+        for group in &self.groups {
+            for (key, batch) in self
+                .xread(connection, group, None)
+                .await?
                 .into_iter()
-                .map(|raw| (producer, Entry::from_raw(raw))),
-        );
+                .flatten()
+            {
+                if let Some(&index) = group.iter().find(|&&index| self.streams[index].key == key) {
+                    batches.push((index, batch));
+                }
+            }
+        }
+        Ok(batches)
     }
-    if let Some(limit) = limit {
-        entries.retain(|(_, entry)| compare_ids(&entry.id, &limit).is_le());
+
+    /// Waits up to [`TAIL_BLOCK`] for an entry after the cursors. On a Cluster one XREAD may
+    /// only wait on one partition: they take turns, and an entry of another partition is seen
+    /// by the read of every stream that follows the wait. Shorter turns would see it sooner at
+    /// the cost of two commands per partition a turn.
+    async fn wait(&mut self, connection: &mut Connection) -> redis::RedisResult<()> {
+        let group = self.groups[self.turn % self.groups.len()].clone();
+        self.turn += 1;
+        self.xread(connection, &group, Some(TAIL_BLOCK)).await?;
+        Ok(())
     }
-    // Stable: entries of equal ids keep the streams' order.
-    entries.sort_by(|(_, a), (_, b)| compare_ids(&a.id, &b.id));
-    Ok(entries)
+
+    /// One XREAD of the streams `group` after their cursors, waiting up to `block` if given.
+    async fn xread(
+        &self,
+        connection: &mut Connection,
+        group: &[usize],
+        block: Option<Duration>,
+    ) -> redis::RedisResult<Option<Vec<(String, Vec<RawEntry>)>>> {
+        let mut read = redis::cmd("XREAD");
+        read.arg("COUNT").arg(TAIL_BATCH);
+        if let Some(block) = block {
+            read.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        let streams: Vec<&Followed> = group.iter().map(|&index| &self.streams[index]).collect();
+        read.arg("STREAMS")
+            .arg(streams.iter().map(|s| &s.key).collect::<Vec<_>>())
+            .arg(streams.iter().map(|s| &s.after).collect::<Vec<_>>())
+            .query_async(connection)
+            .await
+    }
+}
+
+/// The smaller of two ids (the second when there is no first).
+fn earliest(first: Option<String>, second: String) -> String {
+    match first {
+        Some(first) if compare_ids(&first, &second).is_lt() => first,
+        _ => second,
+    }
 }
 
 fn wanted(entry: &Entry, types: &[String]) -> bool {
@@ -285,6 +386,8 @@ fn wanted(entry: &Entry, types: &[String]) -> bool {
 pub struct EventLine<'a> {
     /// The service whose events stream holds it.
     pub stream: &'static str,
+    /// The partition of that stream.
+    pub partition: u32,
     pub id: &'a str,
     #[serde(rename = "type")]
     pub kind: Option<&'a str>,
@@ -299,13 +402,14 @@ pub struct EventLine<'a> {
 }
 
 impl<'a> EventLine<'a> {
-    pub fn new(stream: Service, entry: &'a Entry) -> EventLine<'a> {
+    pub fn new(stream: Service, partition: Partition, entry: &'a Entry) -> EventLine<'a> {
         let data = entry.field("data").map_or(serde_json::Value::Null, |data| {
             serde_json::from_str(data)
                 .unwrap_or_else(|_| serde_json::Value::String(data.to_owned()))
         });
         EventLine {
             stream: stream.name(),
+            partition: partition.0,
             id: &entry.id,
             kind: entry.field("type"),
             version: entry.field("version"),
@@ -317,16 +421,24 @@ impl<'a> EventLine<'a> {
     }
 }
 
-fn print_event(stream: Service, entry: &Entry, json: bool) -> std::io::Result<()> {
-    let line = EventLine::new(stream, entry);
+/// Prints one event; in columns, its stream is `<partition>/<producer>` with several
+/// partitions.
+fn print_event(source: Source, entry: &Entry, json: bool) -> std::io::Result<()> {
+    let line = EventLine::new(source.producer, source.partition, entry);
+    // `moderation`, and `255/moderation` with partitions.
+    let width = if source.partitions.count() == 1 {
+        10
+    } else {
+        14
+    };
     if json {
         let text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
         return print_line(&text);
     }
     let mut text = format!(
-        "{}  {:<10}  {:<16}  {:<10}  {}  {}",
+        "{}  {:<width$}  {:<16}  {:<10}  {}  {}",
         line.id,
-        line.stream,
+        in_partition(source.partitions, source.partition, line.stream),
         line.kind.unwrap_or("-"),
         line.producer.unwrap_or("-"),
         line.request_id.unwrap_or("-"),

@@ -2,8 +2,11 @@
 //! the inboxes: consumers, lag, pending entries and the age of the oldest, the last entry
 //! delivered against the stream's last id, dead letters; each stream's length and memory.
 //!
-//! `--check` turns it into a health check: exit code 6 when a group a service needs is missing,
-//! lags too far or has an entry pending too long.
+//! Every partition is read; the report sums each kind of stream over them (`--by-partition`:
+//! each partition's own), while `--check` judges each partition's groups, so a problem names its
+//! partition. `--check` turns it into a health check: exit code 6 when a group a service needs is
+//! missing, lags too far or has an entry pending too long, or when a Redis Cluster does not serve
+//! a partition's slot (the others are still read).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,14 +18,18 @@ use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPend
 use redis::{AsyncCommands, Value};
 use serde::Serialize;
 
-use super::{ExpectedGroup, FIRST_ENTRY, LAST_ENTRY, expected_groups, page_through, read_streams};
-use crate::bus::{DEAD_LETTERS_KEPT, StreamId};
+use super::{
+    ExpectedGroup, FIRST_ENTRY, LAST_ENTRY, expected_groups, page_through, slot_of,
+    slot_unavailable,
+};
+use crate::bus::{DEAD_LETTERS_KEPT, StreamId, compare_ids};
 use crate::cli::values::{self, ServiceChoice, parse_seconds};
 use crate::connection::{Connection, eviction_problem, map_of};
 use crate::context::Context;
 use crate::error::{ExitCode, Failure};
-use crate::keyspace::{Keys, Partition, Service};
+use crate::keyspace::{Keys, Partition, Partitions, Service};
 use crate::output::{Table, count_of, human_bytes, human_duration, print_line};
+use crate::services;
 
 /// When Redis cannot tell a group's lag (entries were deleted after its last delivered entry),
 /// the entries after it are counted, up to this many.
@@ -48,13 +55,27 @@ pub struct StatusArgs {
     /// check, as in docker-compose.yml.
     #[arg(long, value_enum)]
     pub service: Vec<ServiceChoice>,
+    /// One row per stream of each partition, and the dead letters of each, instead of each kind
+    /// of stream summed over the partitions (with one partition, the rows are the same).
+    #[arg(long)]
+    pub by_partition: bool,
 }
 
 /// The whole report, as `--json` prints it.
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// The namespace's partition count.
+    pub partitions: u32,
+    /// One per stream of each partition with one partition or `--by-partition`; else one per
+    /// kind of stream, summed over the partitions.
     pub streams: Vec<StreamStatus>,
+    /// Every partition's dead letters, summed (with one partition, its own).
     pub dead_letters: DeadLetters,
+    /// With `--by-partition`: the dead letters of each partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letters_by_partition: Option<Vec<DeadLetters>>,
+    /// The partitions that could not be read (a Redis Cluster slot no master serves).
+    pub unserved: Vec<Unserved>,
     /// What is wrong with Redis's `maxmemory-policy` (anything but `noeviction`), if anything.
     pub eviction: Option<String>,
     /// The one events stream of an earlier version, when one is left with entries nothing
@@ -67,7 +88,10 @@ pub struct Status {
 /// One stream read by consumer groups.
 #[derive(Debug, Serialize)]
 pub struct StreamStatus {
+    /// Its key; a pattern (`{<ns>.*}`) for a row summing every partition.
     pub stream: String,
+    /// Its partition; null for a row summing every partition.
+    pub partition: Option<u32>,
     pub exists: bool,
     pub length: u64,
     pub memory_bytes: Option<u64>,
@@ -91,6 +115,12 @@ pub struct GroupStatus {
     /// Entries delivered to a consumer and not acknowledged yet.
     pub pending: u64,
     pub oldest_pending_id: Option<String>,
+    /// In a row summing every partition: the partition of the oldest pending entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_partition: Option<u32>,
+    /// In a row summing every partition: those where the group is missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_in: Vec<u32>,
     /// Time since the oldest pending entry was (last) delivered.
     pub oldest_pending_age_ms: Option<u64>,
     pub last_delivered_id: Option<String>,
@@ -110,9 +140,12 @@ pub struct ConsumerStatus {
 }
 
 /// The dead-letter stream.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DeadLetters {
+    /// Its key; a pattern for the sum over every partition.
     pub stream: String,
+    /// Its partition; null for the sum over every partition.
+    pub partition: Option<u32>,
     pub count: u64,
     pub memory_bytes: Option<u64>,
     /// Dead letters per service, when there are few enough to count.
@@ -129,6 +162,8 @@ impl GroupStatus {
             lag_exact: true,
             pending: 0,
             oldest_pending_id: None,
+            oldest_pending_partition: None,
+            missing_in: Vec::new(),
             oldest_pending_age_ms: None,
             last_delivered_id: None,
             dead_letters: None,
@@ -154,8 +189,10 @@ pub async fn run(context: &Context, args: &StatusArgs) -> Result<()> {
         .into_iter()
         .map(|service| service.name())
         .collect();
-    let mut status = gather(&mut connection, context, &services).await?;
-    status.problems = problems(&status, args.max_lag, args.max_pending_age);
+    let gathered = gather(&mut connection, context, &services).await?;
+    let problems = problems(&gathered, args.max_lag, args.max_pending_age);
+    let mut status = present(&context.keys, gathered, args.by_partition);
+    status.problems = problems;
     if context.json {
         print_line(&serde_json::to_string(&status)?)?;
     } else {
@@ -182,20 +219,95 @@ pub async fn run(context: &Context, args: &StatusArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads the state of every stream the services read, of their groups and of the dead letters.
-/// `services`, when not empty, keeps only those services' groups (and the streams they read).
+/// What was read, partition by partition, before it is summed for printing.
+pub struct Gathered {
+    pub partitions: Partitions,
+    pub served: Vec<PartitionStatus>,
+    pub unserved: Vec<Unserved>,
+    pub eviction: Option<String>,
+    pub earlier_log: Option<String>,
+}
+
+/// The streams and dead letters of one partition.
+pub struct PartitionStatus {
+    pub partition: Partition,
+    pub streams: Vec<StreamStatus>,
+    pub dead_letters: DeadLetters,
+}
+
+/// A partition that could not be read: on a Redis Cluster, no master serves its slot (or the
+/// one that does cannot be reached).
+#[derive(Debug, Clone, Serialize)]
+pub struct Unserved {
+    pub partition: u32,
+    pub slot: u16,
+    pub error: String,
+}
+
+/// Reads the state of every stream the services read, of their groups and of the dead letters,
+/// partition by partition. `services`, when not empty, keeps only those services' groups (and
+/// the streams they read). On a Redis Cluster, a partition whose slot is not served is set
+/// aside, unless no partition can be read at all (then the error ends the command: exit 4).
 async fn gather(
     connection: &mut Connection,
     context: &Context,
     services: &[&str],
-) -> Result<Status> {
+) -> Result<Gathered> {
     let keys = &context.keys;
     let partitions = context.partitions(connection).await?;
     let expected = expected_groups(keys, partitions);
+    let mut served = Vec::new();
+    let mut unserved = Vec::new();
+    let mut first_error = None;
+    for partition in partitions.all() {
+        let error = match gather_partition(connection, keys, partition, &expected, services).await {
+            Ok(status) => {
+                served.push(status);
+                continue;
+            }
+            Err(error) => error,
+        };
+        let Some(refusal) = slot_unavailable(connection, &error) else {
+            return Err(error);
+        };
+        unserved.push(Unserved {
+            partition: partition.0,
+            slot: slot_of(&keys.dead(partition)),
+            error: refusal,
+        });
+        first_error.get_or_insert(error);
+    }
+    if let (true, Some(error)) = (served.is_empty(), first_error) {
+        return Err(error);
+    }
+    let mut eviction = None;
+    for status in &served {
+        // Each master of a Cluster has its own policy: every partition's is asked.
+        let key = keys.dead(status.partition);
+        eviction = eviction.or(eviction_problem(connection, &key).await?);
+    }
+    Ok(Gathered {
+        partitions,
+        served,
+        unserved,
+        eviction,
+        earlier_log: earlier_log(connection, keys).await?,
+    })
+}
+
+/// The streams of one partition and their groups, with that partition's dead letters.
+async fn gather_partition(
+    connection: &mut Connection,
+    keys: &Keys,
+    partition: Partition,
+    expected: &[ExpectedGroup],
+    services: &[&str],
+) -> Result<PartitionStatus> {
     let wanted = |group: &str| services.is_empty() || services.contains(&group);
-    let dead = dead_letters(connection, &keys.dead(Partition::FIRST)).await?;
+    let dead = dead_letters(connection, &keys.dead(partition), partition).await?;
     let mut streams = Vec::new();
-    for stream in read_streams(keys, partitions) {
+    for kind in StreamKind::all(keys) {
+        let stream = kind.key(keys, partition);
         // Not even looked at: a service's health check runs as its Redis user, which may read
         // only the streams it reads with its group.
         let read_by_wanted = expected
@@ -204,13 +316,13 @@ async fn gather(
         if !read_by_wanted && !services.is_empty() {
             continue;
         }
-        let mut stream_status = inspect_stream(connection, &stream, &expected).await?;
+        let mut stream_status = inspect_stream(connection, &stream, expected).await?;
         stream_status.groups.retain(|group| wanted(&group.group));
         if stream_status.groups.is_empty() && !services.is_empty() {
             continue;
         }
         for group in &mut stream_status.groups {
-            mark_alive(connection, keys, group).await?;
+            mark_alive(connection, keys, partition, group).await?;
             group.dead_letters = dead
                 .per_stream
                 .as_ref()
@@ -219,13 +331,49 @@ async fn gather(
         }
         streams.push(stream_status);
     }
-    Ok(Status {
+    Ok(PartitionStatus {
+        partition,
         streams,
         dead_letters: dead.summary,
-        eviction: eviction_problem(connection, &keys.dead(Partition::FIRST)).await?,
-        earlier_log: earlier_log(connection, keys).await?,
-        problems: Vec::new(),
     })
+}
+
+/// A stream the services read with groups, in any partition: an events stream or an inbox.
+#[derive(Debug, Clone, Copy)]
+enum StreamKind {
+    Events(Service),
+    Inbox(Service),
+}
+
+impl StreamKind {
+    /// Every kind: the events streams (in [`Service::PRODUCERS`] order), then the inboxes.
+    fn all(keys: &Keys) -> Vec<StreamKind> {
+        let inboxes = Service::ALL.into_iter().filter(|&service| {
+            services::streams(keys, service, Partition::FIRST)
+                .1
+                .is_some()
+        });
+        Service::PRODUCERS
+            .into_iter()
+            .map(StreamKind::Events)
+            .chain(inboxes.map(StreamKind::Inbox))
+            .collect()
+    }
+
+    fn key(self, keys: &Keys, partition: Partition) -> String {
+        match self {
+            StreamKind::Events(producer) => keys.events(producer, partition),
+            StreamKind::Inbox(service) => keys.inbox(service, partition),
+        }
+    }
+
+    /// The name of the stream in every partition, as a pattern.
+    fn pattern(self, keys: &Keys) -> String {
+        match self {
+            StreamKind::Events(producer) => keys.events_pattern(producer),
+            StreamKind::Inbox(service) => keys.inbox_pattern(service),
+        }
+    }
 }
 
 /// The shared events stream of versions before the one-stream-per-service split, if it holds
@@ -246,6 +394,7 @@ async fn earlier_log(connection: &mut Connection, keys: &Keys) -> Result<Option<
 async fn mark_alive(
     connection: &mut Connection,
     keys: &Keys,
+    partition: Partition,
     group: &mut GroupStatus,
 ) -> Result<()> {
     let Some(service) = Service::ALL
@@ -257,7 +406,7 @@ async fn mark_alive(
     if group.consumers.is_empty() {
         return Ok(());
     }
-    let prefix = keys.alive_prefix(service, Partition::FIRST);
+    let prefix = keys.alive_prefix(service, partition);
     let mut pipe = redis::pipe();
     for consumer in &group.consumers {
         pipe.exists(format!("{prefix}{}", consumer.name));
@@ -283,6 +432,10 @@ pub async fn inspect_stream(
     let mut groups: Vec<GroupStatus> = Vec::new();
     let mut status = StreamStatus {
         stream: stream.to_owned(),
+        partition: expected
+            .iter()
+            .find(|group| group.stream == stream)
+            .map(|group| group.partition.0),
         exists: kind != "none",
         length: 0,
         memory_bytes: None,
@@ -383,6 +536,8 @@ async fn inspect_group(
         lag_exact,
         pending: info.pending as u64,
         oldest_pending_id: oldest.as_ref().map(|entry| entry.id.clone()),
+        oldest_pending_partition: None,
+        missing_in: Vec::new(),
         oldest_pending_age_ms: oldest.map(|entry| entry.last_delivered_ms as u64),
         last_delivered_id: Some(info.last_delivered_id.clone()),
         dead_letters: None,
@@ -427,7 +582,11 @@ struct DeadCounts {
     per_stream: Option<BTreeMap<(String, String), u64>>,
 }
 
-async fn dead_letters(connection: &mut Connection, dead: &str) -> Result<DeadCounts> {
+async fn dead_letters(
+    connection: &mut Connection,
+    dead: &str,
+    partition: Partition,
+) -> Result<DeadCounts> {
     let context = || format!("reading the dead letters in {dead}");
     let count: u64 = connection.xlen(dead).await.wrap_err_with(context)?;
     let memory_bytes: Option<u64> = redis::cmd("MEMORY")
@@ -455,6 +614,7 @@ async fn dead_letters(connection: &mut Connection, dead: &str) -> Result<DeadCou
     Ok(DeadCounts {
         summary: DeadLetters {
             stream: dead.to_owned(),
+            partition: Some(partition.0),
             count,
             memory_bytes,
             by_service: counted.then_some(by_service),
@@ -463,58 +623,285 @@ async fn dead_letters(connection: &mut Connection, dead: &str) -> Result<DeadCou
     })
 }
 
-/// What `--check` complains about, one line each.
-pub fn problems(status: &Status, max_lag: u64, max_pending_age: Duration) -> Vec<String> {
-    let mut problems: Vec<String> = status.eviction.iter().cloned().collect();
-    problems.extend(status.earlier_log.iter().cloned());
-    if status.dead_letters.count >= DEAD_LETTERS_KEPT / 10 * 8 {
+/// What `--check` complains about, one line each; with several partitions, each line about
+/// one partition starts with `partition <p>: `.
+pub fn problems(gathered: &Gathered, max_lag: u64, max_pending_age: Duration) -> Vec<String> {
+    let mut problems: Vec<String> = gathered.eviction.iter().cloned().collect();
+    problems.extend(gathered.earlier_log.iter().cloned());
+    let several = gathered.partitions.count() > 1;
+    for unserved in &gathered.unserved {
+        problems.push(format!(
+            "partition {}: Redis Cluster slot {} is not served (no master serves it, or the one \
+             that does cannot be reached), so nothing of the partition can be read or written: \
+             {}",
+            unserved.partition, unserved.slot, unserved.error
+        ));
+    }
+    for partition in &gathered.served {
+        let prefix = if several {
+            format!("partition {}: ", partition.partition)
+        } else {
+            String::new()
+        };
+        problems.extend(
+            partition_problems(partition, max_lag, max_pending_age)
+                .into_iter()
+                .map(|problem| format!("{prefix}{problem}")),
+        );
+    }
+    problems
+}
+
+/// The problems of one partition: its dead letters nearly full, its groups.
+fn partition_problems(
+    partition: &PartitionStatus,
+    max_lag: u64,
+    max_pending_age: Duration,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let dead = &partition.dead_letters;
+    if dead.count >= DEAD_LETTERS_KEPT / 10 * 8 {
         problems.push(format!(
             "{} holds {} of the about {DEAD_LETTERS_KEPT} it keeps: the oldest will be dropped; \
              look at them (`blogctl dead list`), then retry or drop them",
-            status.dead_letters.stream,
-            count_of(status.dead_letters.count, "dead letter", "dead letters")
+            dead.stream,
+            count_of(dead.count, "dead letter", "dead letters")
         ));
     }
-    for stream in &status.streams {
+    for stream in &partition.streams {
         for group in &stream.groups {
-            let name = format!("group {} on {}", group.group, stream.stream);
-            if group.missing {
-                problems.push(format!(
-                    "{name} is missing: start the service once (`blogctl serve {}`)",
-                    group.group
-                ));
-                continue;
-            }
-            let waiting = group.lag.unwrap_or(0) + group.pending;
-            if waiting > 0 && !group.consumers.iter().any(|consumer| consumer.alive) {
-                problems.push(format!(
-                    "no consumer of {name} is alive, and {} wait: start the service \
-                     (`blogctl serve {}`)",
-                    count_of(waiting, "entry", "entries"),
-                    group.group
-                ));
-            }
-            if let Some(lag) = group.lag.filter(|lag| *lag > max_lag) {
-                let at_least = if group.lag_exact { "" } else { "at least " };
-                problems.push(format!(
-                    "{name} lags {at_least}{} (more than --max-lag {max_lag})",
-                    count_of(lag, "entry", "entries")
-                ));
-            }
-            if let Some(age) = group
-                .oldest_pending_age_ms
-                .filter(|age| *age as u128 > max_pending_age.as_millis())
-            {
-                problems.push(format!(
-                    "{name} has had entry {} pending for {} (longer than --max-pending-age {}s)",
-                    group.oldest_pending_id.as_deref().unwrap_or("?"),
-                    human_duration(age),
-                    max_pending_age.as_secs_f64()
-                ));
-            }
+            group_problems(
+                &stream.stream,
+                group,
+                max_lag,
+                max_pending_age,
+                &mut problems,
+            );
         }
     }
     problems
+}
+
+/// The problems of one group: missing, no consumer alive while entries wait, lagging, stuck.
+fn group_problems(
+    stream: &str,
+    group: &GroupStatus,
+    max_lag: u64,
+    max_pending_age: Duration,
+    problems: &mut Vec<String>,
+) {
+    let name = format!("group {} on {stream}", group.group);
+    if group.missing {
+        problems.push(format!(
+            "{name} is missing: start the service once (`blogctl serve {}`)",
+            group.group
+        ));
+        return;
+    }
+    let waiting = group.lag.unwrap_or(0) + group.pending;
+    if waiting > 0 && !group.consumers.iter().any(|consumer| consumer.alive) {
+        problems.push(format!(
+            "no consumer of {name} is alive, and {} wait: start the service \
+             (`blogctl serve {}`)",
+            count_of(waiting, "entry", "entries"),
+            group.group
+        ));
+    }
+    if let Some(lag) = group.lag.filter(|lag| *lag > max_lag) {
+        let at_least = if group.lag_exact { "" } else { "at least " };
+        problems.push(format!(
+            "{name} lags {at_least}{} (more than --max-lag {max_lag})",
+            count_of(lag, "entry", "entries")
+        ));
+    }
+    if let Some(age) = group
+        .oldest_pending_age_ms
+        .filter(|age| *age as u128 > max_pending_age.as_millis())
+    {
+        problems.push(format!(
+            "{name} has had entry {} pending for {} (longer than --max-pending-age {}s)",
+            group.oldest_pending_id.as_deref().unwrap_or("?"),
+            human_duration(age),
+            max_pending_age.as_secs_f64()
+        ));
+    }
+}
+
+/// The report as printed: with one partition or `by_partition`, every stream of every
+/// partition; else each kind of stream summed over the partitions.
+fn present(keys: &Keys, gathered: Gathered, by_partition: bool) -> Status {
+    let Gathered {
+        partitions,
+        served,
+        unserved,
+        eviction,
+        earlier_log,
+    } = gathered;
+    let dead: Vec<DeadLetters> = served
+        .iter()
+        .map(|partition| partition.dead_letters.clone())
+        .collect();
+    let dead_letters = if partitions.count() == 1 && dead.len() == 1 {
+        dead[0].clone()
+    } else {
+        sum_dead_letters(keys, &dead)
+    };
+    let streams = if partitions.count() == 1 || by_partition {
+        served
+            .into_iter()
+            .flat_map(|partition| partition.streams)
+            .collect()
+    } else {
+        StreamKind::all(keys)
+            .into_iter()
+            .filter_map(|kind| sum_streams(keys, kind, &served))
+            .collect()
+    };
+    Status {
+        partitions: partitions.count(),
+        streams,
+        dead_letters,
+        dead_letters_by_partition: by_partition.then_some(dead),
+        unserved,
+        eviction,
+        earlier_log,
+        problems: Vec::new(),
+    }
+}
+
+/// The dead letters of every partition read, as one.
+fn sum_dead_letters(keys: &Keys, dead: &[DeadLetters]) -> DeadLetters {
+    let mut by_service = Some(BTreeMap::new());
+    for counts in dead.iter().map(|dead| dead.by_service.as_ref()) {
+        by_service = match (by_service, counts) {
+            (Some(mut sum), Some(counts)) => {
+                for (service, count) in counts {
+                    *sum.entry(service.clone()).or_insert(0) += count;
+                }
+                Some(sum)
+            }
+            _ => None,
+        };
+    }
+    DeadLetters {
+        stream: keys.dead_pattern(),
+        partition: None,
+        count: dead.iter().map(|dead| dead.count).sum(),
+        memory_bytes: dead
+            .iter()
+            .filter_map(|dead| dead.memory_bytes)
+            .reduce(|a, b| a + b),
+        by_service,
+    }
+}
+
+/// One kind of stream summed over the partitions read: lengths, lags, pending entries and dead
+/// letters added up, the oldest pending entry and the latest ids kept. `None` when no partition
+/// shows it (a `--service` that does not read it).
+fn sum_streams(keys: &Keys, kind: StreamKind, served: &[PartitionStatus]) -> Option<StreamStatus> {
+    let parts: Vec<(u32, &StreamStatus)> = served
+        .iter()
+        .flat_map(|partition| {
+            let key = kind.key(keys, partition.partition);
+            partition
+                .streams
+                .iter()
+                .filter(move |stream| stream.stream == key)
+                .map(|stream| (partition.partition.0, stream))
+        })
+        .collect();
+    let (_, first) = parts.first()?;
+    let mut sum = StreamStatus {
+        stream: kind.pattern(keys),
+        partition: None,
+        exists: parts.iter().any(|(_, stream)| stream.exists),
+        length: parts.iter().map(|(_, stream)| stream.length).sum(),
+        memory_bytes: parts
+            .iter()
+            .filter_map(|(_, stream)| stream.memory_bytes)
+            .reduce(|a, b| a + b),
+        last_id: latest(parts.iter().map(|(_, stream)| stream.last_id.as_deref())),
+        groups: Vec::new(),
+    };
+    for name in first.groups.iter().map(|group| &group.group) {
+        let groups: Vec<(u32, &GroupStatus)> = parts
+            .iter()
+            .filter_map(|(partition, stream)| {
+                let group = stream.groups.iter().find(|group| group.group == *name)?;
+                Some((*partition, group))
+            })
+            .collect();
+        sum.groups.push(sum_group(&groups));
+    }
+    Some(sum)
+}
+
+/// The greatest of some stream ids.
+fn latest<'a>(ids: impl Iterator<Item = Option<&'a str>>) -> Option<String> {
+    ids.flatten()
+        .max_by(|a, b| compare_ids(a, b))
+        .map(str::to_owned)
+}
+
+/// One group summed over the partitions it is read in.
+fn sum_group(groups: &[(u32, &GroupStatus)]) -> GroupStatus {
+    let (_, first) = groups[0];
+    let present: Vec<&GroupStatus> = groups
+        .iter()
+        .map(|(_, group)| *group)
+        .filter(|group| !group.missing)
+        .collect();
+    let oldest = groups
+        .iter()
+        .filter(|(_, group)| group.oldest_pending_age_ms.is_some())
+        .max_by_key(|(_, group)| group.oldest_pending_age_ms);
+    let lags: Option<Vec<u64>> = present.iter().map(|group| group.lag).collect();
+    GroupStatus {
+        group: first.group.clone(),
+        expected: groups.iter().any(|(_, group)| group.expected),
+        missing: present.len() < groups.len(),
+        lag: lags
+            .filter(|_| !present.is_empty())
+            .map(|lags| lags.iter().sum()),
+        lag_exact: present.iter().all(|group| group.lag_exact),
+        pending: present.iter().map(|group| group.pending).sum(),
+        oldest_pending_id: oldest.and_then(|(_, group)| group.oldest_pending_id.clone()),
+        oldest_pending_partition: oldest.map(|(partition, _)| *partition),
+        missing_in: groups
+            .iter()
+            .filter(|(_, group)| group.missing)
+            .map(|(partition, _)| *partition)
+            .collect(),
+        oldest_pending_age_ms: oldest.and_then(|(_, group)| group.oldest_pending_age_ms),
+        last_delivered_id: latest(
+            present
+                .iter()
+                .map(|group| group.last_delivered_id.as_deref()),
+        ),
+        dead_letters: groups
+            .iter()
+            .map(|(_, group)| group.dead_letters)
+            .sum::<Option<u64>>(),
+        consumers: sum_consumers(&present),
+    }
+}
+
+/// The consumers of a group in every partition, by name: each partition has its own, named
+/// after their `serve` process. Pending entries add up; the shortest idle time is kept; alive
+/// only when alive in every partition it consumes.
+fn sum_consumers(groups: &[&GroupStatus]) -> Vec<ConsumerStatus> {
+    let mut consumers: Vec<ConsumerStatus> = Vec::new();
+    for consumer in groups.iter().flat_map(|group| &group.consumers) {
+        match consumers.iter_mut().find(|seen| seen.name == consumer.name) {
+            Some(seen) => {
+                seen.idle_ms = seen.idle_ms.min(consumer.idle_ms);
+                seen.pending += consumer.pending;
+                seen.alive &= consumer.alive;
+            }
+            None => consumers.push(consumer.clone()),
+        }
+    }
+    consumers
 }
 
 fn print_human(status: &Status) -> std::io::Result<()> {
@@ -525,7 +912,17 @@ fn print_human(status: &Status) -> std::io::Result<()> {
         print_stream(stream)?;
     }
     print_line("")?;
-    print_dead_letters(&status.dead_letters)
+    print_dead_letters(&status.dead_letters)?;
+    for dead in status.dead_letters_by_partition.iter().flatten() {
+        print_dead_letters(dead)?;
+    }
+    for unserved in &status.unserved {
+        print_line(&format!(
+            "partition {} (Redis Cluster slot {}): NOT SERVED, not read: {}",
+            unserved.partition, unserved.slot, unserved.error
+        ))?;
+    }
+    Ok(())
 }
 
 /// Prints one stream's line, then the table of its groups.
@@ -558,7 +955,7 @@ fn print_stream(stream: &StreamStatus) -> std::io::Result<()> {
 
 /// The cells of one group's row in the table of its stream.
 fn group_row(group: &GroupStatus) -> Vec<String> {
-    if group.missing {
+    if group.missing && group.lag.is_none() {
         return vec![
             group.group.clone(),
             "-".into(),
@@ -572,6 +969,13 @@ fn group_row(group: &GroupStatus) -> Vec<String> {
     let mut name = group.group.clone();
     if !group.expected {
         name.push_str(" (not a service)");
+    }
+    if !group.missing_in.is_empty() {
+        let partitions: Vec<String> = group.missing_in.iter().map(u32::to_string).collect();
+        name.push_str(&format!(
+            " (MISSING in partitions {})",
+            partitions.join(", ")
+        ));
     }
     let lag = match (group.lag, group.lag_exact) {
         (Some(lag), true) => lag.to_string(),
@@ -669,44 +1073,63 @@ mod tests {
         assert_eq!(GroupStatus::missing("query").first_needed(), None);
     }
 
-    #[test]
-    fn check_reports_missing_lagging_and_stuck_groups() {
-        let status = Status {
-            streams: vec![StreamStatus {
-                stream: "s".into(),
-                exists: true,
-                length: 9,
-                memory_bytes: None,
-                last_id: None,
-                groups: vec![
-                    GroupStatus::missing("query"),
-                    GroupStatus {
-                        lag: Some(11),
-                        ..group("comments")
-                    },
-                    GroupStatus {
-                        oldest_pending_id: Some("1-0".into()),
-                        oldest_pending_age_ms: Some(61_000),
-                        ..group("moderation")
-                    },
-                    group("fine"),
-                    GroupStatus {
-                        lag: Some(1),
-                        consumers: Vec::new(),
-                        ..group("posts")
-                    },
-                ],
-            }],
-            dead_letters: DeadLetters {
-                stream: "d".into(),
-                count: 0,
-                memory_bytes: None,
-                by_service: None,
-            },
+    fn dead(count: u64) -> DeadLetters {
+        DeadLetters {
+            stream: "d".into(),
+            partition: Some(0),
+            count,
+            memory_bytes: None,
+            by_service: None,
+        }
+    }
+
+    fn stream(groups: Vec<GroupStatus>) -> StreamStatus {
+        StreamStatus {
+            stream: "s".into(),
+            partition: Some(0),
+            exists: true,
+            length: 9,
+            memory_bytes: None,
+            last_id: None,
+            groups,
+        }
+    }
+
+    fn gathered(partitions: u32, served: Vec<PartitionStatus>) -> Gathered {
+        Gathered {
+            partitions: Partitions::new(partitions).unwrap(),
+            served,
+            unserved: Vec::new(),
             eviction: None,
             earlier_log: None,
-            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn check_reports_missing_lagging_and_stuck_groups() {
+        let partition = |dead_count| PartitionStatus {
+            partition: Partition::FIRST,
+            streams: vec![stream(vec![
+                GroupStatus::missing("query"),
+                GroupStatus {
+                    lag: Some(11),
+                    ..group("comments")
+                },
+                GroupStatus {
+                    oldest_pending_id: Some("1-0".into()),
+                    oldest_pending_age_ms: Some(61_000),
+                    ..group("moderation")
+                },
+                group("fine"),
+                GroupStatus {
+                    lag: Some(1),
+                    consumers: Vec::new(),
+                    ..group("posts")
+                },
+            ])],
+            dead_letters: dead(dead_count),
         };
+        let status = gathered(1, vec![partition(0)]);
         let problems = problems(&status, 10, Duration::from_secs(60));
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems[0].contains("query") && problems[0].contains("missing"));
@@ -714,13 +1137,7 @@ mod tests {
         assert!(problems[2].contains("pending for 1m01s"));
         assert!(problems[3].contains("no consumer of group posts on s is alive, and 1 entry wait"));
         assert!(super::problems(&status, 100, Duration::from_secs(120)).len() == 2);
-        let nearly_full = Status {
-            dead_letters: DeadLetters {
-                count: 90_000,
-                ..status.dead_letters
-            },
-            ..status
-        };
+        let nearly_full = gathered(1, vec![partition(90_000)]);
         let problems = super::problems(&nearly_full, 100, Duration::from_secs(120));
         assert!(
             problems
@@ -728,5 +1145,43 @@ mod tests {
                 .any(|p| p.contains("holds 90000 dead letters")),
             "{problems:?}"
         );
+        let mut third = partition(0);
+        third.partition = Partition(3);
+        let two = gathered(8, vec![partition(0), third]);
+        let problems = super::problems(&two, 100, Duration::from_secs(120));
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].starts_with("partition 0: group query on s is missing"));
+        assert!(problems[3].starts_with("partition 3: no consumer of group posts"));
+    }
+
+    #[test]
+    fn groups_are_summed_over_the_partitions() {
+        let old = GroupStatus {
+            lag: Some(2),
+            pending: 1,
+            oldest_pending_id: Some("1-0".into()),
+            oldest_pending_age_ms: Some(5000),
+            last_delivered_id: Some("9-0".into()),
+            dead_letters: Some(1),
+            ..group("query")
+        };
+        let summed = sum_group(&[
+            (0, &group("query")),
+            (3, &old),
+            (5, &GroupStatus::missing("query")),
+        ]);
+        assert_eq!(summed.lag, Some(2));
+        assert_eq!(summed.pending, 1);
+        assert_eq!(summed.oldest_pending_partition, Some(3));
+        assert_eq!(summed.oldest_pending_id.as_deref(), Some("1-0"));
+        assert_eq!(summed.last_delivered_id.as_deref(), Some("9-0"));
+        assert!(summed.missing);
+        assert_eq!(summed.missing_in, [5]);
+        assert_eq!(summed.dead_letters, None, "not counted in partition 5");
+        assert_eq!(summed.consumers.len(), 1);
+        assert!(group_row(&summed)[0].contains("MISSING in partitions 5"));
+        let keys = Keys::new("blog").unwrap();
+        let sum = sum_dead_letters(&keys, &[dead(2), dead(3)]);
+        assert_eq!((sum.count, sum.stream.as_str()), (5, "blog:dead:*"));
     }
 }

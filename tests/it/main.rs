@@ -9,6 +9,7 @@ mod faults;
 mod holes;
 mod ops;
 mod outages;
+mod partitioned_ops;
 mod partitions;
 mod promises;
 mod rebuild;
