@@ -480,8 +480,12 @@ async fn confirm(work: &[&Trimmed], archive: &Path) -> Result<()> {
         .collect();
     if work.len() > CONFIRM_STREAMS {
         streams.push(format!(
-            "of {} more (each before the first entry one of its groups still needs)",
-            count_of((work.len() - CONFIRM_STREAMS) as u64, "stream", "streams")
+            "of {} (each before the first entry one of its groups still needs)",
+            count_of(
+                (work.len() - CONFIRM_STREAMS) as u64,
+                "more stream",
+                "more streams"
+            )
         ));
     }
     let plan = format!(

@@ -45,7 +45,7 @@ use crate::error::Failure;
 use crate::events::EventKind;
 use crate::keyspace::{Generation, Keys, Partition, Partitions, Service, generation_lua};
 use crate::ops::archive::stream_archive;
-use crate::output::{print_line, progress_bar};
+use crate::output::{count_of, print_line, progress_bar};
 use crate::services::generations::{ApplyCall, Generations};
 use crate::services::{comments, query};
 use archives::{
@@ -352,13 +352,14 @@ fn stopped_midway(
     let switched = match partition.0 {
         0 => "no partition was switched".to_owned(),
         1 => "partition 0 was switched to its rebuilt generation".to_owned(),
+        2 => "partitions 0 and 1 were switched to their rebuilt generations".to_owned(),
         n => format!(
             "partitions 0 to {} were switched to their rebuilt generations",
             n - 1
         ),
     };
     error.wrap_err(format!(
-        "rebuild of {} stopped at partition {partition} of 0 to {}: {switched}, partition \
+        "rebuild of {} stopped at partition {partition} (of 0 to {}): {switched}; partition \
          {partition} and those after it keep their live ones (each partition is whole either \
          way: it is safe to run the rebuild again, which rebuilds every partition)",
         job.target.service(),
@@ -754,9 +755,10 @@ async fn refuse_a_gap(connection: &mut Connection, events: &str, archived: u64) 
     let removed = number("entries-added").saturating_sub(number("length"));
     if removed > archived {
         return Err(Failure::invalid(format!(
-            "{removed} entries were trimmed from {events} and the archives given hold {archived}: \
+            "{} trimmed from {events} and the archives given hold {archived}: \
              give every archive `blogctl trim` wrote (--archive DIR, oldest first), or the \
-             rebuilt state would miss events"
+             rebuilt state would miss events",
+            count_of(removed, "entry was", "entries were")
         ))
         .into());
     }
