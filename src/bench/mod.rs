@@ -185,14 +185,14 @@ async fn measure(
     let samples = sample_latency(context, args, connection, view, post_ids[0]).await?;
     let resident_kib = resident_memory(context, connection, args.embedded).await?;
     let rebuild_before = CpuTime::now(connection, &[]).await?;
-    let rebuilt = rebuild::rebuild(
-        connection,
-        &context.redis,
-        &context.keys,
-        Target::Query,
-        &[],
-    )
-    .await?;
+    let job = rebuild::Job {
+        redis: &context.redis,
+        keys: &context.keys,
+        partitions,
+        target: Target::Query,
+        archives: &[],
+    };
+    let rebuilt = rebuild::rebuild(connection, &job).await?;
     let (rebuild_redis_cpu, rebuild_blogctl_cpu) = CpuTime::now(connection, &[])
         .await?
         .per(&rebuild_before, rebuilt.events);

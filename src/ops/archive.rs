@@ -1,5 +1,6 @@
 //! Trim archives: the NDJSON files `blogctl trim` appends the entries it removes to, one entry
 //! per line, each trim's lines followed by a check line; `blogctl rebuild --archive` reads them.
+//! One file per events stream, so one per producing service and partition ([`stream_archive`]).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -13,15 +14,21 @@ use serde::{Deserialize, Serialize};
 use super::Entry;
 use crate::bus::compare_ids;
 use crate::error::Failure;
-use crate::keyspace::Service;
+use crate::keyspace::{Partition, Service};
 
 /// How far back from the end of an archive to look for its last line, per read.
 const TAIL_CHUNK: u64 = 64 * 1024;
 
-/// The archive of `producer`'s events stream in the directory `blogctl trim --archive DIR`
-/// writes: `DIR/<service>.ndjson`.
-pub fn stream_archive(directory: &Path, producer: Service) -> PathBuf {
-    directory.join(format!("{producer}.ndjson"))
+/// The archive of `producer`'s events stream in `partition`, in the directory `blogctl trim
+/// --archive DIR` writes: `DIR/<service>.ndjson` for partition 0 (where archives were before
+/// there were partitions, so those go on being appended to and read), `DIR/<service>.<p>.ndjson`
+/// for partition `p` > 0.
+pub fn stream_archive(directory: &Path, producer: Service, partition: Partition) -> PathBuf {
+    if partition == Partition::FIRST {
+        directory.join(format!("{producer}.ndjson"))
+    } else {
+        directory.join(format!("{producer}.{partition}.ndjson"))
+    }
 }
 
 /// One line of an archive: an entry of an events stream, its fields as text (bytes that are
@@ -352,6 +359,19 @@ mod tests {
                 LastLine::Entry(id) | LastLine::Check(id) => id,
             }),
         ))
+    }
+
+    #[test]
+    fn partition_0_keeps_the_archive_names_from_before_partitions() {
+        let dir = Path::new("archive");
+        assert_eq!(
+            stream_archive(dir, Service::Posts, Partition::FIRST),
+            dir.join("posts.ndjson")
+        );
+        assert_eq!(
+            stream_archive(dir, Service::Moderation, Partition(7)),
+            dir.join("moderation.7.ndjson")
+        );
     }
 
     #[test]

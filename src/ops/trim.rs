@@ -2,14 +2,17 @@
 //! acknowledged, after appending it to an NDJSON archive (one file per stream, in the directory
 //! `--archive` names), so the log stays bounded and a rebuild stays possible.
 //!
-//! Every stream is checked first (groups present, none lagging, no rebuild running), then each
-//! is trimmed on its own. A stream's boundary is the first entry any of its groups may still need: the minimum over groups of their
-//! oldest pending entry, or the entry after their last delivered one when nothing is pending.
-//! Everything before it is appended to the archive (see [`super::archive`]), the file is
-//! fsynced, then the stream is trimmed in steps, each a script that first checks the groups did
-//! not change meanwhile and no rebuild runs. Entries the archive already holds (a trim that
-//! stopped between the fsync and the XTRIM) are not written twice. Inboxes and dead letters are
-//! never trimmed.
+//! Every stream of every partition is checked first (groups present, none lagging, no rebuild
+//! of any partition running), and every archive file opened, then the partitions are trimmed
+//! one after the other, each stream on its own. A partition is self-contained (its streams and
+//! its rebuild locks share one Cluster slot), so each step stays within one partition. A
+//! stream's boundary is the first entry any of its groups may still need: the minimum over
+//! groups of their oldest pending entry, or the entry after their last delivered one when
+//! nothing is pending. Everything before it is appended to the archive (see
+//! [`super::archive`]), the file is fsynced, then the stream is trimmed in steps, each a script
+//! that first checks the groups did not change meanwhile and no rebuild of its partition runs.
+//! Entries the archive already holds (a trim that stopped between the fsync and the XTRIM) are
+//! not written twice. Inboxes and dead letters are never trimmed.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -28,11 +31,11 @@ use crate::bus::compare_ids;
 use crate::connection::Connection;
 use crate::context::Context;
 use crate::error::Failure;
-use crate::keyspace::{Partition, Service};
+use crate::keyspace::{Partition, Partitions, Service};
 use crate::output::{count_of, print_line};
 use crate::services;
 
-/// KEYS[1]: the events stream, KEYS[2..]: the locks of rebuilds. ARGV[1]: the boundary;
+/// KEYS[1]: the events stream, KEYS[2..]: the locks of its partition's rebuilds. ARGV[1]: the boundary;
 /// ARGV[2..]: the groups it was computed from. Trims only if no rebuild runs (it reads the
 /// stream, and would miss what is removed before it reads it), the stream still has exactly
 /// those groups and none has an entry before the boundary pending: {'trimmed', count}, else
@@ -42,12 +45,17 @@ const TRIM: &str = include_str!("lua/trim.lua");
 /// Entries removed per step of a trim, at most: a few milliseconds inside Redis.
 const TRIM_STEP: u64 = 10_000;
 
+/// Streams the question (or the refusal without `--yes`) names one by one; the rest are
+/// counted, so that many partitions do not make it a wall of text.
+const CONFIRM_STREAMS: usize = 6;
+
 /// Arguments of `blogctl trim`.
 #[derive(Debug, Args)]
 pub struct TrimArgs {
     /// Directory (created if missing) the removed entries are appended to first: one NDJSON
-    /// file per events stream, `<service>.ndjson`, one `{"id","fields"}` object per line;
-    /// `blogctl rebuild --archive DIR` reads them before the streams.
+    /// file per events stream, `<service>.ndjson` (partition 0) or `<service>.<p>.ndjson`
+    /// (partition p), one `{"id","fields"}` object per line; `blogctl rebuild --archive DIR`
+    /// reads them before the streams.
     #[arg(long, value_name = "DIR")]
     pub archive: PathBuf,
     /// Trim without asking (needed when stdin is not a terminal).
@@ -81,41 +89,88 @@ pub async fn run(context: &Context, args: &TrimArgs) -> Result<()> {
         .into());
     }
     let mut connection = context.connect().await?;
-    let locks = rebuild_locks(context);
-    refuse_while_rebuilding(&mut connection, &locks).await?;
-    // Every stream is checked before anything is archived or removed.
+    let partitions = context.partitions(&mut connection).await?;
+    refuse_while_rebuilding(&mut connection, &rebuild_locks(context, partitions.all())).await?;
+    // Every stream of every partition is checked before anything is archived or removed.
+    let expected = expected_groups(&context.keys, partitions);
     let mut plans = Vec::new();
-    for producer in Service::PRODUCERS {
-        plans.push(plan(context, &mut connection, producer, args).await?);
-    }
-    let work: Vec<&Trimmed> = plans
-        .iter()
-        .filter(|plan| plan.anything)
-        .map(|plan| &plan.trimmed)
-        .collect();
-    if !work.is_empty() {
-        if !args.yes {
-            confirm(&work, &args.archive).await?;
+    for partition in partitions.all() {
+        for producer in Service::PRODUCERS {
+            let stream = Stream {
+                partition,
+                producer,
+            };
+            plans.push(plan(context, &mut connection, stream, &expected, args).await?);
         }
-        // Every archive file is checked before anything is created, archived or removed.
-        for trimmed in &work {
-            refuse_a_non_archive(&trimmed.archive)?;
-        }
-        std::fs::create_dir_all(&args.archive).wrap_err_with(|| {
-            format!("creating the archive directory {}", args.archive.display())
-        })?;
     }
+    prepare_archives(&plans, args).await?;
+    let mut trimmed_any = false;
     for mut plan in plans {
         if plan.anything {
-            trim_stream(&mut connection, &locks, &mut plan).await?;
+            let locks = rebuild_locks(context, [plan.partition]);
+            if let Err(error) = trim_stream(&mut connection, &locks, &mut plan).await {
+                return Err(stopped(error, trimmed_any, partitions));
+            }
+            trimmed_any = true;
         }
         report(context, &plan.trimmed)?;
     }
     Ok(())
 }
 
+/// Asks (or needs `--yes`), then checks every archive file it will append to and creates the
+/// directory, before anything is archived or removed; nothing to do when no stream has entries
+/// before its boundary.
+async fn prepare_archives(plans: &[StreamPlan], args: &TrimArgs) -> Result<()> {
+    let work: Vec<&Trimmed> = plans
+        .iter()
+        .filter(|plan| plan.anything)
+        .map(|plan| &plan.trimmed)
+        .collect();
+    if work.is_empty() {
+        return Ok(());
+    }
+    if !args.yes {
+        confirm(&work, &args.archive).await?;
+    }
+    for trimmed in &work {
+        refuse_a_non_archive(&trimmed.archive)?;
+    }
+    std::fs::create_dir_all(&args.archive)
+        .wrap_err_with(|| format!("creating the archive directory {}", args.archive.display()))
+}
+
+/// The error of a trim that failed on one stream, saying that the streams reported before it
+/// were trimmed (when some were) and that running it again trims the rest.
+fn stopped(
+    error: color_eyre::Report,
+    trimmed_any: bool,
+    partitions: Partitions,
+) -> color_eyre::Report {
+    if !trimmed_any {
+        return error;
+    }
+    let streams = if partitions.count() == 1 {
+        "streams"
+    } else {
+        "streams and partitions"
+    };
+    error.wrap_err(format!(
+        "trim stopped: the {streams} reported above were archived and trimmed, the others \
+         were not (each stream is whole either way); run it again for the rest"
+    ))
+}
+
+/// One events stream: its partition and the service that writes it.
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    partition: Partition,
+    producer: Service,
+}
+
 /// What a trim will do to one stream, checked before anything is done to any.
 struct StreamPlan {
+    partition: Partition,
     trimmed: Trimmed,
     /// The groups the boundary was computed from.
     status: StreamStatus,
@@ -123,15 +178,24 @@ struct StreamPlan {
     anything: bool,
 }
 
-/// Checks that `producer`'s stream may be trimmed (exit code 2 when not) and finds its boundary.
+/// Checks that `stream` may be trimmed (exit code 2 when not) and finds its boundary;
+/// `expected` is every group the services read with, in every partition.
 async fn plan(
     context: &Context,
     connection: &mut Connection,
-    producer: Service,
+    Stream {
+        partition,
+        producer,
+    }: Stream,
+    expected: &[ExpectedGroup],
     args: &TrimArgs,
 ) -> Result<StreamPlan> {
-    let stream = context.keys.events(producer, Partition::FIRST);
-    let expected = groups_reading(context, &stream);
+    let stream = context.keys.events(producer, partition);
+    let expected: Vec<ExpectedGroup> = expected
+        .iter()
+        .filter(|expected| expected.stream == stream)
+        .cloned()
+        .collect();
     let status = inspect_stream(connection, &stream, &expected).await?;
     refuse_missing_groups(&stream, &status)?;
     refuse_lagging_groups(&stream, &status, args.max_lag)?;
@@ -139,9 +203,10 @@ async fn plan(
     let before_boundary = format!("({boundary}");
     let first = read_range(connection, &stream, FIRST_ENTRY, &before_boundary, 1).await?;
     Ok(StreamPlan {
+        partition,
         trimmed: Trimmed {
             stream,
-            archive: stream_archive(&args.archive, producer),
+            archive: stream_archive(&args.archive, producer, partition),
             boundary,
             archived: 0,
             already_archived: 0,
@@ -204,19 +269,18 @@ async fn trim_stream(
     }
 }
 
-/// The groups the services read `stream` with.
-fn groups_reading(context: &Context, stream: &str) -> Vec<ExpectedGroup> {
-    expected_groups(&context.keys, crate::keyspace::Partitions::ONE)
+/// The locks the rebuilds of `partitions` hold while they run.
+fn rebuild_locks(
+    context: &Context,
+    partitions: impl IntoIterator<Item = Partition>,
+) -> Vec<String> {
+    partitions
         .into_iter()
-        .filter(|expected| expected.stream == stream)
-        .collect()
-}
-
-/// The locks the rebuilds of the first partition hold while they run.
-fn rebuild_locks(context: &Context) -> Vec<String> {
-    services::REBUILDABLE
-        .iter()
-        .map(|&service| context.keys.rebuild_lock(service, Partition::FIRST))
+        .flat_map(|partition| {
+            services::REBUILDABLE
+                .iter()
+                .map(move |&service| context.keys.rebuild_lock(service, partition))
+        })
         .collect()
 }
 
@@ -409,10 +473,21 @@ fn report(context: &Context, trimmed: &Trimmed) -> Result<()> {
 
 /// Asks on the terminal; without one, refuses (exit code 2) and says to pass --yes.
 async fn confirm(work: &[&Trimmed], archive: &Path) -> Result<()> {
-    let streams: Vec<String> = work
+    let mut streams: Vec<String> = work
         .iter()
+        .take(CONFIRM_STREAMS)
         .map(|trimmed| format!("of {} before {}", trimmed.stream, trimmed.boundary))
         .collect();
+    if work.len() > CONFIRM_STREAMS {
+        streams.push(format!(
+            "of {} (each before the first entry one of its groups still needs)",
+            count_of(
+                (work.len() - CONFIRM_STREAMS) as u64,
+                "more stream",
+                "more streams"
+            )
+        ));
+    }
     let plan = format!(
         "archive to {} and remove every entry {}",
         archive.display(),

@@ -8,14 +8,12 @@ use color_eyre::Result;
 use color_eyre::eyre::WrapErr;
 use redis::AsyncCommands;
 
-use super::{CHUNK, Counts, Log, write};
+use super::{CHUNK, Counts, Log, Mode, write};
 use crate::bus::{Delivery, RawEntry, StreamId, compare_ids};
 use crate::connection::Connection;
 use crate::error::Failure;
 use crate::ops::archive::{ArchiveCheck, ArchiveLine, LinesHash};
 
-/// Applies one archive written by `blogctl trim` to the generation being filled, a chunk of
-/// writes at a time; `last` becomes the id of the last entry it holds.
 /// Where the reading of the archives stands.
 pub(super) struct ArchiveRead<'a> {
     /// Ids of archived lines no check covers, which must still be on the stream.
@@ -26,8 +24,13 @@ pub(super) struct ArchiveRead<'a> {
     pub(super) first_on_stream: Option<&'a str>,
     /// Ids of archived lines at or after it.
     pub(super) overlap: &'a mut Vec<String>,
+    /// Whether the lines are applied, or only checked.
+    pub(super) mode: Mode,
 }
 
+/// Applies one archive written by `blogctl trim` to the generation being filled, a chunk of
+/// writes at a time (or, in [`Mode::Check`], only checks it); `last` becomes the id of the
+/// last entry it holds.
 pub(super) async fn apply_archive(
     connection: &mut Connection,
     log: &Log<'_>,
@@ -40,6 +43,7 @@ pub(super) async fn apply_archive(
         last,
         first_on_stream,
         overlap,
+        mode,
     } = read;
     let file =
         std::fs::File::open(archive).wrap_err_with(|| format!("opening {}", archive.display()))?;
@@ -85,6 +89,11 @@ pub(super) async fn apply_archive(
             ))
             .into());
         }
+        counts.from_archives += 1;
+        if mode == Mode::Check {
+            *last = entry.id;
+            continue;
+        }
         let fields = entry
             .fields
             .into_iter()
@@ -97,7 +106,6 @@ pub(super) async fn apply_archive(
             deliveries: 1,
         };
         counts.add(log.target, log.producer, &mut calls, &delivery);
-        counts.from_archives += 1;
         *last = delivery.id;
         if calls.len() >= CHUNK {
             write(connection, log, &calls).await?;

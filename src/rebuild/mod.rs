@@ -3,6 +3,15 @@
 //! fresh generation of its keyspace while the live one keeps serving, switches to it in one
 //! atomic step, then drops the old one.
 //!
+//! Partitions are rebuilt one after the other, each with its own generation, lock and switch: a
+//! partition is self-contained (its streams and its state share one Cluster slot), so each
+//! switch is one script in one slot, and a partition is whole whether it was switched or not.
+//! Every partition's lock is taken before any is rebuilt; with more than one partition, every
+//! partition's archives are checked against its streams first too, so a bad or missing archive
+//! is refused before any partition is switched. A rebuild that fails midway leaves the
+//! partitions before the failing one switched and the others as they were: running it again
+//! is safe, and rebuilds them all.
+//!
 //! A generation is dropped through the indexes it keeps of its keys (the view's list of posts,
 //! the comments state's list of comment ids), a page at a time, not by scanning the keyspace:
 //! `SCAN` reads every key name, whatever the ACL key patterns of the user allow. Only a
@@ -34,9 +43,9 @@ use crate::connection::{Connection, Redis, map_of};
 use crate::context::Context;
 use crate::error::Failure;
 use crate::events::EventKind;
-use crate::keyspace::{Generation, Keys, Partition, Service, generation_lua};
+use crate::keyspace::{Generation, Keys, Partition, Partitions, Service, generation_lua};
 use crate::ops::archive::stream_archive;
-use crate::output::{print_line, progress_bar};
+use crate::output::{count_of, print_line, progress_bar};
 use crate::services::generations::{ApplyCall, Generations};
 use crate::services::{comments, query};
 use archives::{
@@ -61,6 +70,9 @@ const LOCK_MS: u64 = 3_600_000;
 /// Returns 1 when switched, 0 when the log grew (apply the rest and try again), or
 /// `{what}` naming what changed (`switched`, or `trimmed` and the stream).
 static SWITCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("switch.lua")));
+
+/// Takes or keeps a rebuild's lock; KEYS and ARGV: see the script.
+static HOLD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("hold.lua")));
 
 /// Deletes the lock KEYS[1] if it still holds ARGV[1] (it may have expired and been taken).
 static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlock.lua")));
@@ -112,13 +124,14 @@ pub struct RebuildArgs {
     /// What to rebuild.
     #[arg(value_enum)]
     pub target: Target,
-    /// A directory `blogctl trim --archive` wrote, its `<service>.ndjson` files read before
-    /// their streams (repeat for several, oldest first).
+    /// A directory `blogctl trim --archive` wrote, its `<service>.ndjson` (partition 0) and
+    /// `<service>.<p>.ndjson` (partition p) files read before their streams (repeat for
+    /// several, oldest first).
     #[arg(long = "archive", value_name = "DIR")]
     pub archives: Vec<PathBuf>,
 }
 
-/// What a rebuild did.
+/// What a rebuild did, over every partition.
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub target: String,
@@ -127,7 +140,11 @@ pub struct Report {
     pub skipped: u64,
     pub seconds: f64,
     pub events_per_second: f64,
+    /// The newest generation a partition is in now: every partition's, but after a rebuild
+    /// that stopped midway.
     pub generation: u64,
+    /// Each partition's generation now, partition 0 first.
+    pub generations: Vec<u64>,
 }
 
 pub async fn run(context: &Context, args: &RebuildArgs) -> Result<()> {
@@ -142,30 +159,50 @@ pub async fn run(context: &Context, args: &RebuildArgs) -> Result<()> {
         }
     }
     let mut connection = context.connect().await?;
+    let partitions = context.partitions(&mut connection).await?;
     refuse_an_earlier_log(&mut connection, &context.keys).await?;
-    let report = rebuild(
-        &mut connection,
-        &context.redis,
-        &context.keys,
-        args.target,
-        &args.archives,
-    )
-    .await?;
+    let job = Job {
+        redis: &context.redis,
+        keys: &context.keys,
+        partitions,
+        target: args.target,
+        archives: &args.archives,
+    };
+    let report = rebuild(&mut connection, &job).await?;
     if context.json {
         print_line(&serde_json::to_string(&report)?)?;
     } else {
         print_line(&format!(
-            "rebuilt {}: {} events ({} from archives, {} skipped) in {:.2}s, {:.0} events/s; now generation {}",
+            "rebuilt {}: {} events ({} from archives, {} skipped) in {:.2}s, {:.0} events/s; now {}",
             report.target,
             report.events,
             report.from_archives,
             report.skipped,
             report.seconds,
             report.events_per_second,
-            report.generation
+            generations_text(&report.generations)
         ))?;
     }
     Ok(())
+}
+
+/// `generation 2`; `generation 2 in each of the 8 partitions`; or, after a rebuild stopped
+/// midway, `generations 2 to 3 (by partition: 3, 3, 2, ...)`.
+fn generations_text(generations: &[u64]) -> String {
+    let (Some(low), Some(high)) = (generations.iter().min(), generations.iter().max()) else {
+        return "no partition".to_owned();
+    };
+    match generations.len() {
+        1 => format!("generation {high}"),
+        count if low == high => format!("generation {high} in each of the {count} partitions"),
+        _ => {
+            let each: Vec<String> = generations.iter().map(u64::to_string).collect();
+            format!(
+                "generations {low} to {high} (by partition: {})",
+                each.join(", ")
+            )
+        }
+    }
 }
 
 /// Refuses (exit code 2) while an earlier version's shared events stream holds entries: this
@@ -184,47 +221,201 @@ async fn refuse_an_earlier_log(connection: &mut Connection, keys: &Keys) -> Resu
     Ok(())
 }
 
-/// Rebuilds `target` and switches to the result; the old generation is dropped.
-pub async fn rebuild(
-    connection: &mut Connection,
-    redis: &Redis,
-    keys: &Keys,
-    target: Target,
-    archives: &[PathBuf],
-) -> Result<Report> {
-    let service = target.service();
-    let generations = Generations::new(keys, service, Partition::FIRST);
-    let lock = generations.lock();
+/// A rebuild of one target over every partition of a namespace.
+pub struct Job<'a> {
+    pub redis: &'a Redis,
+    pub keys: &'a Keys,
+    pub partitions: Partitions,
+    pub target: Target,
+    /// The archive directories, oldest first.
+    pub archives: &'a [PathBuf],
+}
+
+/// Rebuilds `job.target` in every partition, one after the other, each switched to its rebuilt
+/// generation (its old one dropped) before the next is begun. It holds every partition's lock
+/// throughout (a second rebuild of the same service is refused before anything is done, and
+/// `trim` waits for all of them).
+pub async fn rebuild(connection: &mut Connection, job: &Job<'_>) -> Result<Report> {
+    let service = job.target.service();
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7());
-    let locked: Option<String> = redis::cmd("SET")
-        .arg(&lock)
-        .arg(&owner)
-        .arg("NX")
-        .arg("PX")
+    let locks: Vec<String> = job
+        .partitions
+        .all()
+        .map(|partition| job.keys.rebuild_lock(service, partition))
+        .collect();
+    let mut result = Ok(());
+    for lock in &locks {
+        result = hold(connection, service, lock, &owner).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    let result = match result {
+        Ok(()) => rebuild_partitions(connection, job, &owner).await,
+        Err(error) => Err(error),
+    };
+    // Release only our own locks.
+    for lock in &locks {
+        let _: redis::RedisResult<i64> =
+            UNLOCK.key(lock).arg(&owner).invoke_async(connection).await;
+    }
+    result
+}
+
+/// Takes a rebuild's `lock`, or keeps it (see [`HOLD`]); exit code 2 when another rebuild
+/// holds it.
+async fn hold(
+    connection: &mut Connection,
+    service: Service,
+    lock: &str,
+    owner: &str,
+) -> Result<()> {
+    let held: i64 = HOLD
+        .key(lock)
+        .arg(owner)
         .arg(LOCK_MS)
-        .query_async(connection)
+        .invoke_async(connection)
         .await?;
-    if locked.is_none() {
+    if held != 1 {
         return Err(Failure::invalid(format!(
             "another rebuild of {service} is running (lock {lock}); wait for it, or delete the key if it died"
         ))
         .into());
     }
-    let result = rebuild_locked(connection, redis, keys, target, &generations, archives).await;
-    // Release only our own lock.
-    let _: redis::RedisResult<i64> = UNLOCK.key(&lock).arg(&owner).invoke_async(connection).await;
-    result
+    Ok(())
 }
 
-async fn rebuild_locked(
+/// Rebuilds every partition in turn, its lock held; returns what they did together.
+async fn rebuild_partitions(
     connection: &mut Connection,
-    redis: &Redis,
-    keys: &Keys,
-    target: Target,
-    generations: &Generations,
-    archives: &[PathBuf],
+    job: &Job<'_>,
+    owner: &str,
 ) -> Result<Report> {
     let started = Instant::now();
+    let service = job.target.service();
+    if job.partitions.count() > 1 {
+        // A bad or missing archive is refused before any partition is switched.
+        for partition in job.partitions.all() {
+            check_log(
+                connection,
+                job,
+                &Generations::new(job.keys, service, partition),
+            )
+            .await?;
+        }
+    }
+    let progress = progress_bar(log_length(connection, job).await?, "rebuild");
+    let mut counts = Counts::default();
+    let mut generations = Vec::new();
+    for partition in job.partitions.all() {
+        let of_partition = Generations::new(job.keys, service, partition);
+        // Its expiry pushed back: the partitions before it took time.
+        let rebuilt = match hold(connection, service, &of_partition.lock(), owner).await {
+            Ok(()) => {
+                rebuild_partition(connection, job, &of_partition, &mut counts, &progress).await
+            }
+            Err(error) => Err(error),
+        };
+        match rebuilt {
+            Ok(generation) => generations.push(generation),
+            Err(error) => return Err(stopped_midway(error, job, partition)),
+        }
+    }
+    progress.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let events = counts.applied + counts.skipped;
+    Ok(Report {
+        target: format!("{:?}", job.target).to_lowercase(),
+        events,
+        from_archives: counts.from_archives,
+        skipped: counts.skipped,
+        seconds,
+        events_per_second: events as f64 / seconds.max(1e-9),
+        generation: generations.iter().copied().max().unwrap_or(0),
+        generations,
+    })
+}
+
+/// The error of a rebuild that failed in `partition`, saying which partitions were switched:
+/// those before it were, it and those after it were not. Each partition is whole either way
+/// (a partition is self-contained, and its switch is one atomic step), so the rebuild may be
+/// run again. Unchanged with one partition.
+fn stopped_midway(
+    error: color_eyre::Report,
+    job: &Job<'_>,
+    partition: Partition,
+) -> color_eyre::Report {
+    let count = job.partitions.count();
+    if count == 1 {
+        return error;
+    }
+    let switched = match partition.0 {
+        0 => "no partition was switched".to_owned(),
+        1 => "partition 0 was switched to its rebuilt generation".to_owned(),
+        2 => "partitions 0 and 1 were switched to their rebuilt generations".to_owned(),
+        n => format!(
+            "partitions 0 to {} were switched to their rebuilt generations",
+            n - 1
+        ),
+    };
+    error.wrap_err(format!(
+        "rebuild of {} stopped at partition {partition} (of 0 to {}): {switched}; partition \
+         {partition} and those after it keep their live ones (each partition is whole either \
+         way: it is safe to run the rebuild again, which rebuilds every partition)",
+        job.target.service(),
+        count - 1
+    ))
+}
+
+/// How many entries the streams the rebuild reads hold together, in every partition (for the
+/// progress bar).
+async fn log_length(connection: &mut Connection, job: &Job<'_>) -> Result<u64> {
+    let mut length: u64 = 0;
+    for partition in job.partitions.all() {
+        for producer in Target::STREAMS {
+            let stream_length: u64 = connection
+                .xlen(job.keys.events(producer, partition))
+                .await?;
+            length += stream_length;
+        }
+    }
+    Ok(length)
+}
+
+/// Reads one partition's archives and checks them against its streams, as its rebuild will,
+/// writing nothing (see [`apply_archives`]).
+async fn check_log(
+    connection: &mut Connection,
+    job: &Job<'_>,
+    generations: &Generations,
+) -> Result<()> {
+    let live = generations.generation(0);
+    let mut counts = Counts::default();
+    for producer in Target::STREAMS {
+        let events = job.keys.events(producer, generations.partition());
+        let log = Log {
+            target: job.target,
+            producer,
+            partition: generations.partition(),
+            events: &events,
+            base: &live,
+            live: &live,
+        };
+        apply_archives(connection, &log, job.archives, &mut counts, Mode::Check).await?;
+    }
+    Ok(())
+}
+
+/// Rebuilds `job.target` in one partition and switches to the result; the old generation is
+/// dropped. Returns the partition's generation now.
+async fn rebuild_partition(
+    connection: &mut Connection,
+    job: &Job<'_>,
+    generations: &Generations,
+    counts: &mut Counts,
+    progress: &ProgressBar,
+) -> Result<u64> {
+    let target = job.target;
     let live: Option<u64> = connection.get(generations.pointer()).await?;
     let live = live.unwrap_or(0);
     let counter = generations.counter();
@@ -243,28 +434,17 @@ async fn rebuild_locked(
         generations,
         live,
         next,
-        archives,
+        archives: job.archives,
+        progress,
     };
-    let counts = match fill(connection, redis, keys, &fill_in).await {
-        Ok(counts) => counts,
-        Err(error) => {
-            // Leave nothing half-built behind: the live generation was never touched (but for
-            // its index of comments, completed).
-            let _ = drop_unswitched(connection, target, &filled).await;
-            return Err(error);
-        }
-    };
+    if let Err(error) = fill(connection, job.redis, job.keys, &fill_in, counts).await {
+        // Leave nothing half-built behind: the live generation was never touched (but for
+        // its index of comments, completed).
+        let _ = drop_unswitched(connection, target, &filled).await;
+        return Err(error);
+    }
     drop_generation(connection, target, &generations.generation(live)).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(Report {
-        target: format!("{target:?}").to_lowercase(),
-        events: counts.applied + counts.skipped,
-        from_archives: counts.from_archives,
-        skipped: counts.skipped,
-        seconds,
-        events_per_second: (counts.applied + counts.skipped) as f64 / seconds.max(1e-9),
-        generation: next,
-    })
+    Ok(next)
 }
 
 /// What one rebuild fills, from where.
@@ -276,38 +456,35 @@ struct Fill<'a> {
     /// The generation being filled.
     next: u64,
     archives: &'a [PathBuf],
+    progress: &'a ProgressBar,
 }
 
-/// Applies the archives and the streams to generation `next`, then switches to it once it has
-/// caught up with every stream; returns what it applied and skipped.
+/// Applies the archives and the streams of one partition to generation `next`, then switches
+/// to it once it has caught up with every stream, adding what it applied and skipped to
+/// `counts`.
 async fn fill(
     connection: &mut Connection,
     redis: &Redis,
     keys: &Keys,
     fill: &Fill<'_>,
-) -> Result<Counts> {
-    let mut counts = Counts::default();
+    counts: &mut Counts,
+) -> Result<()> {
     let base = fill.generations.generation(fill.next);
     let live = fill.generations.generation(fill.live);
-    let mut length: u64 = 0;
-    for producer in Target::STREAMS {
-        let stream_length: u64 = connection
-            .xlen(keys.events(producer, Partition::FIRST))
-            .await?;
-        length += stream_length;
-    }
-    let progress = progress_bar(length, "rebuild");
+    let partition = fill.generations.partition();
     let mut read = Vec::new();
     for producer in Target::STREAMS {
-        let events = keys.events(producer, Partition::FIRST);
+        let events = keys.events(producer, partition);
         let log = Log {
             target: fill.target,
             producer,
+            partition,
             events: &events,
             base: &base,
             live: &live,
         };
-        let (last, removed) = apply_archives(connection, &log, fill.archives, &mut counts).await?;
+        let (last, removed) =
+            apply_archives(connection, &log, fill.archives, counts, Mode::Apply).await?;
         read.push(StreamRead {
             producer,
             events,
@@ -321,20 +498,19 @@ async fn fill(
             let log = Log {
                 target: fill.target,
                 producer: stream.producer,
+                partition,
                 events: &stream.events,
                 base: &base,
                 live: &live,
             };
             let after = std::mem::take(&mut stream.last);
             stream.last =
-                apply_stream(connection, redis, &log, after, &mut counts, &progress).await?;
+                apply_stream(connection, redis, &log, after, counts, fill.progress).await?;
         }
         if try_switch(connection, fill, &read).await? {
-            break;
+            return Ok(());
         }
     }
-    progress.finish_and_clear();
-    Ok(counts)
 }
 
 /// How far a rebuild has read one events stream.
@@ -347,14 +523,23 @@ struct StreamRead {
     removed: u64,
 }
 
-/// Applies the archives of one stream (`<service>.ndjson` in each directory, oldest first) and
-/// checks they fit the stream; returns the id of the last entry applied (`0-0` for none) and
-/// how many entries the stream has lost to trims.
+/// Whether archives are applied, or only read and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Apply,
+    /// Every check, nothing written: only `from_archives` is counted.
+    Check,
+}
+
+/// Applies the archives of one stream (its file in each directory, oldest first: see
+/// [`stream_archive`]) and checks they fit the stream; returns the id of the last entry applied
+/// (`0-0` for none) and how many entries the stream has lost to trims.
 async fn apply_archives(
     connection: &mut Connection,
     log: &Log<'_>,
     directories: &[PathBuf],
     counts: &mut Counts,
+    mode: Mode,
 ) -> Result<(String, u64)> {
     let mut last = "0-0".to_owned();
     // Archived ids the stream still holds (a trim stopped between its archive and its XTRIM).
@@ -363,7 +548,7 @@ async fn apply_archives(
     let mut unchecked = Vec::new();
     let before = counts.from_archives;
     for directory in directories {
-        let archive = stream_archive(directory, log.producer);
+        let archive = stream_archive(directory, log.producer, log.partition);
         if !archive.exists() {
             continue;
         }
@@ -372,6 +557,7 @@ async fn apply_archives(
             last: &mut last,
             first_on_stream: first_on_stream.as_deref(),
             overlap: &mut overlap,
+            mode,
         };
         apply_archive(connection, log, &archive, counts, read).await?;
     }
@@ -428,6 +614,7 @@ struct Log<'a> {
     target: Target,
     /// The service that writes the stream.
     producer: Service,
+    partition: Partition,
     /// The events stream.
     events: &'a str,
     /// The generation being filled.
@@ -568,9 +755,10 @@ async fn refuse_a_gap(connection: &mut Connection, events: &str, archived: u64) 
     let removed = number("entries-added").saturating_sub(number("length"));
     if removed > archived {
         return Err(Failure::invalid(format!(
-            "{removed} entries were trimmed from {events} and the archives given hold {archived}: \
+            "{} trimmed from {events} and the archives given hold {archived}: \
              give every archive `blogctl trim` wrote (--archive DIR, oldest first), or the \
-             rebuilt state would miss events"
+             rebuilt state would miss events",
+            count_of(removed, "entry was", "entries were")
         ))
         .into());
     }

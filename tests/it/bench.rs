@@ -86,4 +86,6 @@ fn bench_on_a_cluster_with_eight_partitions_reports_each_masters_share() {
     let total: f64 = shares.iter().sum();
     assert!((total - 1.0).abs() < 1e-6, "{report}");
     assert!(report["redis_cpu_us_per_comment"].as_f64().unwrap() > 0.0);
+    // The rebuild covers every partition: each post, each comment created then updated.
+    assert_eq!(report["rebuild_events"], 40 + 2 * (400 + 5), "{report}");
 }

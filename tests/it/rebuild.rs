@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use blogctl::keyspace::{Partition, Service};
+use blogctl::keyspace::{Partition, Partitions, Service};
 
 use crate::support::{Blog, PATIENCE, wait_until};
 
@@ -466,4 +466,388 @@ fn a_generation_a_dead_rebuild_left_is_dropped_before_its_number_is_used_again()
         assert!(dump(&blog, &blog.generation(target, 1)).is_empty());
     }
     assert_eq!(blog.view(), view);
+}
+
+/// The partition count of the partitioned tests below.
+const PARTITIONS: u32 = 8;
+
+/// The partition without posts in [`story_in_partitions`]: it is trimmed and rebuilt too.
+const EMPTY: u32 = 6;
+
+/// A request id that sends a new post to `partition` (its post id is drawn into it).
+fn request_id_for(partition: u32, label: &str) -> String {
+    let partitions = Partitions::new(PARTITIONS).unwrap();
+    (0..)
+        .map(|n| format!("{label}-{partition}-{n}"))
+        .find(|id| partitions.of_request(id) == Partition(partition))
+        .unwrap()
+}
+
+/// A post created in `partition`; its id.
+fn post_in(blog: &Blog, partition: u32, title: &str) -> String {
+    let request_id = request_id_for(partition, &title.replace(' ', "-"));
+    blog.ok(&["post", "create", "--request-id", &request_id, title])
+}
+
+/// A blog of [`PARTITIONS`] partitions with a post in each but [`EMPTY`], each post with three
+/// comments, one of them rejected; returns the view once settled, every group of every
+/// partition caught up.
+fn story_in_partitions(blog: &Blog) -> serde_json::Value {
+    for partition in (0..PARTITIONS).filter(|&p| p != EMPTY) {
+        let post = post_in(blog, partition, &format!("Post {partition}"));
+        for text in ["first", "orange", "third"] {
+            blog.ok(&["comment", "create", &post, text]);
+        }
+    }
+    let view = blog.wait_for_view(PARTITIONS as usize - 1, 3 * (PARTITIONS as usize - 1));
+    assert!(
+        wait_until(PATIENCE, || settled_in_every_partition(blog)),
+        "some group of some partition is behind"
+    );
+    view
+}
+
+/// Whether every group of every partition has read and acknowledged everything.
+fn settled_in_every_partition(blog: &Blog) -> bool {
+    let keys = blog.keys();
+    let mut connection = blog.redis.connection();
+    (0..PARTITIONS).all(|partition| {
+        Service::ALL.into_iter().all(|service| {
+            let (streams, inbox) = blogctl::services::streams(&keys, service, Partition(partition));
+            streams.into_iter().chain(inbox).all(|stream| {
+                let info: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&stream)
+                    .query(&mut connection)
+                    .unwrap();
+                info.groups
+                    .iter()
+                    .any(|g| g.name == service.name() && g.pending == 0 && g.lag == Some(0))
+            })
+        })
+    })
+}
+
+/// The events stream of `producer` in `partition`.
+fn events_in(blog: &Blog, producer: &str, partition: u32) -> String {
+    blog.keys().events(
+        crate::support::service_named(producer),
+        Partition(partition),
+    )
+}
+
+/// Every events stream of every partition with its entries' ids.
+fn every_stream(blog: &Blog) -> BTreeMap<String, Vec<String>> {
+    (0..PARTITIONS)
+        .flat_map(|partition| {
+            crate::support::PRODUCERS.map(|producer| events_in(blog, producer, partition))
+        })
+        .map(|stream| {
+            let ids = blog
+                .entries(&stream)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            (stream, ids)
+        })
+        .collect()
+}
+
+/// The base of generation `number` of `service`'s state in `partition`.
+fn generation_in(blog: &Blog, service: Service, partition: u32, number: u64) -> String {
+    blog.keys()
+        .generation(service, Partition(partition), number)
+        .base()
+        .to_owned()
+}
+
+/// Each partition's live generation of `service`, as its pointer names it (`None`: 0).
+fn pointers(blog: &Blog, service: Service) -> Vec<Option<String>> {
+    (0..PARTITIONS)
+        .map(|partition| {
+            redis::cmd("GET")
+                .arg(
+                    blog.keys()
+                        .generation_pointer(service, Partition(partition)),
+                )
+                .query(&mut blog.redis.connection())
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn both_rebuilds_switch_every_partition_to_a_copy_of_its_live_state() {
+    let blog = Blog::new().with_partitions(PARTITIONS);
+    let _services = blog.serve(&["all"]);
+    let before = story_in_partitions(&blog);
+    for (service, target) in [(Service::Query, "query"), (Service::Comments, "comments")] {
+        let live: Vec<_> = (0..PARTITIONS)
+            .map(|p| dump(&blog, &generation_in(&blog, service, p, 0)))
+            .collect();
+        assert!(live[EMPTY as usize].is_empty() && !live[0].is_empty());
+        let report: serde_json::Value =
+            serde_json::from_str(&blog.ok(&["rebuild", target, "--json"])).unwrap();
+        assert_eq!(report["generation"], 1, "{report}");
+        assert_eq!(
+            report["generations"],
+            serde_json::json!(vec![1; PARTITIONS as usize])
+        );
+        let followed: usize = (0..PARTITIONS)
+            .map(|p| {
+                blog.entries(&events_in(&blog, "posts", p)).len()
+                    + blog.entries(&events_in(&blog, "comments", p)).len()
+            })
+            .sum();
+        assert_eq!(report["events"], followed, "{report}");
+        for partition in 0..PARTITIONS {
+            let rebuilt = dump(&blog, &generation_in(&blog, service, partition, 1));
+            assert_eq!(rebuilt, live[partition as usize], "{target} {partition}");
+            assert!(dump(&blog, &generation_in(&blog, service, partition, 0)).is_empty());
+        }
+        assert_eq!(blog.view(), before, "after rebuild {target}");
+    }
+    let human = blog.ok(&["rebuild", "query"]);
+    assert!(
+        human.ends_with("now generation 2 in each of the 8 partitions"),
+        "{human}"
+    );
+    // The services go on in the new generations, in every partition.
+    let post = post_in(&blog, EMPTY, "Late");
+    assert_eq!(blog.verdict(&post, "known after the rebuild"), "approved");
+    blog.wait_for_view(PARTITIONS as usize, 3 * (PARTITIONS as usize - 1) + 1);
+}
+
+/// The ids of the entry lines of an archive file.
+fn archived_ids(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            line["id"].as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
+#[test]
+fn trim_archives_every_partition_and_a_rebuild_reads_them_back() {
+    let blog = Blog::new().with_partitions(PARTITIONS);
+    let _services = blog.serve(&["all"]);
+    story_in_partitions(&blog);
+    let streams = every_stream(&blog);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let archive_arg = archive.to_str().unwrap();
+    let out = blog.ok(&["trim", "--archive", archive_arg, "--yes", "--json"]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3 * PARTITIONS as usize, "{out}");
+    for partition in 0..PARTITIONS {
+        for producer in crate::support::PRODUCERS {
+            let stream = events_in(&blog, producer, partition);
+            let line = lines
+                .iter()
+                .find(|l| l["stream"] == stream.as_str())
+                .unwrap();
+            let file = match partition {
+                0 => archive.join(format!("{producer}.ndjson")),
+                p => archive.join(format!("{producer}.{p}.ndjson")),
+            };
+            assert_eq!(line["archive"], file.to_str().unwrap(), "{line}");
+            let had = &streams[&stream];
+            assert_eq!(line["archived"], had.len(), "{line}");
+            assert_eq!(line["removed"], had.len(), "{line}");
+            assert!(blog.entries(&stream).is_empty(), "{stream} left");
+            match had.is_empty() {
+                true => assert!(!file.exists(), "{file:?} written for nothing"),
+                false => assert_eq!(&archived_ids(&file), had, "{file:?}"),
+            }
+        }
+    }
+    assert!(streams[&events_in(&blog, "posts", EMPTY)].is_empty());
+    assert!(!streams[&events_in(&blog, "posts", 3)].is_empty());
+    // Every group goes on reading its stream, in every partition.
+    let late = post_in(&blog, EMPTY, "Late");
+    assert_eq!(blog.verdict(&late, "after the trim"), "approved");
+    let view = blog.wait_for_view(PARTITIONS as usize, 3 * (PARTITIONS as usize - 1) + 1);
+
+    // Without the archives, refused before any partition is switched.
+    let run = blog.run(&["rebuild", "query"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--archive"), "{run:?}");
+    assert_eq!(
+        pointers(&blog, Service::Query),
+        vec![None; PARTITIONS as usize]
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&blog.ok(&["rebuild", "query", "--archive", archive_arg, "--json"]))
+            .unwrap();
+    let archived: usize = streams
+        .iter()
+        .filter(|(stream, _)| !stream.contains(":moderation:"))
+        .map(|(_, ids)| ids.len())
+        .sum();
+    assert_eq!(report["from_archives"], archived, "{report}");
+    // The refused rebuild took no generation number: it stopped before any partition began.
+    assert_eq!(
+        report["generations"],
+        serde_json::json!(vec![1; PARTITIONS as usize])
+    );
+    assert_eq!(blog.view(), view);
+    blog.ok(&["rebuild", "comments", "--archive", archive_arg]);
+    // The rebuilt comments state knows every post, the trimmed ones included.
+    let post = view[3]["id"].as_str().unwrap();
+    assert_eq!(blog.verdict(post, "after trim and rebuild"), "approved");
+}
+
+#[test]
+fn a_refused_trim_touches_nothing_in_any_partition() {
+    let blog = Blog::new().with_partitions(PARTITIONS);
+    let services = blog.serve(&["all"]);
+    story_in_partitions(&blog);
+    assert_eq!(services.terminate().0, 0);
+    let before = every_stream(&blog);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let archive_arg = archive.to_str().unwrap();
+    let trim = || blog.run(&["trim", "--archive", archive_arg, "--yes"]);
+    let mut connection = blog.redis.connection();
+
+    // A rebuild running in partition 3.
+    let lock = blog.keys().rebuild_lock(Service::Comments, Partition(3));
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("someone")
+        .query(&mut connection)
+        .unwrap();
+    let run = trim();
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains(&lock), "{run:?}");
+    assert!(!archive.exists(), "a refused trim wrote {archive:?}");
+    assert_eq!(every_stream(&blog), before);
+    let _: () = redis::cmd("DEL").arg(&lock).query(&mut connection).unwrap();
+
+    // Something else where partition 5's archive of the comments' stream goes.
+    std::fs::create_dir(&archive).unwrap();
+    let notes = archive.join("comments.5.ndjson");
+    std::fs::write(&notes, "my notes\n").unwrap();
+    let run = trim();
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("not a blogctl archive"), "{run:?}");
+    assert!(run.stderr.contains("comments.5.ndjson"), "{run:?}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes\n");
+    assert_eq!(std::fs::read_dir(&archive).unwrap().count(), 1);
+    assert_eq!(every_stream(&blog), before);
+    std::fs::remove_file(&notes).unwrap();
+
+    // A group missing in the last partition.
+    let stream = events_in(&blog, "posts", PARTITIONS - 1);
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&stream)
+        .arg("query")
+        .query(&mut connection)
+        .unwrap();
+    let run = trim();
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains(&stream), "{run:?}");
+    assert!(run.stderr.contains("query is missing"), "{run:?}");
+    assert_eq!(std::fs::read_dir(&archive).unwrap().count(), 0);
+    assert_eq!(every_stream(&blog), before);
+}
+
+/// A rebuild that fails in one partition leaves those before it switched and the others as
+/// they were, every partition whole; run again, it rebuilds them all.
+#[test]
+fn a_rebuild_stopped_midway_leaves_every_partition_whole_and_runs_again() {
+    let blog = Blog::new().with_partitions(PARTITIONS);
+    let _services = blog.serve(&["all"]);
+    let before = story_in_partitions(&blog);
+    // In the way of partition 5's rebuilt view: a key of another type where its list of posts
+    // goes.
+    let in_the_way = blog
+        .keys()
+        .generation(Service::Query, Partition(5), 1)
+        .view_posts();
+    let _: () = redis::cmd("SET")
+        .arg(&in_the_way)
+        .arg("not a sorted set")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    let run = blog.run(&["rebuild", "query"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("stopped at partition 5 (of 0 to 7): partitions 0 to 4 were switched"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("safe to run the rebuild again"),
+        "{run:?}"
+    );
+    let switched: Vec<Option<String>> = (0..PARTITIONS)
+        .map(|p| (p < 5).then(|| "1".to_owned()))
+        .collect();
+    assert_eq!(pointers(&blog, Service::Query), switched);
+    assert!(dump(&blog, &generation_in(&blog, Service::Query, 5, 1)).is_empty());
+    assert_eq!(blog.view(), before);
+
+    let report: serde_json::Value =
+        serde_json::from_str(&blog.ok(&["rebuild", "query", "--json"])).unwrap();
+    assert_eq!(
+        report["generations"],
+        serde_json::json!([2, 2, 2, 2, 2, 2, 1, 1])
+    );
+    assert_eq!(report["generation"], 2);
+    assert_eq!(blog.view(), before);
+    let human = blog.ok(&["rebuild", "query"]);
+    assert!(
+        human.ends_with("now generations 2 to 3 (by partition: 3, 3, 3, 3, 3, 3, 2, 2)"),
+        "{human}"
+    );
+}
+
+/// On a Redis Cluster the partitions live in slots of different masters: every step of a trim
+/// and of a rebuild stays in one (a script naming keys of two slots would fail).
+#[test]
+fn trim_and_rebuild_work_across_partitions_on_a_redis_cluster() {
+    let blog = crate::cluster::blog_on_cluster(&[]).with_partitions(4);
+    let _services = blog.serve(&["all"]);
+    for partition in 0..4 {
+        let post = post_in(&blog, partition, &format!("Post {partition}"));
+        blog.ok(&["comment", "create", &post, "orange"]);
+    }
+    let view = blog.wait_for_view(4, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let archive_arg = archive.to_str().unwrap();
+    let out = blog.ok(&["trim", "--archive", archive_arg, "--yes", "--json"]);
+    assert_eq!(out.lines().count(), 12, "{out}");
+    // Each post's `PostCreated` was read by both its groups before its comment was accepted.
+    for file in [
+        "posts.ndjson",
+        "posts.1.ndjson",
+        "posts.2.ndjson",
+        "posts.3.ndjson",
+    ] {
+        assert_eq!(archived_ids(&archive.join(file)).len(), 1, "{file}");
+    }
+    for target in ["query", "comments"] {
+        let report: serde_json::Value = serde_json::from_str(&blog.ok(&[
+            "rebuild",
+            target,
+            "--archive",
+            archive_arg,
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(report["generations"], serde_json::json!([1, 1, 1, 1]));
+        assert!(report["from_archives"].as_u64().unwrap() >= 4, "{report}");
+    }
+    assert_eq!(blog.view(), view);
+    let post = view[2]["id"].as_str().unwrap();
+    assert_eq!(blog.verdict(post, "after trim and rebuild"), "approved");
 }
