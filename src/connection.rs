@@ -59,6 +59,16 @@ impl Connection {
         for section in sections {
             command.arg(*section);
         }
+        self.query_at(key, command).await
+    }
+
+    /// A command that names no key (`INFO`, `SCAN`), sent to the Redis holding `key`: on a
+    /// Cluster, to the master serving its slot, where a client would pick any node.
+    pub async fn query_at<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        command: redis::Cmd,
+    ) -> RedisResult<T> {
         match self {
             Connection::Single(connection) => command.query_async(connection).await,
             Connection::Cluster(connection) => {

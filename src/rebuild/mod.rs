@@ -938,7 +938,8 @@ async fn drop_unswitched(
     }
 }
 
-/// Deletes every key of a generation, scanning the whole keyspace for them.
+/// Deletes every key of a generation, scanning the keyspace of the Redis (on a Cluster, the
+/// master) holding its slot for them.
 async fn scan_and_drop(connection: &mut Connection, generation: &Generation) -> Result<()> {
     let pattern = format!(
         "{}*",
@@ -950,14 +951,15 @@ async fn scan_and_drop(connection: &mut Connection, generation: &Generation) -> 
     );
     let mut cursor: u64 = 0;
     loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
             .arg("MATCH")
             .arg(&pattern)
             .arg("COUNT")
-            .arg(DROP_PAGE)
-            .query_async(connection)
-            .await?;
+            .arg(DROP_PAGE);
+        // On a Cluster, every page from the master holding the generation's slot.
+        let (next, found): (u64, Vec<String>) =
+            connection.query_at(generation.base(), scan).await?;
         if !found.is_empty() {
             let _: () = redis::cmd("UNLINK")
                 .arg(&found)

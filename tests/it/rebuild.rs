@@ -835,6 +835,35 @@ fn trim_and_rebuild_work_across_partitions_on_a_redis_cluster() {
     ] {
         assert_eq!(archived_ids(&archive.join(file)).len(), 1, "{file}");
     }
+    // A rebuild that fails in partition 3 drops what it wrote there, on that partition's master
+    // (whose keys a scan of another node would not find).
+    let in_the_way = blog
+        .keys()
+        .generation(Service::Query, Partition(3), 1)
+        .view_posts();
+    let nodes: Vec<&crate::support::RedisServer> =
+        std::iter::once(&blog.redis).chain(&blog.others).collect();
+    let placed = nodes.iter().any(|node| {
+        redis::cmd("SET")
+            .arg(&in_the_way)
+            .arg("not a sorted set")
+            .query::<()>(&mut node.connection())
+            .is_ok()
+    });
+    assert!(placed, "no node took {in_the_way}");
+    let run = blog.run(&["rebuild", "query", "--archive", archive_arg]);
+    assert!(
+        run.code != 0 && run.stderr.contains("stopped at partition 3"),
+        "{run:?}"
+    );
+    let pattern = format!("{}*", in_the_way.trim_end_matches("posts"));
+    for node in &nodes {
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query(&mut node.connection())
+            .unwrap();
+        assert!(left.is_empty(), "{left:?} left on port {}", node.port);
+    }
     for target in ["query", "comments"] {
         let report: serde_json::Value = serde_json::from_str(&blog.ok(&[
             "rebuild",
@@ -844,7 +873,12 @@ fn trim_and_rebuild_work_across_partitions_on_a_redis_cluster() {
             "--json",
         ]))
         .unwrap();
-        assert_eq!(report["generations"], serde_json::json!([1, 1, 1, 1]));
+        // query: the second rebuild (the first stopped at partition 3, after using its number).
+        let generation = if target == "query" { 2 } else { 1 };
+        assert_eq!(
+            report["generations"],
+            serde_json::json!(vec![generation; 4])
+        );
         assert!(report["from_archives"].as_u64().unwrap() >= 4, "{report}");
     }
     assert_eq!(blog.view(), view);
