@@ -194,6 +194,53 @@ impl RedisCluster {
         assert!(replicated, "the replicas never caught up with their master");
     }
 
+    /// Has every replica authenticate to its master as a user of its own, `replicator`
+    /// (`masteruser`), so that [`RedisCluster::cut_replication`] can shut it out.
+    pub fn add_replication_user(&self) {
+        for node in &self.nodes {
+            let mut connection = node.connection();
+            let _: () = redis::cmd("ACL")
+                .arg(&["SETUSER", "replicator", "on", ">replicator-s3cret"])
+                .arg(&["+psync", "+replconf", "+ping"])
+                .query(&mut connection)
+                .unwrap();
+            for (name, value) in [
+                ("masteruser", "replicator"),
+                ("masterauth", "replicator-s3cret"),
+            ] {
+                let _: () = redis::cmd("CONFIG")
+                    .arg(&["SET", name, value])
+                    .query(&mut connection)
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Cuts the replication of the master at `master` (needs
+    /// [`RedisCluster::add_replication_user`]): its replicas' user is turned off and their
+    /// links dropped, so from now on the master acknowledges writes that no replica gets. It
+    /// keeps serving clients; the Cluster bus is untouched. Returns once the replica says its
+    /// link is down.
+    pub fn cut_replication(&self, master: usize) {
+        let mut connection = self.nodes[master].connection();
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "replicator", "off"])
+            .query(&mut connection)
+            .unwrap();
+        let _: i64 = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "replica"])
+            .query(&mut connection)
+            .unwrap();
+        let replica = &self.nodes[self.replica_of(master)];
+        let down = wait_until(PATIENCE, || {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(&mut replica.connection())
+                .is_ok_and(|info| info.contains("master_link_status:down"))
+        });
+        assert!(down, "the replica's link to its master stayed up");
+    }
+
     /// Moves `slot` to the master at `to`, keys and all, as `redis-cli --cluster reshard` does:
     /// the target imports it and the source migrates it, `MIGRATE` moves its keys
     /// [`MIGRATE_BATCH`] at a time (calling `between` after each batch, so that clients and

@@ -36,6 +36,8 @@ struct Acked {
     content: String,
     orange: bool,
     partition: Partition,
+    /// When the run that got the id began, and when it ended.
+    sent: Instant,
     at: Instant,
 }
 
@@ -93,9 +95,10 @@ impl Load {
             } else {
                 format!("c {n}")
             };
-            let id = self.create(*partition, post, &content, &format!("c-{n}"));
+            let (id, sent) = self.create(*partition, post, &content, &format!("c-{n}"));
             self.acked.lock().unwrap().push(Acked {
                 id,
+                sent,
                 post: post.clone(),
                 content,
                 orange,
@@ -107,8 +110,14 @@ impl Load {
 
     /// Creates one comment, retrying under the same request id while a command exits 4 (the
     /// Cluster does not serve the slot) or 5 (its service did not answer in time); returns the
-    /// id printed. Any other exit fails the test.
-    fn create(&self, partition: Partition, post: &str, content: &str, request_id: &str) -> String {
+    /// id printed, with when the run that printed it began. Any other exit fails the test.
+    fn create(
+        &self,
+        partition: Partition,
+        post: &str,
+        content: &str,
+        request_id: &str,
+    ) -> (String, Instant) {
         let args = [
             "comment",
             "create",
@@ -135,7 +144,7 @@ impl Load {
                 stderr: run.stderr.clone(),
             });
             match run.code {
-                0 => return run.stdout.trim().to_owned(),
+                0 => return (run.stdout.trim().to_owned(), started),
                 4 | 5 => assert!(
                     Instant::now() < deadline,
                     "{args:?} never succeeded: {run:?}"
@@ -659,6 +668,25 @@ fn victim(cluster: &RedisCluster) -> (usize, Vec<Partition>) {
         .expect("a master besides partition 0's")
 }
 
+/// What the failover tests do to the replica before killing its master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replication {
+    /// Nothing: it follows its master as closely as replication allows.
+    Live,
+    /// Shut out ([`RedisCluster::cut_replication`]) while the master goes on acknowledging
+    /// writes: what it acknowledges from then on is bound to be lost.
+    Cut,
+}
+
+/// When things happened in a failover test.
+struct Timeline {
+    /// When the replica's link was seen down ([`Replication::Cut`] only).
+    cut_at: Option<Instant>,
+    killed_at: Instant,
+    /// When the node the clients go through named the replica as the master of every slot hit.
+    served_at: Instant,
+}
+
 /// 3 masters with a replica each. While clients comment on a post in each of the 8
 /// partitions, the master serving the most of them is killed (SIGKILL); its replica takes over
 /// after the node timeout. Replication is asynchronous, so what the master acknowledged in its
@@ -669,6 +697,18 @@ fn victim(cluster: &RedisCluster) -> (usize, Vec<Partition>) {
 /// exit 4 only on the killed master's partitions, and only until its replica serves them.
 #[test]
 fn a_master_killed_under_load_fails_over_to_its_replica_nothing_doubled_or_half_applied() {
+    failover(Replication::Live);
+}
+
+/// The same, with the replica shut out of replication a moment before the kill: the comments
+/// the master acknowledged since are lost (each with its request, its steps, its events and
+/// its answer: whole), the comments before are all there, and the same must hold.
+#[test]
+fn what_a_master_acknowledged_after_its_replica_fell_behind_is_lost_whole_in_a_failover() {
+    failover(Replication::Cut);
+}
+
+fn failover(replication: Replication) {
     let started = Instant::now();
     let cluster = RedisCluster::start_with_replicas(
         3,
@@ -676,6 +716,7 @@ fn a_master_killed_under_load_fails_over_to_its_replica_nothing_doubled_or_half_
         &[
             "--cluster-node-timeout",
             "1000",
+            // A replica takes over however long its link has been down.
             "--cluster-replica-validity-factor",
             "0",
             // The other masters' slots stay served while one has none.
@@ -683,48 +724,26 @@ fn a_master_killed_under_load_fails_over_to_its_replica_nothing_doubled_or_half_
             "no",
         ],
     );
+    if replication == Replication::Cut {
+        cluster.add_replication_user();
+    }
     let (victim, hit) = victim(&cluster);
-    let replica = cluster.replica_of(victim);
     let survivor = cluster.master_of(cluster.slot_of_partition(Partition(0)));
     let url = cluster.nodes[survivor].url();
     let services = serve_twice(&url);
     let load = Load::new(&url);
     // The posts (and the groups) reached the replica: only comments are at stake.
     cluster.wait_until_replicated(victim);
-    let slots: Vec<i64> = hit
-        .iter()
-        .map(|&partition| cluster.slot_of_partition(partition))
-        .collect();
-    let (killed_at, served_at) = under_load(&load, || {
-        assert!(load.wait_for_more(30, LONG), "no comment acknowledged");
-        let killed_at = Instant::now();
-        cluster.nodes[victim].stop();
-        // Served again: the node the clients go through names the replica as the slots' master.
-        let served = wait_until(LONG, || {
-            slots.iter().all(|&slot| {
-                cluster.master_seen_by(&cluster.nodes[survivor], slot) == Some(replica)
-            })
-        });
-        assert!(
-            served,
-            "the replica never took over\n{}",
-            troubles(&services)
-        );
-        let served_at = Instant::now();
-        // The services carry on: comments on the partitions hit, acknowledged after.
-        let carried_on = wait_until(LONG, || {
-            let acked = load.acked.lock().unwrap();
-            let after = acked.iter().filter(|comment| comment.at > served_at);
-            after
-                .filter(|comment| hit.contains(&comment.partition))
-                .count()
-                >= 10
-        });
-        assert!(
-            carried_on,
-            "no comment on the partitions hit after the failover"
-        );
-        (killed_at, served_at)
+    let replica = cluster.replica_of(victim);
+    let timeline = under_load(&load, || {
+        kill_under_load(
+            &cluster,
+            &load,
+            (victim, &hit),
+            survivor,
+            replication,
+            &services,
+        )
     });
     let inspector = Inspector::new(&cluster);
     let view = inspector.settle(&url);
@@ -735,11 +754,12 @@ fn a_master_killed_under_load_fails_over_to_its_replica_nothing_doubled_or_half_
     let shown = assert_view_whole(&view, &events, &acked);
     let loss = Loss::measure(&acked, &shown);
     println!(
-        "failover: partitions {hit:?} on node {victim} (SIGKILL), replica node {replica} \
-         serving them {:.1}s later; {} comments acknowledged, {} lost after their \
-         acknowledgement ({} of them applied again by the client's retry, under a new id): \
-         {:?}; client exits (code, runs): {:?}, exit 4 saying {:?}; {:.1}s",
-        (served_at - killed_at).as_secs_f64(),
+        "failover ({replication:?} replication): partitions {hit:?} on node {victim} \
+         (SIGKILL), replica node {replica} serving them {:.1}s later; {} comments \
+         acknowledged, {} lost after their acknowledgement ({} of them applied again by the \
+         client's retry, under a new id): {:?}; client exits (code, runs): {:?}, exit 4 saying \
+         {:?}; {:.1}s",
+        (timeline.served_at - timeline.killed_at).as_secs_f64(),
         acked.len(),
         loss.lost.len() + loss.again.len(),
         loss.again.len(),
@@ -748,7 +768,10 @@ fn a_master_killed_under_load_fails_over_to_its_replica_nothing_doubled_or_half_
         load.reasons_for_4(),
         started.elapsed().as_secs_f64()
     );
-    assert_exit_4_only_while_unserved(&load, &hit, killed_at, served_at);
+    if let Some(cut_at) = timeline.cut_at {
+        assert_lost_since(&acked, &shown, &hit, cut_at, timeline.killed_at);
+    }
+    assert_exit_4_only_while_unserved(&load, &hit, timeline.killed_at, timeline.served_at);
     let leftovers = inspector.leftovers();
     assert!(
         leftovers.is_empty(),
@@ -756,6 +779,99 @@ fn a_master_killed_under_load_fails_over_to_its_replica_nothing_doubled_or_half_
         troubles(&services)
     );
     stop_all(services);
+}
+
+/// Under the load: cuts the victim's replication if asked (and lets comments on its partitions
+/// be acknowledged meanwhile), kills it (SIGKILL), waits until its replica serves its slots as
+/// `survivor` sees the Cluster, then until the services have carried on there.
+fn kill_under_load(
+    cluster: &RedisCluster,
+    load: &Load,
+    (victim, hit): (usize, &[Partition]),
+    survivor: usize,
+    replication: Replication,
+    services: &[Service],
+) -> Timeline {
+    let replica = cluster.replica_of(victim);
+    let on_hit_since = |since: Instant| {
+        let acked = load.acked.lock().unwrap();
+        let hit_since = acked.iter().filter(|comment| comment.sent > since);
+        hit_since
+            .filter(|comment| hit.contains(&comment.partition))
+            .count()
+    };
+    assert!(load.wait_for_more(30, LONG), "no comment acknowledged");
+    let cut_at = (replication == Replication::Cut).then(|| {
+        cluster.cut_replication(victim);
+        let cut_at = Instant::now();
+        let acknowledged = wait_until(LONG, || on_hit_since(cut_at) >= 8);
+        assert!(
+            acknowledged,
+            "no comment on the partitions hit since the cut"
+        );
+        cut_at
+    });
+    let killed_at = Instant::now();
+    cluster.nodes[victim].stop();
+    let slots: Vec<i64> = hit
+        .iter()
+        .map(|&partition| cluster.slot_of_partition(partition))
+        .collect();
+    let served = wait_until(LONG, || {
+        slots
+            .iter()
+            .all(|&slot| cluster.master_seen_by(&cluster.nodes[survivor], slot) == Some(replica))
+    });
+    assert!(
+        served,
+        "the replica never took over\n{}",
+        troubles(services)
+    );
+    let served_at = Instant::now();
+    // The services carry on: comments on the partitions hit, sent and acknowledged after.
+    let carried_on = wait_until(LONG, || on_hit_since(served_at) >= 10);
+    assert!(
+        carried_on,
+        "no comment on the partitions hit after the failover"
+    );
+    Timeline {
+        cut_at,
+        killed_at,
+        served_at,
+    }
+}
+
+/// With replication cut: every comment on the partitions hit that was sent after the cut and
+/// before the kill, and acknowledged, is lost (not in the view under its id); there are some;
+/// and every comment acknowledged before the cut is there.
+fn assert_lost_since(
+    acked: &[Acked],
+    shown: &HashMap<String, String>,
+    hit: &[Partition],
+    cut_at: Instant,
+    killed_at: Instant,
+) {
+    let unreplicated: Vec<&Acked> = acked
+        .iter()
+        .filter(|comment| hit.contains(&comment.partition))
+        .filter(|comment| comment.sent > cut_at && comment.at < killed_at)
+        .collect();
+    assert!(
+        !unreplicated.is_empty(),
+        "no comment acknowledged between cut and kill"
+    );
+    for comment in unreplicated {
+        assert!(
+            !shown.contains_key(&comment.id),
+            "survived unreplicated: {comment:?}"
+        );
+    }
+    for comment in acked.iter().filter(|comment| comment.at < cut_at) {
+        assert!(
+            shown.contains_key(&comment.id),
+            "lost before the cut: {comment:?}"
+        );
+    }
 }
 
 /// Comments a client got an id for that are not in the view afterwards.
