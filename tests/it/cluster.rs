@@ -251,16 +251,8 @@ impl RedisCluster {
         let from = self.master_of(slot);
         assert_ne!(from, to, "slot {slot} is served by the target already");
         let (source_id, target_id) = (self.id_of(from), self.id_of(to));
-        let set_slot = |index: usize, state: &[&str]| {
-            let _: () = redis::cmd("CLUSTER")
-                .arg("SETSLOT")
-                .arg(slot)
-                .arg(state)
-                .query(&mut self.nodes[index].connection())
-                .unwrap_or_else(|error| panic!("CLUSTER SETSLOT {slot} {state:?}: {error}"));
-        };
-        set_slot(to, &["IMPORTING", &source_id]);
-        set_slot(from, &["MIGRATING", &target_id]);
+        self.set_slot(to, slot, &["IMPORTING", &source_id]);
+        self.set_slot(from, slot, &["MIGRATING", &target_id]);
         let mut source = self.nodes[from].connection();
         let mut moved = 0;
         loop {
@@ -274,11 +266,13 @@ impl RedisCluster {
                 break;
             }
             let migrated: redis::RedisResult<String> = redis::cmd("MIGRATE")
-                .arg("127.0.0.1")
-                .arg(self.nodes[to].port)
-                .arg("")
-                .arg(0)
-                .arg(5000)
+                .arg(&[
+                    "127.0.0.1",
+                    &self.nodes[to].port.to_string(),
+                    "",
+                    "0",
+                    "5000",
+                ])
                 .arg("KEYS")
                 .arg(&keys)
                 .query(&mut source);
@@ -289,18 +283,11 @@ impl RedisCluster {
             between();
         }
         // The new owner first, then the old one, then the other masters, as redis-cli does.
-        let others = (0..self.nodes.len()).filter(|&index| {
-            index != to && index != from && {
-                let role: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query(&mut self.nodes[index].connection())
-                    .unwrap_or_default();
-                role.contains("role:master")
+        let others = (0..self.nodes.len()).filter(|&index| index != to && index != from);
+        for index in [to, from].into_iter().chain(others) {
+            if self.is_master(index) {
+                self.set_slot(index, slot, &["NODE", &target_id]);
             }
-        });
-        let owners: Vec<usize> = [to, from].into_iter().chain(others).collect();
-        for index in owners {
-            set_slot(index, &["NODE", &target_id]);
         }
         let known = wait_until(PATIENCE, || {
             self.nodes
@@ -312,6 +299,24 @@ impl RedisCluster {
             "not every node learnt that node {to} serves slot {slot}"
         );
         moved
+    }
+
+    /// `CLUSTER SETSLOT <slot> <state...>` on the node at `index`.
+    fn set_slot(&self, index: usize, slot: i64, state: &[&str]) {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(state)
+            .query(&mut self.nodes[index].connection())
+            .unwrap_or_else(|error| panic!("CLUSTER SETSLOT {slot} {state:?}: {error}"));
+    }
+
+    /// Whether the node at `index` is a master.
+    fn is_master(&self, index: usize) -> bool {
+        redis::cmd("INFO")
+            .arg("replication")
+            .query::<String>(&mut self.nodes[index].connection())
+            .is_ok_and(|info| info.contains("role:master"))
     }
 
     /// The index of the node serving `key`'s slot.

@@ -549,6 +549,28 @@ struct Move {
 }
 
 impl Move {
+    /// Moves `partition`'s slot to the next master, a batch of keys each time the load has
+    /// acknowledged 3 more comments (or a second passed).
+    fn run(cluster: &RedisCluster, load: &Load, partition: Partition) -> Move {
+        let slot = cluster.slot_of_partition(partition);
+        let from = cluster.master_of(slot);
+        let to = (from + 1) % cluster.nodes.len();
+        let began = Instant::now();
+        let keys = cluster.move_slot(slot, to, || {
+            load.wait_for_more(3, Duration::from_secs(1));
+        });
+        assert_eq!(cluster.master_of(slot), to);
+        Move {
+            partition,
+            slot,
+            from,
+            to,
+            keys,
+            began,
+            ended: Instant::now(),
+        }
+    }
+
     /// What the move did, once the load is over; fails the test unless the load met the slot
     /// half moved (a comment on its partition in flight meanwhile).
     fn describe(&self, load: &Load) -> String {
@@ -571,12 +593,34 @@ impl Move {
     }
 }
 
+/// Every client run that exited 4 was on a partition while its slot moved, saying in one line
+/// that the Cluster did not serve the slot right now (`TRYAGAIN`: the request's keys were on
+/// both sides); any other run exited 0 or 5.
+fn assert_exit_4_only_while_moving(load: &Load, moves: &[Move]) {
+    for run in load.attempts.lock().unwrap().iter() {
+        match run.code {
+            0 | 5 => {}
+            4 => {
+                let moving = moves.iter().any(|done| {
+                    done.partition == run.partition
+                        && run.ended >= done.began
+                        && run.started <= done.ended + EXIT_4_GRACE
+                });
+                assert!(moving, "exit 4 outside a move of its partition: {run:?}");
+                assert!(run.stderr.contains("does not serve the slot"), "{run:?}");
+                assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+            }
+            _ => panic!("{run:?}"),
+        }
+    }
+}
+
 /// While clients comment on a post in each of the 8 partitions, the slots of two partitions
 /// move to another master, one at a time, their keys migrated a few at a time (so the load
 /// meets each slot half moved). Every comment a client got an id for ends final in the view
 /// exactly once, with one event of each type; no request is applied twice; nothing is left
-/// pending, counted or dead-lettered; client commands meanwhile succeed or exit 5 (the service
-/// did not answer in time) and are retried.
+/// pending, counted or dead-lettered; client commands meanwhile succeed, or exit 5 (the service
+/// did not answer in time) or 4 (the slot half moved), and are retried.
 #[test]
 fn partitions_move_between_masters_under_load_nothing_lost_nothing_doubled() {
     let started = Instant::now();
@@ -590,39 +634,23 @@ fn partitions_move_between_masters_under_load_nothing_lost_nothing_doubled() {
         assert!(load.wait_for_more(40, LONG), "no comment acknowledged");
         let moves: Vec<Move> = moved
             .iter()
-            .map(|&partition| {
-                let slot = cluster.slot_of_partition(partition);
-                let from = cluster.master_of(slot);
-                let to = (from + 1) % cluster.nodes.len();
-                let began = Instant::now();
-                let keys = cluster.move_slot(slot, to, || {
-                    load.wait_for_more(3, Duration::from_secs(1));
-                });
-                assert_eq!(cluster.master_of(slot), to);
-                Move {
-                    partition,
-                    slot,
-                    from,
-                    to,
-                    keys,
-                    began,
-                    ended: Instant::now(),
-                }
-            })
+            .map(|&partition| Move::run(&cluster, &load, partition))
             .collect();
         assert!(load.wait_for_more(10, LONG), "no comment after the moves");
         moves
     });
+    assert_exit_4_only_while_moving(&load, &moves);
     let moves: Vec<String> = moves.iter().map(|done| done.describe(&load)).collect();
     let inspector = Inspector::new(&cluster);
     let view = inspector.settle(&url);
     let acked = load.acked.lock().unwrap().clone();
     println!(
-        "resharding: {} comments acknowledged; moved {}; client exits (code, runs): {:?}; \
-         {:.1}s",
+        "resharding: {} comments acknowledged; moved {}; client exits (code, runs): {:?}, exit \
+         4 saying {:?}; {:.1}s",
         acked.len(),
         moves.join("; "),
         load.codes(),
+        load.reasons_for_4(),
         started.elapsed().as_secs_f64()
     );
     let events = inspector.events();
@@ -635,9 +663,6 @@ fn partitions_move_between_masters_under_load_nothing_lost_nothing_doubled() {
         shown_ids, acked_ids,
         "the view's comments are not the acknowledged ones"
     );
-    for attempt in load.attempts.lock().unwrap().iter() {
-        assert!([0, 5].contains(&attempt.code), "{attempt:?}");
-    }
     let leftovers = inspector.leftovers();
     assert!(
         leftovers.is_empty(),
@@ -680,8 +705,9 @@ enum Replication {
 
 /// When things happened in a failover test.
 struct Timeline {
-    /// When the replica's link was seen down ([`Replication::Cut`] only).
-    cut_at: Option<Instant>,
+    /// When the cut of the replication began, and when the replica's link was seen down
+    /// ([`Replication::Cut`] only).
+    cut: Option<(Instant, Instant)>,
     killed_at: Instant,
     /// When the node the clients go through named the replica as the master of every slot hit.
     served_at: Instant,
@@ -768,8 +794,8 @@ fn failover(replication: Replication) {
         load.reasons_for_4(),
         started.elapsed().as_secs_f64()
     );
-    if let Some(cut_at) = timeline.cut_at {
-        assert_lost_since(&acked, &shown, &hit, cut_at, timeline.killed_at);
+    if let Some(cut) = timeline.cut {
+        assert_lost_since(&acked, &shown, &hit, cut, timeline.killed_at);
     }
     assert_exit_4_only_while_unserved(&load, &hit, timeline.killed_at, timeline.served_at);
     let leftovers = inspector.leftovers();
@@ -801,7 +827,8 @@ fn kill_under_load(
             .count()
     };
     assert!(load.wait_for_more(30, LONG), "no comment acknowledged");
-    let cut_at = (replication == Replication::Cut).then(|| {
+    let cut = (replication == Replication::Cut).then(|| {
+        let began = Instant::now();
         cluster.cut_replication(victim);
         let cut_at = Instant::now();
         let acknowledged = wait_until(LONG, || on_hit_since(cut_at) >= 8);
@@ -809,7 +836,7 @@ fn kill_under_load(
             acknowledged,
             "no comment on the partitions hit since the cut"
         );
-        cut_at
+        (began, cut_at)
     });
     let killed_at = Instant::now();
     cluster.nodes[victim].stop();
@@ -835,20 +862,20 @@ fn kill_under_load(
         "no comment on the partitions hit after the failover"
     );
     Timeline {
-        cut_at,
+        cut,
         killed_at,
         served_at,
     }
 }
 
-/// With replication cut: every comment on the partitions hit that was sent after the cut and
-/// before the kill, and acknowledged, is lost (not in the view under its id); there are some;
-/// and every comment acknowledged before the cut is there.
+/// With replication cut: every comment on the partitions hit that was sent once the replica's
+/// link was down and acknowledged before the kill is lost (not in the view under its id);
+/// there are some; and every comment acknowledged before the cut began is there.
 fn assert_lost_since(
     acked: &[Acked],
     shown: &HashMap<String, String>,
     hit: &[Partition],
-    cut_at: Instant,
+    (began, cut_at): (Instant, Instant),
     killed_at: Instant,
 ) {
     let unreplicated: Vec<&Acked> = acked
@@ -866,7 +893,7 @@ fn assert_lost_since(
             "survived unreplicated: {comment:?}"
         );
     }
-    for comment in acked.iter().filter(|comment| comment.at < cut_at) {
+    for comment in acked.iter().filter(|comment| comment.at < began) {
         assert!(
             shown.contains_key(&comment.id),
             "lost before the cut: {comment:?}"
