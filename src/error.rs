@@ -119,7 +119,9 @@ fn refusal_hint(error: &redis::RedisError) -> Option<&'static str> {
             Some("Redis cannot persist to disk and refuses writes: check its disk and logs")
         }
         "LOADING" => Some("Redis is still loading its data: try again in a moment"),
-        "CLUSTERDOWN" | "TRYAGAIN" => {
+        // A redirection the Cluster client still met after its retries: the slot was moving
+        // or failing over meanwhile (its owner changed more than once, or was unreachable).
+        "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK" => {
             Some("the Redis Cluster does not serve the slot right now: try again in a moment")
         }
         "BUSY" | "MASTERDOWN" | "NOREPLICAS" => {
@@ -147,4 +149,29 @@ pub fn is_connection_error(error: &redis::RedisError) -> bool {
         || error.is_connection_dropped()
         || error.is_timeout()
         || error.is_unrecoverable_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    #[test]
+    fn a_cluster_slot_moving_or_failing_over_is_waited_out() {
+        for kind in [
+            ServerErrorKind::Moved,
+            ServerErrorKind::Ask,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::ClusterDown,
+        ] {
+            let error = RedisError::from((ErrorKind::Server(kind), "slot", "9748 x:1".into()));
+            assert!(is_unavailable(&error), "{error}");
+        }
+        let script = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "script",
+            "user_script:1: bad".into(),
+        ));
+        assert!(!is_unavailable(&script));
+    }
 }

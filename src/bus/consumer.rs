@@ -563,7 +563,12 @@ impl<H: Handler> Consumer<'_, H> {
                     self.count(delivery, handled);
                     return Ok(outcome);
                 }
-                Err(error) if is_unavailable(&error) => return Err(error),
+                Err(error) if is_unavailable(&error) => {
+                    if redelivered {
+                        self.give_back_try(delivery).await;
+                    }
+                    return Err(error);
+                }
                 Err(error) if tries >= max => {
                     let reason = format!("failed {tries} times; last error: {error}");
                     error!(service = %self.config.group, id = %delivery.id, %reason, "giving up on an entry");

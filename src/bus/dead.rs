@@ -38,6 +38,26 @@ impl<H: Handler> Consumer<'_, H> {
         Ok(counted + 1)
     }
 
+    /// Takes back the try [`Consumer::count_try`] counted for a step that Redis refused or
+    /// lost before it could run (unavailable: a connection lost, a Cluster slot moving or
+    /// failing over). The step ran nowhere, so it was no try of the entry: without this, every
+    /// reconnection while a Cluster slot migrates (`TRYAGAIN` for seconds) would count one, and
+    /// a good entry would be dead-lettered as if it kept failing. Best effort: a Redis that does
+    /// not answer keeps the count, one try too many at worst.
+    pub(super) async fn give_back_try(&mut self, delivery: &Delivery) {
+        let field = Self::try_field(delivery);
+        if self.counted.remove(&field).is_none() {
+            return;
+        }
+        let given_back: RedisResult<i64> = self
+            .connection
+            .hincr(&self.config.step_keys.attempts, &field, -1)
+            .await;
+        if let Err(error) = given_back {
+            debug!(service = %self.config.group, id = %delivery.id, %error, "a try not given back");
+        }
+    }
+
     pub(super) async fn forget_tries(&mut self, delivery: &Delivery) -> RedisResult<()> {
         let field = Self::try_field(delivery);
         self.counted.remove(&field);

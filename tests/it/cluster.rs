@@ -1,8 +1,12 @@
 //! A Redis Cluster: `--redis-url` naming any node works, the client following `MOVED`. Every key
-//! of a partition shares one hash tag, so each command and script goes to one node (one
-//! partition today).
+//! of a partition shares one hash tag, `{blog.<p>}`, so each command and script goes to one
+//! node, and a blog of 8 partitions spreads over the masters. (Slots moved and masters failed
+//! over under load: `cluster_load.rs`.)
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use blogctl::keyspace::{Partition, Partitions};
 
 use crate::support::{Blog, PATIENCE, RedisServer, blogctl, wait_until};
 
@@ -18,14 +22,26 @@ pub fn blog_on_cluster(extra: &[&str]) -> Blog {
     }
 }
 
-/// A loopback Redis Cluster of `masters` masters and no replicas.
-struct RedisCluster {
-    nodes: Vec<RedisServer>,
+/// How many keys one `MIGRATE` moves while a slot moves.
+const MIGRATE_BATCH: usize = 5;
+
+/// A loopback Redis Cluster of masters, each with the same number of replicas; every node is
+/// killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
-    fn start(masters: usize, extra: &[&str]) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..masters)
+    /// `masters` masters and no replicas.
+    pub fn start(masters: usize, extra: &[&str]) -> RedisCluster {
+        RedisCluster::start_with_replicas(masters, 0, extra)
+    }
+
+    /// `masters` masters with `replicas` replicas each (`redis-cli --cluster create` picks the
+    /// pairs: see [`RedisCluster::replica_of`]); returns once every node sees every slot served
+    /// and every replica is in sync with its master.
+    pub fn start_with_replicas(masters: usize, replicas: usize, extra: &[&str]) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| RedisServer::start_cluster_node(extra))
             .collect();
         let addresses: Vec<String> = nodes
@@ -35,7 +51,7 @@ impl RedisCluster {
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli");
@@ -43,15 +59,269 @@ impl RedisCluster {
         let cluster = RedisCluster { nodes };
         let ready = wait_until(PATIENCE, || {
             cluster.nodes.iter().all(|node| {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(&mut node.connection())
-                    .unwrap_or_default();
-                info.contains("cluster_state:ok")
+                let info = |section: &str| -> String {
+                    redis::cmd(section)
+                        .arg(if section == "CLUSTER" {
+                            "INFO"
+                        } else {
+                            "replication"
+                        })
+                        .query(&mut node.connection())
+                        .unwrap_or_default()
+                };
+                let replication = info("INFO");
+                info("CLUSTER").contains("cluster_state:ok")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
             })
         });
-        assert!(ready, "the cluster never reached cluster_state:ok");
+        assert!(
+            ready,
+            "the cluster never reached cluster_state:ok, replicas in sync"
+        );
         cluster
+    }
+
+    /// A direct connection to the first node that answers (some may have been killed).
+    pub fn any_connection(&self) -> redis::Connection {
+        self.nodes
+            .iter()
+            .find_map(|node| {
+                let client = redis::Client::open(node.url()).ok()?;
+                let mut connection = client
+                    .get_connection_with_timeout(Duration::from_secs(1))
+                    .ok()?;
+                redis::cmd("PING").query::<String>(&mut connection).ok()?;
+                Some(connection)
+            })
+            .expect("a node of the cluster answers")
+    }
+
+    /// The slot of `key`.
+    pub fn slot(&self, key: &str) -> i64 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.any_connection())
+            .unwrap()
+    }
+
+    /// The slot holding every key of `partition` (namespace `blog`).
+    pub fn slot_of_partition(&self, partition: Partition) -> i64 {
+        self.slot(&format!("{{blog.{partition}}}"))
+    }
+
+    /// The index of the master serving `slot`, as `node` sees the Cluster (None: no master
+    /// serves it, or it names a node this cluster did not start).
+    pub fn master_seen_by(&self, node: &RedisServer, slot: i64) -> Option<usize> {
+        let mut connection = redis::Client::open(node.url())
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        // CLUSTER SLOTS: [start, end, [ip, port, id], replicas...] per range.
+        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut connection)
+            .ok()?;
+        let port = ranges.into_iter().find_map(|range| {
+            let range: Vec<redis::Value> = redis::from_redis_value(range).ok()?;
+            let number = |value: &redis::Value| redis::from_redis_value_ref::<i64>(value).ok();
+            let (start, end) = (number(&range[0])?, number(&range[1])?);
+            let master: Vec<redis::Value> = redis::from_redis_value_ref(&range[2]).ok()?;
+            (start..=end).contains(&slot).then(|| number(&master[1]))?
+        })?;
+        self.nodes
+            .iter()
+            .position(|node| i64::from(node.port) == port)
+    }
+
+    /// The index of the master serving `slot`, as the first node that answers sees it.
+    pub fn master_of(&self, slot: i64) -> usize {
+        self.nodes
+            .iter()
+            .find_map(|node| self.master_seen_by(node, slot))
+            .expect("a master serves the slot")
+    }
+
+    /// The node id of the node at `index`.
+    pub fn id_of(&self, index: usize) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.nodes[index].connection())
+            .unwrap()
+    }
+
+    /// The index of a replica of the master at `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let port = self.nodes[master].port;
+        self.nodes
+            .iter()
+            .position(|node| {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.connection())
+                    .unwrap_or_default();
+                info.contains("role:slave") && info.contains(&format!("master_port:{port}\r"))
+            })
+            .expect("the master has a replica")
+    }
+
+    /// Waits until every replica of the master at `master` has acknowledged everything the
+    /// master wrote so far (its offset reached the master's).
+    pub fn wait_until_replicated(&self, master: usize) {
+        let replicated = wait_until(PATIENCE, || {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut self.nodes[master].connection())
+                .unwrap();
+            let field = |line: &str, name: &str| -> Option<u64> {
+                line.split(',')
+                    .find_map(|field| field.strip_prefix(name))?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            let written = info
+                .lines()
+                .find_map(|line| field(line, "master_repl_offset:"));
+            let acknowledged: Vec<Option<u64>> = info
+                .lines()
+                .filter(|line| line.starts_with("slave"))
+                .map(|line| field(line.split_once(':').map_or("", |(_, rest)| rest), "offset="))
+                .collect();
+            !acknowledged.is_empty() && acknowledged.iter().all(|offset| *offset >= written)
+        });
+        assert!(replicated, "the replicas never caught up with their master");
+    }
+
+    /// Has every replica authenticate to its master as a user of its own, `replicator`
+    /// (`masteruser`), so that [`RedisCluster::cut_replication`] can shut it out.
+    pub fn add_replication_user(&self) {
+        for node in &self.nodes {
+            let mut connection = node.connection();
+            let _: () = redis::cmd("ACL")
+                .arg(&["SETUSER", "replicator", "on", ">replicator-s3cret"])
+                .arg(&["+psync", "+replconf", "+ping"])
+                .query(&mut connection)
+                .unwrap();
+            for (name, value) in [
+                ("masteruser", "replicator"),
+                ("masterauth", "replicator-s3cret"),
+            ] {
+                let _: () = redis::cmd("CONFIG")
+                    .arg(&["SET", name, value])
+                    .query(&mut connection)
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Cuts the replication of the master at `master` (needs
+    /// [`RedisCluster::add_replication_user`]): its replicas' user is turned off and their
+    /// links dropped, so from now on the master acknowledges writes that no replica gets. It
+    /// keeps serving clients; the Cluster bus is untouched. Returns once the replica says its
+    /// link is down.
+    pub fn cut_replication(&self, master: usize) {
+        let mut connection = self.nodes[master].connection();
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "replicator", "off"])
+            .query(&mut connection)
+            .unwrap();
+        let _: i64 = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "replica"])
+            .query(&mut connection)
+            .unwrap();
+        let replica = &self.nodes[self.replica_of(master)];
+        let down = wait_until(PATIENCE, || {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(&mut replica.connection())
+                .is_ok_and(|info| info.contains("master_link_status:down"))
+        });
+        assert!(down, "the replica's link to its master stayed up");
+    }
+
+    /// Moves `slot` to the master at `to`, keys and all, as `redis-cli --cluster reshard` does:
+    /// the target imports it and the source migrates it, `MIGRATE` moves its keys
+    /// [`MIGRATE_BATCH`] at a time (calling `between` after each batch, so that clients and
+    /// services work while the slot is half moved), then every master is told its new owner.
+    /// A key on both sides (`BUSYKEY`: something wrote the target while the source held the
+    /// key) fails the test. Returns how many keys moved.
+    pub fn move_slot(&self, slot: i64, to: usize, mut between: impl FnMut()) -> usize {
+        let from = self.master_of(slot);
+        assert_ne!(from, to, "slot {slot} is served by the target already");
+        let (source_id, target_id) = (self.id_of(from), self.id_of(to));
+        self.set_slot(to, slot, &["IMPORTING", &source_id]);
+        self.set_slot(from, slot, &["MIGRATING", &target_id]);
+        let mut source = self.nodes[from].connection();
+        let mut moved = 0;
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(MIGRATE_BATCH)
+                .query(&mut source)
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            let migrated: redis::RedisResult<String> = redis::cmd("MIGRATE")
+                .arg(&[
+                    "127.0.0.1",
+                    &self.nodes[to].port.to_string(),
+                    "",
+                    "0",
+                    "5000",
+                ])
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut source);
+            if let Err(error) = migrated {
+                panic!("MIGRATE of {keys:?} to node {to} failed: {error}");
+            }
+            moved += keys.len();
+            between();
+        }
+        // The new owner first, then the old one, then the other masters, as redis-cli does.
+        let others = (0..self.nodes.len()).filter(|&index| index != to && index != from);
+        for index in [to, from].into_iter().chain(others) {
+            if self.is_master(index) {
+                self.set_slot(index, slot, &["NODE", &target_id]);
+            }
+        }
+        let known = wait_until(PATIENCE, || {
+            self.nodes
+                .iter()
+                .all(|node| self.master_seen_by(node, slot) == Some(to))
+        });
+        assert!(
+            known,
+            "not every node learnt that node {to} serves slot {slot}"
+        );
+        moved
+    }
+
+    /// `CLUSTER SETSLOT <slot> <state...>` on the node at `index`.
+    fn set_slot(&self, index: usize, slot: i64, state: &[&str]) {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(state)
+            .query(&mut self.nodes[index].connection())
+            .unwrap_or_else(|error| panic!("CLUSTER SETSLOT {slot} {state:?}: {error}"));
+    }
+
+    /// Whether the node at `index` is a master.
+    fn is_master(&self, index: usize) -> bool {
+        redis::cmd("INFO")
+            .arg("replication")
+            .query::<String>(&mut self.nodes[index].connection())
+            .is_ok_and(|info| info.contains("role:master"))
+    }
+
+    /// The index of the node serving `key`'s slot.
+    fn serving(&self, key: &str) -> usize {
+        self.master_of(self.slot(key))
     }
 
     /// The node that does not serve `key`'s slot (the first such one).
@@ -65,42 +335,43 @@ impl RedisCluster {
             .expect("another node")
     }
 
-    /// The index of the node serving `key`'s slot.
-    fn serving(&self, key: &str) -> usize {
-        let mut connection = self.nodes[0].connection();
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query(&mut connection)
-            .unwrap();
-        // CLUSTER SLOTS: [start, end, [ip, port, id], replicas...] per range.
-        let ranges: Vec<(i64, i64, Vec<redis::Value>)> = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query::<Vec<redis::Value>>(&mut connection)
-            .unwrap()
-            .into_iter()
-            .map(|range| redis::from_redis_value(range).unwrap())
-            .map(|range: Vec<redis::Value>| {
-                let number =
-                    |value: &redis::Value| redis::from_redis_value_ref::<i64>(value).unwrap();
-                let master: Vec<redis::Value> = redis::from_redis_value_ref(&range[2]).unwrap();
-                (number(&range[0]), number(&range[1]), master)
-            })
-            .collect();
-        let (_, _, master) = ranges
-            .iter()
-            .find(|(start, end, _)| (*start..=*end).contains(&slot))
-            .expect("the slot is served");
-        let serving: i64 = redis::from_redis_value_ref(&master[1]).unwrap();
+    /// How many keys of the namespace each node holds, by node index.
+    pub fn keys_per_node(&self) -> Vec<usize> {
         self.nodes
             .iter()
-            .position(|node| i64::from(node.port) == serving)
-            .expect("a node of the cluster serves it")
+            .map(|node| {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg("blog:*")
+                    .query(&mut node.connection())
+                    .unwrap();
+                keys.len()
+            })
+            .collect()
     }
 }
 
-fn run(url: &str, args: &[&str]) -> (i32, String, String) {
-    let output = blogctl(url, "blog").args(args).output().unwrap();
+/// The blog's command with 8 partitions (`BLOGCTL_PARTITIONS`), through the node at `url`.
+pub fn with_8_partitions(url: &str) -> Command {
+    let mut command = blogctl(url, "blog");
+    command.env("BLOGCTL_PARTITIONS", "8");
+    command
+}
+
+/// The 8 partitions.
+pub fn eight() -> Partitions {
+    Partitions::new(8).unwrap()
+}
+
+/// A request id (`<label>-<n>`) that puts the post it creates in `partition` of 8.
+pub fn request_id_in(partition: Partition, label: &str) -> String {
+    (0..)
+        .map(|n| format!("{label}-{n}"))
+        .find(|id| eight().of_request(id) == partition)
+        .unwrap()
+}
+
+fn run(mut command: Command, args: &[&str]) -> (i32, String, String) {
+    let output = command.args(args).output().unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).trim().to_owned(),
@@ -109,22 +380,18 @@ fn run(url: &str, args: &[&str]) -> (i32, String, String) {
 }
 
 fn ok(url: &str, args: &[&str]) -> String {
-    let (code, stdout, stderr) = run(url, args);
+    let (code, stdout, stderr) = run(with_8_partitions(url), args);
     assert_eq!(code, 0, "{args:?}: {stderr}");
     stdout
 }
 
-#[test]
-fn the_story_runs_on_a_redis_cluster_through_any_node() {
-    let cluster = RedisCluster::start(3, &[]);
-    // A node that must redirect every command of the namespace elsewhere.
-    let url = cluster.node_without("{blog.0}").url();
-    // Two instances of every service, competing through the groups.
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut services: Vec<_> = ["a", "b"]
+/// Two instances of every service (`serve all`, consumers `a` and `b`) of the blog with 8
+/// partitions, through `url`, logging at `info` into `log`.
+fn serve_twice(url: &str, log: &tempfile::NamedTempFile) -> Vec<std::process::Child> {
+    ["a", "b"]
         .iter()
         .map(|instance| {
-            blogctl(&url, "blog")
+            with_8_partitions(url)
                 .args(["serve", "all", "--consumer", instance])
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
@@ -132,37 +399,53 @@ fn the_story_runs_on_a_redis_cluster_through_any_node() {
                 .spawn()
                 .unwrap()
         })
-        .collect();
-    let post = ok(&url, &["post", "create", "--wait", "Clustered"]);
-    let verdict = |content: &str| {
-        let printed = ok(&url, &["comment", "create", "--wait", &post, content]);
-        printed.split_once(' ').unwrap().1.to_owned()
-    };
-    for n in 0..10 {
-        assert_eq!(verdict(&format!("fine {n}")), "approved");
+        .collect()
+}
+
+#[test]
+fn the_story_runs_with_8_partitions_on_a_redis_cluster_through_any_node() {
+    let cluster = RedisCluster::start(3, &[]);
+    // A node that must redirect the commands of partition 0 (and so of every command) elsewhere.
+    let url = cluster.node_without("{blog.0}").url();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut services = serve_twice(&url, &log);
+    // A post in every partition, each with an approved and a rejected comment.
+    let mut posts = Vec::new();
+    for partition in eight().all() {
+        let request = request_id_in(partition, "post");
+        let title = format!("Post {partition}");
+        let post = ok(
+            &url,
+            &["post", "create", "--wait", "--request-id", &request, &title],
+        );
+        let uuid: uuid::Uuid = post.parse().unwrap();
+        assert_eq!(eight().of_post(&uuid), partition);
+        for (content, verdict) in [("fine", "approved"), ("an orange", "rejected")] {
+            let printed = ok(&url, &["comment", "create", "--wait", &post, content]);
+            assert_eq!(printed.split_once(' ').unwrap().1, verdict, "{post}");
+        }
+        posts.push(post);
     }
-    assert_eq!(verdict("an orange"), "rejected");
     let view: serde_json::Value =
         serde_json::from_str(&ok(&url, &["post", "list", "--json"])).unwrap();
-    assert_eq!(view[0]["title"], "Clustered", "{view}");
-    assert_eq!(view[0]["comments"].as_array().unwrap().len(), 11, "{view}");
-    assert!(wait_until(PATIENCE, || run(&url, &["status", "--check"]).0 == 0));
-    assert_eq!(ok(&url, &["events", "list"]).lines().count(), 1 + 3 * 11);
+    // Merged oldest first across the partitions, each post with its two comments.
+    let titles: Vec<String> = (0..8).map(|p| format!("Post {p}")).collect();
+    assert_eq!(Blog::titles(&view), titles, "{view}");
+    for post in view.as_array().unwrap() {
+        assert_eq!(post["comments"].as_array().unwrap().len(), 2, "{view}");
+    }
+    assert!(ok(&url, &["post", "show", &posts[5]]).contains("Post 5"));
+    assert!(wait_until(PATIENCE, || {
+        run(with_8_partitions(&url), &["status", "--check"]).0 == 0
+    }));
     ok(&url, &["rebuild", "query"]);
     ok(&url, &["rebuild", "comments"]);
     let rebuilt: serde_json::Value =
         serde_json::from_str(&ok(&url, &["post", "list", "--json"])).unwrap();
     assert_eq!(rebuilt, view);
     let archive = tempfile::tempdir().unwrap();
-    ok(
-        &url,
-        &[
-            "trim",
-            "--yes",
-            "--archive",
-            archive.path().to_str().unwrap(),
-        ],
-    );
+    let archive_path = archive.path().to_str().unwrap();
+    ok(&url, &["trim", "--yes", "--archive", archive_path]);
     assert!(archive.path().join("comments.ndjson").is_file());
     for service in &mut services {
         let _ = service.kill();
@@ -177,19 +460,43 @@ fn the_story_runs_on_a_redis_cluster_through_any_node() {
             "{trouble} in the services' log:\n{log}"
         );
     }
-    // Every key of the namespace is on the one node serving its slot.
-    let holders = cluster
-        .nodes
-        .iter()
-        .filter(|node| {
+    assert_partitions_spread(&cluster);
+}
+
+/// Every key of a partition is on the master serving its slot and on no other node, and the
+/// 8 partitions' keys are on more than one master.
+pub fn assert_partitions_spread(cluster: &RedisCluster) {
+    let mut holders = std::collections::BTreeSet::new();
+    for partition in eight().all() {
+        let serving = cluster.master_of(cluster.slot_of_partition(partition));
+        for (index, node) in cluster.nodes.iter().enumerate() {
             let keys: Vec<String> = redis::cmd("KEYS")
-                .arg("blog:*")
+                .arg(format!("blog:*{{blog.{partition}}}*"))
                 .query(&mut node.connection())
                 .unwrap();
-            !keys.is_empty()
-        })
-        .count();
-    assert_eq!(holders, 1);
+            if index == serving {
+                assert!(!keys.is_empty(), "partition {partition} has no keys");
+                holders.insert(index);
+            } else {
+                assert!(
+                    keys.is_empty(),
+                    "keys of partition {partition} on node {index}"
+                );
+            }
+        }
+    }
+    assert!(
+        holders.len() > 1,
+        "all 8 partitions on one master: {holders:?}"
+    );
+    assert_eq!(
+        cluster
+            .keys_per_node()
+            .iter()
+            .filter(|&&keys| keys > 0)
+            .count(),
+        holders.len()
+    );
 }
 
 /// The master serving the namespace's slot is gone and no replica takes over: a client command
@@ -198,7 +505,7 @@ fn the_story_runs_on_a_redis_cluster_through_any_node() {
 fn a_slot_no_master_serves_is_exit_code_4_within_seconds() {
     let blog = blog_on_cluster(&[]);
     let other = blog.others[0].url();
-    let (code, _, stderr) = run(&other, &["post", "list"]);
+    let (code, _, stderr) = run(blogctl(&other, "blog"), &["post", "list"]);
     assert_eq!(code, 0, "{stderr}");
     blog.redis.stop();
     let failed = wait_until(PATIENCE, || {
@@ -210,7 +517,7 @@ fn a_slot_no_master_serves_is_exit_code_4_within_seconds() {
     assert!(failed, "the Cluster never noticed its master was gone");
     for args in [&["post", "list"][..], &["post", "create", "Lost"]] {
         let started = std::time::Instant::now();
-        let (code, _, stderr) = run(&other, args);
+        let (code, _, stderr) = run(blogctl(&other, "blog"), args);
         assert_eq!(code, 4, "{args:?}: {stderr}");
         assert!(stderr.contains("does not serve the slot"), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -3,6 +3,7 @@
 mod bad_input;
 mod bench;
 mod cluster;
+mod cluster_load;
 mod compose;
 mod delivery;
 mod faults;
