@@ -112,6 +112,10 @@ fn refusal_hint(error: &redis::RedisError) -> Option<&'static str> {
              `blogctl acl` made for it (--redis-url redis://<user>@..., --redis-password-file)",
         );
     }
+    // A script touched a key of a slot a Cluster is moving, on the side where it is not.
+    if error.to_string().contains("access a non local key") {
+        return Some("the Redis Cluster does not serve the slot right now: try again in a moment");
+    }
     match error.code()? {
         "OOM" => Some("Redis is full (maxmemory reached): free memory or raise maxmemory"),
         "READONLY" => Some("Redis is read-only (a replica?): point --redis-url at the primary"),
@@ -173,5 +177,11 @@ mod tests {
             "user_script:1: bad".into(),
         ));
         assert!(!is_unavailable(&script));
+        let moving = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "script",
+            "Script attempted to access a non local key in a cluster node".into(),
+        ));
+        assert!(is_unavailable(&moving));
     }
 }

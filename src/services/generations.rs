@@ -80,13 +80,21 @@ impl Generations {
 }
 
 /// Lua that names a generation's keys and sets `base` to the live generation's base, from the
-/// step's `pointer` and `prefix`; then a service's apply functions, `apply_lua`.
+/// step's `pointer` and `prefix`; then [`TOUCH`] and a service's apply functions, `apply_lua`.
 pub fn lua(apply_lua: &str) -> String {
     format!(
-        "{}local base = generation_base(prefix, redis.call('GET', pointer))\n{apply_lua}",
+        "{}local base = generation_base(prefix, redis.call('GET', pointer))\n{TOUCH}{apply_lua}",
         generation_lua()
     )
 }
+
+/// `touch(...)`: every step on a generation calls it in `check()`, before the claim, with each
+/// generation key its `apply()` writes that `check()` does not already read. The step names
+/// those keys inside Lua, not in `KEYS` (the generation is looked up there), and while a Redis
+/// Cluster moves the partition's slot, a key already moved, or not there yet, fails the command
+/// that touches it ("non local key"). Touched before the claim, it fails the step whole, and the
+/// entry comes again; met in `apply()`, after the claim, it would leave the step half-applied.
+pub const TOUCH: &str = "local function touch(...) redis.call('EXISTS', ...) end\n";
 
 /// One event applied to a service's state: the name of the Lua apply function and its
 /// arguments after the generation's base.

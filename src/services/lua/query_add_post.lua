@@ -1,4 +1,7 @@
-local function check() return nil end
+local function check()
+  touch(view_post(base, post_id), view_posts(base))
+  return nil
+end
 local function apply()
   add_post(base, post_id, title)
   return 'applied'
