@@ -10,8 +10,9 @@
 //!
 //! The state is built in the same pass, with the functions `blogctl rebuild` uses: the query
 //! view and the comments service's state (generation 0 of each partition), and the posts
-//! service's records, which only its request step writes (no rebuild makes them: without them
-//! `post show` would not find a post the posts service created). The consumer groups are then
+//! service's records (`<ns>:posts:{..}:post:<id>`): only its request step writes them and no
+//! rebuild makes them, so the import writes them with the same key function, and the copy holds
+//! what the original holds. The consumer groups are then
 //! created where the services' work stands in the file: after the last event each has already
 //! acted on, so that no verdict is given twice, and before the first comment the export caught
 //! before its verdict (or verdict before its `CommentUpdated`), which the services finish
@@ -148,6 +149,10 @@ fn verify(path: &Path) -> Result<Verified> {
         let Some(line) = line.strip_suffix('\n') else {
             return Err(refuse_line(&name, number, "cut short (no newline at its end)").into());
         };
+        if number == 1 && LineKind::of(line) != LineKind::Header {
+            let why = "not the header of a `blogctl export` file";
+            return Err(refuse_line(&name, number, why).into());
+        }
         if !checks_out(number, line) {
             let why = "its check does not match: the line was edited, or lines were added, \
                        removed or moved before it";
