@@ -25,15 +25,15 @@ use redis::{Script, Value};
 use serde::Serialize;
 
 use super::{
-    EventOut, FORMAT, FieldsOut, Header, Trailer, VERSION, hex, rfc3339, trailer_line, with_check,
+    EventOut, FORMAT, FieldsOut, Header, Trailer, VERSION, add_check, hex, rfc3339, trailer_line,
+    with_check,
 };
-use crate::bus::StreamId;
-use crate::connection::Connection;
+use crate::bus::{RawEntry, SERVICE_RESPONSE_TIMEOUT, StreamId};
+use crate::connection::{Connection, Redis};
 use crate::context::Context;
 use crate::error::Failure;
 use crate::keyspace::{Keys, Partition, Partitions, Service};
 use crate::ops::archive::{ArchiveCheck, ArchiveLine, LinesHash};
-use crate::ops::read_range;
 use crate::output::{print_line, progress_bar};
 
 /// Reads the cut of one partition (see the script).
@@ -87,18 +87,20 @@ pub async fn run(context: &Context, args: &ExportArgs) -> Result<()> {
         time: rfc3339(time_ms),
         time_ms,
     };
+    let mut pages = read_ahead(context.redis.clone(), &cut);
     let mut sources: Vec<Source> = cut
         .into_iter()
-        .map(|stream| {
+        .zip(pages.drain(..))
+        .map(|(stream, pages)| {
             let files = archives
                 .get(&(stream.service, stream.partition))
                 .cloned()
                 .unwrap_or_default();
-            Source::new(stream, files)
+            Source::new(stream, files, pages)
         })
         .collect();
     let mut sink = Sink::open(&args.file)?;
-    let written = write_export(&mut connection, &header, &mut sources, &mut sink).await;
+    let written = write_export(&header, &mut sources, &mut sink).await;
     let trailer = match written.and_then(|trailer| sink.finish().map(|()| trailer)) {
         Ok(trailer) => trailer,
         Err(error) => {
@@ -147,23 +149,19 @@ fn report(json: bool, file: &str, summary: &Summary) -> Result<()> {
 
 /// Writes the header, every event up to the cut, oldest first, and the trailer; refuses (exit
 /// code 2) when a stream lost events the archives given do not hold.
-async fn write_export(
-    connection: &mut Connection,
-    header: &Header,
-    sources: &mut [Source],
-    sink: &mut Sink,
-) -> Result<Trailer> {
+async fn write_export(header: &Header, sources: &mut [Source], sink: &mut Sink) -> Result<Trailer> {
     let length = sources.iter().map(|source| source.cut.length).sum();
     let progress = progress_bar(length, "export");
     let mut number = 1;
-    sink.write(&with_check(number, &serde_json::to_string(header)?))?;
+    sink.write(with_check(number, &serde_json::to_string(header)?).as_bytes())?;
     let mut heads = BinaryHeap::new();
     for (index, source) in sources.iter_mut().enumerate() {
-        if let Some(id) = source.head(connection).await? {
+        if let Some(id) = source.head().await? {
             heads.push(std::cmp::Reverse((id, index)));
         }
     }
     let (mut events, mut archived) = (0, 0);
+    let mut line = Vec::with_capacity(1024);
     while let Some(std::cmp::Reverse((_, index))) = heads.pop() {
         let source = &mut sources[index];
         let item = source
@@ -177,13 +175,16 @@ async fn write_export(
             id: &item.id,
             fields: FieldsOut(&item.fields),
         };
-        sink.write(&with_check(number, &serde_json::to_string(&event)?))?;
+        line.clear();
+        serde_json::to_writer(&mut line, &event)?;
+        add_check(number, &mut line);
+        sink.write(&line)?;
         events += 1;
         archived += u64::from(item.archived);
         if !item.archived {
             progress.inc(1);
         }
-        if let Some(id) = source.head(connection).await? {
+        if let Some(id) = source.head().await? {
             heads.push(std::cmp::Reverse((id, index)));
         }
     }
@@ -196,7 +197,7 @@ async fn write_export(
         archived,
         sha256: hex(sink.hash.clone().finish().as_ref()),
     };
-    sink.write(&trailer_line(number + 1, &trailer))?;
+    sink.write(trailer_line(number + 1, &trailer).as_bytes())?;
     Ok(trailer)
 }
 
@@ -253,6 +254,7 @@ async fn take_cut(
 
 /// One event on its way to the file.
 struct Item {
+    stream_id: StreamId,
     id: String,
     fields: Vec<(String, String)>,
     archived: bool,
@@ -262,21 +264,21 @@ struct Item {
 struct Source {
     cut: StreamCut,
     archives: Option<ArchiveReader>,
+    /// The stream's pages, read ahead (see [`read_ahead`]); `None` once they are all taken.
+    pages: Option<Pages>,
     /// The id of the last event taken from it (archive or stream).
     after: Option<StreamId>,
-    stream_done: bool,
     buffer: VecDeque<Item>,
     from_archives: u64,
     from_stream: u64,
 }
 
 impl Source {
-    fn new(cut: StreamCut, files: Vec<PathBuf>) -> Source {
-        let stream_done = cut.last == StreamId::default();
+    fn new(cut: StreamCut, files: Vec<PathBuf>, pages: Pages) -> Source {
         Source {
             archives: (!files.is_empty()).then(|| ArchiveReader::new(files)),
+            pages: Some(pages),
             after: None,
-            stream_done,
             buffer: VecDeque::new(),
             from_archives: 0,
             from_stream: 0,
@@ -285,26 +287,25 @@ impl Source {
     }
 
     /// The id of the next event, reading more when none is buffered; `None` when it is done.
-    async fn head(&mut self, connection: &mut Connection) -> Result<Option<StreamId>> {
+    async fn head(&mut self) -> Result<Option<StreamId>> {
         if self.buffer.is_empty() {
-            self.refill(connection).await?;
+            self.refill().await?;
         }
-        Ok(self
-            .buffer
-            .front()
-            .map(|item| StreamId::parse(&item.id, false).unwrap_or_default()))
+        Ok(self.buffer.front().map(|item| item.stream_id))
     }
 
-    async fn refill(&mut self, connection: &mut Connection) -> Result<()> {
+    async fn refill(&mut self) -> Result<()> {
         if let Some(archives) = &mut self.archives {
             let lines = archives.read(PAGE, self.after, self.cut.last)?;
             if lines.is_empty() {
                 self.archives = None;
             }
             for line in lines {
-                self.after = StreamId::parse(&line.id, false);
+                let stream_id = StreamId::parse(&line.id, false).expect("checked when read");
+                self.after = Some(stream_id);
                 self.from_archives += 1;
                 self.buffer.push_back(Item {
+                    stream_id,
                     id: line.id,
                     fields: line.fields.into_iter().collect(),
                     archived: true,
@@ -314,26 +315,25 @@ impl Source {
                 return Ok(());
             }
         }
-        if self.stream_done {
-            return Ok(());
-        }
-        let start = match self.after {
-            Some(after) => format!("({after}"),
-            None => crate::ops::FIRST_ENTRY.to_owned(),
-        };
-        let end = self.cut.last.to_string();
-        let page = read_range(connection, &self.cut.key, &start, &end, PAGE)
-            .await
-            .wrap_err_with(|| format!("reading {}", self.cut.key))?;
-        self.stream_done = page.len() < PAGE;
-        for entry in page {
-            self.after = StreamId::parse(&entry.id, false);
-            self.from_stream += 1;
-            self.buffer.push_back(Item {
-                id: entry.id,
-                fields: entry.fields,
-                archived: false,
-            });
+        // Entries the archives hold too (a trim stopped between its archive and its XTRIM)
+        // are taken from the archives.
+        while self.buffer.is_empty() {
+            let Some(pages) = &mut self.pages else {
+                return Ok(());
+            };
+            let Some(page) = pages.recv().await else {
+                self.pages = None;
+                return Ok(());
+            };
+            let page = page.wrap_err_with(|| format!("reading {}", self.cut.key))?;
+            for item in page {
+                if self.after.is_some_and(|after| item.stream_id <= after) {
+                    continue;
+                }
+                self.after = Some(item.stream_id);
+                self.from_stream += 1;
+                self.buffer.push_back(item);
+            }
         }
         Ok(())
     }
@@ -354,6 +354,104 @@ impl Source {
             .into());
         }
         Ok(())
+    }
+}
+
+/// The pages of one stream, oldest first, as the reading thread sends them.
+type Pages = tokio::sync::mpsc::Receiver<redis::RedisResult<Vec<Item>>>;
+
+/// Reads every stream from its start up to its cut, a page at a time, on a thread and a
+/// connection of its own (one task per stream, each a page ahead of the export), so that
+/// Redis and the parsing of its replies work while the export writes. Pages are smaller when
+/// there are many streams, so that what is read ahead stays within about 100,000 events.
+fn read_ahead(redis: Redis, cut: &[StreamCut]) -> Vec<Pages> {
+    let page = (100_000 / cut.len().max(1)).clamp(100, PAGE);
+    let mut receivers = Vec::new();
+    let mut streams = Vec::new();
+    for stream in cut {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        receivers.push(receiver);
+        streams.push((stream.key.clone(), stream.last, sender));
+    }
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let Ok(runtime) = runtime else {
+            return;
+        };
+        runtime.block_on(async move {
+            let connection = match redis.try_connect(Some(SERVICE_RESPONSE_TIMEOUT)).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    if let Some((_, _, sender)) = streams.first() {
+                        let _ = sender.send(Err(error)).await;
+                    }
+                    return;
+                }
+            };
+            let mut tasks = tokio::task::JoinSet::new();
+            for (key, last, sender) in streams {
+                tasks.spawn(read_stream(connection.clone(), key, last, page, sender));
+            }
+            while tasks.join_next().await.is_some() {}
+        });
+    });
+    receivers
+}
+
+/// Sends the pages of one stream, up to `last`, until the receiver is gone or a read fails.
+async fn read_stream(
+    mut connection: Connection,
+    key: String,
+    last: StreamId,
+    page: usize,
+    sender: tokio::sync::mpsc::Sender<redis::RedisResult<Vec<Item>>>,
+) {
+    if last == StreamId::default() {
+        return;
+    }
+    let mut start = crate::ops::FIRST_ENTRY.to_owned();
+    loop {
+        let read: redis::RedisResult<Vec<RawEntry>> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(&start)
+            .arg(last.to_string())
+            .arg("COUNT")
+            .arg(page)
+            .query_async(&mut connection)
+            .await;
+        let items: redis::RedisResult<Vec<Item>> =
+            read.map(|entries| entries.into_iter().map(Item::from_raw).collect());
+        let more = match &items {
+            Ok(items) => items.len() == page,
+            Err(_) => false,
+        };
+        if let Some(item) = items.as_ref().ok().and_then(|items| items.last()) {
+            start = format!("({}", item.id);
+        }
+        if sender.send(items).await.is_err() || !more {
+            return;
+        }
+    }
+}
+
+impl Item {
+    /// An entry of a stream, its bytes as text (copied only when not UTF-8, to replace them).
+    fn from_raw((id, fields): RawEntry) -> Item {
+        let text = |bytes: Vec<u8>| {
+            String::from_utf8(bytes)
+                .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
+        };
+        Item {
+            stream_id: StreamId::parse(&id, false).unwrap_or_default(),
+            id,
+            fields: fields
+                .into_iter()
+                .map(|(name, value)| (text(name), text(value)))
+                .collect(),
+            archived: false,
+        }
     }
 }
 
@@ -587,9 +685,9 @@ impl Sink {
         })
     }
 
-    fn write(&mut self, line: &str) -> Result<()> {
-        self.hash.update(line.as_bytes());
-        self.writer.write_all(line.as_bytes())?;
+    fn write(&mut self, line: &[u8]) -> Result<()> {
+        self.hash.update(line);
+        self.writer.write_all(line)?;
         Ok(())
     }
 

@@ -10,8 +10,9 @@
 //! - the trailer: `{"trailer":{"events":..,"archived":..,"sha256":..},"check":..}`, the SHA-256
 //!   of every byte before it.
 //!
-//! A line's `check` is the FNV-1a (64 bits, hex) of its number (8 bytes, big-endian) and of its
-//! bytes before `,"check"`: an edited, moved, dropped or added line fails its own check (or the
+//! A line's `check` (16 hex digits) is a 64-bit FNV-1a over words: the line's number, its bytes
+//! before `,"check"` as little-endian 64-bit words (the last padded with zeros), and their
+//! length (see `check_of`): an edited, moved, dropped or added line fails its own check (or the
 //! next one's), so `import` names it. The trailer's counts and hash catch what the checks cannot
 //! (a file cut short just after a line ends, or lines swapped with their checks recomputed).
 
@@ -23,7 +24,6 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Failure;
-use crate::keyspace::fnv1a;
 
 /// The `format` of the header: what the file is.
 pub const FORMAT: &str = "blogctl-export";
@@ -142,18 +142,39 @@ impl LineKind {
     }
 }
 
-/// The check of line `number` whose bytes before `,"check"` are `body`.
+/// The check of line `number` whose bytes before `,"check"` are `body`: FNV-1a's steps taken
+/// on 64-bit words (the line number, then the body as little-endian words, the last padded
+/// with zeros), eight times fewer than on bytes: every line is checked on export and import.
 fn check_of(number: u64, body: &[u8]) -> u64 {
-    fnv1a(number.to_be_bytes().into_iter().chain(body.iter().copied()))
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut step = |word: u64| hash = (hash ^ word).wrapping_mul(PRIME);
+    step(number);
+    let mut words = body.chunks_exact(8);
+    for word in &mut words {
+        step(u64::from_le_bytes(word.try_into().expect("eight bytes")));
+    }
+    let mut last = [0u8; 8];
+    last[..words.remainder().len()].copy_from_slice(words.remainder());
+    step(u64::from_le_bytes(last));
+    step(body.len() as u64);
+    hash
 }
 
 /// `object` (a serialized JSON object) as line `number`, its check added, newline included.
 pub fn with_check(number: u64, object: &str) -> String {
-    let body = object.strip_suffix('}').expect("a JSON object");
-    format!(
-        "{body}{CHECK_FIELD}{:016x}\"}}\n",
-        check_of(number, body.as_bytes())
-    )
+    let mut line = object.as_bytes().to_vec();
+    add_check(number, &mut line);
+    String::from_utf8(line).expect("JSON is UTF-8")
+}
+
+/// Turns `line`, a serialized JSON object, into line `number`: its check added before the
+/// closing brace, and the newline.
+pub fn add_check(number: u64, line: &mut Vec<u8>) {
+    assert_eq!(line.pop(), Some(b'}'), "a JSON object");
+    let check = check_of(number, line);
+    line.extend_from_slice(CHECK_FIELD.as_bytes());
+    line.extend_from_slice(format!("{check:016x}\"}}\n").as_bytes());
 }
 
 /// Whether line `number` (its newline removed) carries its own check.
