@@ -337,3 +337,89 @@ fn a_file_cut_short_or_edited_and_a_used_namespace_are_refused_with_nothing_writ
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("not named as"), "{run:?}");
 }
+
+/// How many events of type `kind` the streams of `namespace` (one partition) hold.
+fn count_in(blog: &Blog, namespace: &str, kind: &str) -> usize {
+    let keys = Keys::new(namespace).unwrap();
+    let producer = crate::support::service_named(crate::support::producer_of(kind));
+    blog.entries(&keys.events(producer, blogctl::keyspace::Partition(0)))
+        .iter()
+        .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "type" && v == kind))
+        .count()
+}
+
+#[test]
+fn a_comment_exported_before_its_verdict_or_its_update_gets_each_once_in_the_copy() {
+    let blog = Blog::new();
+    let _others = blog.serve(&["posts", "query"]);
+    let comments = blog.serve(&["comments"]);
+    let moderation = blog.serve(&["moderation"]);
+    let post = blog.ok(&["post", "create", "Hello"]);
+    assert_eq!(blog.verdict(&post, "Nice"), "approved");
+    drop(moderation);
+    blog.ok(&["comment", "create", &post, "Orange, awaiting its verdict"]);
+    assert!(wait_until(PATIENCE, || blog
+        .events_of("CommentCreated")
+        .len()
+        == 2));
+    let dir = tempfile::tempdir().unwrap();
+    let before_verdict = dir.path().join("before-verdict.ndjson");
+    blog.ok(&["export", before_verdict.to_str().unwrap()]);
+    // The verdict, without the comments service to record it.
+    drop(comments);
+    let _moderation = blog.serve(&["moderation"]);
+    assert!(wait_until(PATIENCE, || blog
+        .events_of("CommentModerated")
+        .len()
+        == 2));
+    let before_update = dir.path().join("before-update.ndjson");
+    blog.ok(&["export", before_update.to_str().unwrap()]);
+
+    for (namespace, file) in [("a", &before_verdict), ("b", &before_update)] {
+        let imported = ok_in(
+            &blog,
+            namespace,
+            &["import", file.to_str().unwrap(), "--json"],
+        );
+        let imported: serde_json::Value = serde_json::from_str(&imported).unwrap();
+        let awaiting = if namespace == "a" { 1 } else { 0 };
+        assert_eq!(imported["awaiting_moderation"], awaiting, "{imported}");
+        let mut serve = blogctl(&blog.redis.url(), namespace);
+        serve.args(["serve", "all"]);
+        let _copy = Service::start(serve);
+        assert!(
+            wait_until(PATIENCE, || {
+                let view = view_in(&blog, namespace);
+                view[0]["comments"][1]["status"] == "rejected"
+            }),
+            "{namespace}: {}",
+            view_in(&blog, namespace)
+        );
+        ok_in(
+            &blog,
+            namespace,
+            &["comment", "create", "--wait", &post, "Later"],
+        );
+        let status = run_in(&blog, namespace, &["status", "--check"]);
+        assert_eq!(status.code, 0, "{status:?}");
+        // One verdict and one update per comment: nothing given twice.
+        assert_eq!(
+            count_in(&blog, namespace, "CommentModerated"),
+            3,
+            "{namespace}"
+        );
+        assert_eq!(
+            count_in(&blog, namespace, "CommentUpdated"),
+            3,
+            "{namespace}"
+        );
+        assert!(
+            blog.entries(
+                &Keys::new(namespace)
+                    .unwrap()
+                    .dead(blogctl::keyspace::Partition(0))
+            )
+            .is_empty()
+        );
+    }
+}
