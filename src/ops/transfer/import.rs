@@ -451,6 +451,58 @@ struct PartitionWrites {
     pipeline: redis::Pipeline,
     query: Vec<ApplyCall>,
     comments: Vec<ApplyCall>,
+    /// Where the calls of each comment created in this round are, in `query` and `comments`.
+    created: HashMap<Uuid, (Option<usize>, Option<usize>)>,
+}
+
+/// The state is built with the apply functions of `rebuild`, one call per event, but for a
+/// comment created and updated in the same round: its update is folded into the call that
+/// creates it, with the same result (the view's final status replaces a pending one, the
+/// comments state's status is set either way), and half the calls, which cost Redis most.
+impl PartitionWrites {
+    fn apply_to_view(&mut self, event: &Event) {
+        let Some(call) = query::apply_call(event) else {
+            return;
+        };
+        match event {
+            Event::CommentCreated(comment) => {
+                self.created.entry(comment.id).or_default().0 = Some(self.query.len());
+            }
+            Event::CommentUpdated(comment) => {
+                if let Some(&(Some(at), _)) = self.created.get(&comment.id) {
+                    // A pending status never replaces one (HSETNX): only a final one does.
+                    if comment.status.is_final() {
+                        self.query[at] = call;
+                    }
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.query.push(call);
+    }
+
+    fn apply_to_comments(&mut self, event: &Event) {
+        let Some(call) = comments::apply_call(event) else {
+            return;
+        };
+        match event {
+            Event::CommentCreated(comment) => {
+                self.created.entry(comment.id).or_default().1 = Some(self.comments.len());
+            }
+            Event::CommentUpdated(comment) => {
+                if let Some(&(_, Some(at))) = self.created.get(&comment.id) {
+                    // `add_comment`'s last argument is the status `set_status` would set.
+                    if let Some(status) = self.comments[at].args.last_mut() {
+                        *status = comment.status.as_str().to_owned();
+                    }
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.comments.push(call);
+    }
 }
 
 impl<'a> Round<'a> {
@@ -485,15 +537,11 @@ impl<'a> Round<'a> {
             xadd.arg(name).arg(value);
         }
         xadd.ignore();
-        if event.applies_to(Service::Query)
-            && let Some(call) = query::apply_call(event.event.as_ref().expect("a valid event"))
-        {
-            writes.query.push(call);
+        if event.applies_to(Service::Query) {
+            writes.apply_to_view(event.event.as_ref().expect("a valid event"));
         }
-        if event.applies_to(Service::Comments)
-            && let Some(call) = comments::apply_call(event.event.as_ref().expect("a valid event"))
-        {
-            writes.comments.push(call);
+        if event.applies_to(Service::Comments) {
+            writes.apply_to_comments(event.event.as_ref().expect("a valid event"));
         }
         if let (Some(Event::PostCreated(post)), Service::Posts) = (&event.event, event.producer) {
             let record = plan.keys.post(partition, &post.id.to_string());
@@ -644,4 +692,43 @@ async fn refuse_a_used_namespace(connection: &mut Connection, keys: &Keys) -> Re
         .into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Comment, Status};
+
+    #[test]
+    fn an_update_in_the_same_round_is_folded_into_the_comments_creation() {
+        let comment = Comment {
+            id: Uuid::now_v7(),
+            post_id: Uuid::now_v7(),
+            content: "hi".to_owned(),
+            status: Status::Pending,
+        };
+        let decided = Comment {
+            status: Status::Rejected,
+            ..comment.clone()
+        };
+        let mut writes = PartitionWrites::default();
+        for event in [
+            Event::CommentCreated(comment.clone()),
+            Event::CommentUpdated(decided.clone()),
+        ] {
+            writes.apply_to_view(&event);
+            writes.apply_to_comments(&event);
+        }
+        let updated = Event::CommentUpdated(decided.clone());
+        assert_eq!(writes.query, [query::apply_call(&updated).unwrap()]);
+        assert_eq!(writes.comments.len(), 1);
+        assert_eq!(writes.comments[0].function, "add_comment");
+        assert_eq!(writes.comments[0].args[3], "rejected");
+        // An update whose creation came in an earlier round is a call of its own.
+        let mut later = PartitionWrites::default();
+        later.apply_to_view(&updated);
+        later.apply_to_comments(&updated);
+        assert_eq!(later.comments, [comments::apply_call(&updated).unwrap()]);
+        assert_eq!(later.query.len(), 1);
+    }
 }
