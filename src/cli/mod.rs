@@ -126,6 +126,18 @@ pub enum Command {
     /// Archive, then remove, the events every group has acknowledged.
     #[command(after_help = r#"Example: blogctl trim --archive archive/ --yes"#)]
     Trim(ops::trim::TrimArgs),
+    /// Write every event of the blog (and, with --archive, those `trim` archived) to a portable
+    /// NDJSON file, oldest first, from a consistent cut taken while the services run.
+    #[command(
+        after_help = r#"Example: blogctl export backup.ndjson --archive archive/   (see the README, "Backups")"#
+    )]
+    Export(ops::transfer::export::ExportArgs),
+    /// Fill an empty namespace from a file `blogctl export` wrote: its events in their posts'
+    /// partitions (any --partitions), and the state they make.
+    #[command(
+        after_help = r#"Example: blogctl --namespace blog2 --partitions 8 import backup.ndjson"#
+    )]
+    Import(ops::transfer::import::ImportArgs),
     /// Print a Redis ACL file: a user per service, one for clients, one for operators, and
     /// the `default` user off.
     #[command(
@@ -184,6 +196,8 @@ pub async fn run(
         Command::Events(command) => ops::events::run(&context, command, shutdown).await,
         Command::Dead(command) => ops::dead::run(&context, command).await,
         Command::Trim(args) => ops::trim::run(&context, args).await,
+        Command::Export(args) => ops::transfer::export::run(&context, args).await,
+        Command::Import(args) => ops::transfer::import::run(&context, args).await,
         Command::Acl(args) => ops::acl::run(&context.keys, args),
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),

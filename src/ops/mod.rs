@@ -10,6 +10,7 @@ pub mod archive;
 pub mod dead;
 pub mod events;
 pub mod status;
+pub mod transfer;
 pub mod trim;
 
 use redis::RedisResult;

@@ -16,4 +16,5 @@ mod promises;
 mod rebuild;
 mod story;
 mod support;
+mod transfer;
 mod users;

@@ -1,0 +1,734 @@
+//! `blogctl import FILE`: fills an empty namespace from an export, on a single Redis or a
+//! Cluster, with its own partition count.
+//!
+//! The whole file is checked first (every line's check, the trailer's counts and hash), and
+//! nothing is written to a namespace that holds anything. Then each event goes to the stream
+//! of the service that wrote it, in the partition of its post under the new count (an event
+//! that names no post, being malformed, keeps its partition modulo the new count), in the
+//! order of the file. An event keeps its id unless its new stream already has a later one (two
+//! partitions merged into one): it then takes the next free id.
+//!
+//! The state is built in the same pass, with the functions `blogctl rebuild` uses: the query
+//! view and the comments service's state (generation 0 of each partition), and the posts
+//! service's records (`<ns>:posts:{..}:post:<id>`): only its request step writes them and no
+//! rebuild makes them, so the import writes them with the same key function, and the copy holds
+//! what the original holds. The consumer groups are then
+//! created where the services' work stands in the file: after the last event each has already
+//! acted on, so that no verdict is given twice, and before the first comment the export caught
+//! before its verdict (or verdict before its `CommentUpdated`), which the services finish
+//! once they run. The answers remembered for request ids are not carried over.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use color_eyre::Result;
+use color_eyre::eyre::{WrapErr, eyre};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::refuse_line;
+use super::{EventIn, FORMAT, Header, LineKind, VERSION, checks_out, hex, parse_trailer};
+use crate::bus::{Delivery, StreamId};
+use crate::connection::Connection;
+use crate::context::Context;
+use crate::error::Failure;
+use crate::events::{Event, EventKind};
+use crate::keyspace::{Keys, Partition, Partitions, Service};
+use crate::output::{print_line, progress_bar};
+use crate::services::generations::ApplyCall;
+use crate::services::{comments, query};
+
+/// Events per round: parsed on a thread of its own while Redis writes the round before.
+const ROUND: usize = 4000;
+/// Apply calls per script (as `rebuild` sends them): a few milliseconds inside Redis.
+const WRITE_BATCH: usize = 250;
+
+/// Arguments of `blogctl import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// A file `blogctl export` wrote.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// What an import did, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub namespace: String,
+    pub partitions: u32,
+    pub events: u64,
+    /// Comments the export caught before their verdict: moderation gives it once it runs.
+    pub awaiting_moderation: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+}
+
+pub async fn run(context: &Context, args: &ImportArgs) -> Result<()> {
+    let started = Instant::now();
+    let verified = verify(&args.file)?;
+    let mut connection = context.connect().await?;
+    let partitions = context.partitions(&mut connection).await?;
+    refuse_a_used_namespace(&mut connection, &context.keys).await?;
+    crate::partitions::fix(&mut connection, &context.keys, Some(partitions), &[]).await?;
+    query::REBUILDER.load(&mut connection).await?;
+    comments::REBUILDER.load(&mut connection).await?;
+    let total = verified.events;
+    let awaiting_moderation = verified.awaiting_moderation;
+    let plan = Plan {
+        file: args.file.clone(),
+        keys: context.keys.clone(),
+        partitions,
+        verified,
+    };
+    let positions = write_events(&mut connection, plan, total).await?;
+    create_groups(&mut connection, &context.keys, partitions, &positions).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = Summary {
+        namespace: context.keys.namespace().to_owned(),
+        partitions: partitions.count(),
+        events: total,
+        awaiting_moderation,
+        seconds,
+        events_per_second: total as f64 / seconds.max(1e-9),
+    };
+    let line = if context.json {
+        serde_json::to_string(&summary)?
+    } else {
+        format!(
+            "imported {} events into namespace {} ({} partitions) in {:.2}s, {:.0} events/s; \
+             `blogctl serve` takes it from there",
+            summary.events,
+            summary.namespace,
+            summary.partitions,
+            summary.seconds,
+            summary.events_per_second
+        )
+    };
+    Ok(print_line(&line)?)
+}
+
+/// What the check of the whole file found, for the import to use.
+#[derive(Debug, Default)]
+struct Verified {
+    header: Option<Header>,
+    events: u64,
+    /// Comments with a `CommentModerated`, and with a `CommentUpdated`, in the file.
+    moderated: HashSet<Uuid>,
+    updated: HashSet<Uuid>,
+    awaiting_moderation: u64,
+}
+
+/// Reads the whole file and refuses it (exit code 2, naming the line) unless every line checks
+/// out, the header is of this format and version, every event names a stream and partition of
+/// the blog, and the trailer's counts and hash match what comes before it.
+fn verify(path: &Path) -> Result<Verified> {
+    let name = path.display().to_string();
+    let file = File::open(path).wrap_err_with(|| format!("opening {name}"))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut verified = Verified::default();
+    let mut created = HashSet::new();
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut bytes = Vec::new();
+    let mut number = 0;
+    loop {
+        bytes.clear();
+        let read = reader
+            .read_until(b'\n', &mut bytes)
+            .wrap_err_with(|| format!("reading {name}"))?;
+        if read == 0 {
+            let why = "the file ends without its trailer: it was cut short";
+            return Err(refuse_line(&name, number.max(1), why).into());
+        }
+        number += 1;
+        let line =
+            std::str::from_utf8(&bytes).map_err(|_| refuse_line(&name, number, "not UTF-8"))?;
+        let Some(line) = line.strip_suffix('\n') else {
+            return Err(refuse_line(&name, number, "cut short (no newline at its end)").into());
+        };
+        if number == 1 && LineKind::of(line) != LineKind::Header {
+            let why = "not the header of a `blogctl export` file";
+            return Err(refuse_line(&name, number, why).into());
+        }
+        if !checks_out(number, line) {
+            let why = "its check does not match: the line was edited, or lines were added, \
+                       removed or moved before it";
+            return Err(refuse_line(&name, number, why).into());
+        }
+        match (LineKind::of(line), number) {
+            (LineKind::Header, 1) => verified.header = Some(parse_header(&name, line)?),
+            (LineKind::Event, 2..) => {
+                let header = verified.header.as_ref().expect("line 1 is the header");
+                let event = parse_event(&name, number, line, header.partitions)?;
+                note(&mut verified, &mut created, event);
+            }
+            (LineKind::Trailer, 2..) => {
+                check_trailer(&name, number, line, &verified, hash.finish())?;
+                refuse_lines_after(&name, number, &mut reader)?;
+                break;
+            }
+            _ => {
+                let why = if number == 1 {
+                    "not the header of a `blogctl export` file"
+                } else {
+                    "not an event or the trailer"
+                };
+                return Err(refuse_line(&name, number, why).into());
+            }
+        }
+        hash.update(&bytes);
+    }
+    verified.awaiting_moderation = created.difference(&verified.moderated).count() as u64;
+    Ok(verified)
+}
+
+fn parse_header(name: &str, line: &str) -> Result<Header> {
+    let header: Header = serde_json::from_str(line)
+        .map_err(|error| refuse_line(name, 1, format!("not a header: {error}")))?;
+    if header.format != FORMAT || header.version != VERSION {
+        return Err(refuse_line(
+            name,
+            1,
+            format!(
+                "format {:?} version {}: this blogctl reads {FORMAT} version {VERSION}",
+                header.format, header.version
+            ),
+        )
+        .into());
+    }
+    if Partitions::new(header.partitions).is_none() {
+        let why = format!("{} partitions is not a partition count", header.partitions);
+        return Err(refuse_line(name, 1, why).into());
+    }
+    Ok(header)
+}
+
+/// An event line, checked: a stream of the blog, a partition of the export, an entry id.
+fn parse_event(name: &str, number: u64, line: &str, partitions: u32) -> Result<Routed> {
+    let event: EventIn = serde_json::from_str(line)
+        .map_err(|error| refuse_line(name, number, format!("not an event: {error}")))?;
+    let Some(producer) = Service::PRODUCERS
+        .into_iter()
+        .find(|producer| producer.name() == event.stream)
+    else {
+        let why = format!("{:?} is not a stream of the blog", event.stream);
+        return Err(refuse_line(name, number, why).into());
+    };
+    if event.partition >= partitions {
+        let why = format!(
+            "partition {} is not one of the export's {partitions}",
+            event.partition
+        );
+        return Err(refuse_line(name, number, why).into());
+    }
+    let Some(id) = StreamId::parse(&event.id, false) else {
+        let why = format!("{:?} is not a stream entry id", event.id);
+        return Err(refuse_line(name, number, why).into());
+    };
+    Ok(Routed::new(producer, Partition(event.partition), id, event))
+}
+
+/// Notes what the services did with a comment: created, moderated, updated.
+fn note(verified: &mut Verified, created: &mut HashSet<Uuid>, event: Routed) {
+    verified.events += 1;
+    match (&event.event, event.producer) {
+        (Some(Event::CommentCreated(comment)), Service::Comments) => {
+            created.insert(comment.id);
+        }
+        (Some(Event::CommentModerated(comment)), Service::Moderation) => {
+            verified.moderated.insert(comment.id);
+        }
+        (Some(Event::CommentUpdated(comment)), Service::Comments) => {
+            verified.updated.insert(comment.id);
+        }
+        _ => {}
+    }
+}
+
+fn check_trailer(
+    name: &str,
+    number: u64,
+    line: &str,
+    verified: &Verified,
+    hash: ring::digest::Digest,
+) -> Result<()> {
+    let trailer = parse_trailer(line).ok_or_else(|| refuse_line(name, number, "not a trailer"))?;
+    if trailer.events != verified.events {
+        let why = format!(
+            "the trailer counts {} events and the file holds {}: lines were removed or added",
+            trailer.events, verified.events
+        );
+        return Err(refuse_line(name, number, why).into());
+    }
+    if trailer.sha256 != hex(hash.as_ref()) {
+        let why = "the SHA-256 of the lines before the trailer does not match it: the file \
+                   was edited";
+        return Err(refuse_line(name, number, why).into());
+    }
+    Ok(())
+}
+
+fn refuse_lines_after(name: &str, number: u64, reader: &mut impl BufRead) -> Result<()> {
+    let mut rest = String::new();
+    reader.read_line(&mut rest)?;
+    if !rest.trim().is_empty() {
+        let why = "more follows the trailer: two files joined, or lines added";
+        return Err(refuse_line(name, number + 1, why).into());
+    }
+    Ok(())
+}
+
+/// One event of the file, its envelope parsed where it has a valid one.
+struct Routed {
+    producer: Service,
+    partition: Partition,
+    id: StreamId,
+    delivery: Delivery,
+    event: Option<Event>,
+}
+
+impl Routed {
+    fn new(producer: Service, partition: Partition, id: StreamId, line: EventIn) -> Routed {
+        let fields = line
+            .fields
+            .0
+            .into_iter()
+            .map(|(name, value)| (name.into_bytes(), value.into_bytes()))
+            .collect();
+        let delivery = Delivery {
+            stream: String::new(),
+            id: line.id,
+            fields,
+            deliveries: 1,
+        };
+        let event = match delivery.event() {
+            Ok(Some(envelope)) => Some(envelope.event),
+            _ => None,
+        };
+        Routed {
+            producer,
+            partition,
+            id,
+            delivery,
+            event,
+        }
+    }
+
+    /// The post the event is about, if it names one.
+    fn post(&self) -> Option<Uuid> {
+        match self.event.as_ref()? {
+            Event::PostCreated(post) => Some(post.id),
+            Event::CommentCreated(comment)
+            | Event::CommentModerated(comment)
+            | Event::CommentUpdated(comment) => Some(comment.post_id),
+        }
+    }
+
+    /// Whether `service`'s state changes with it, as `blogctl rebuild` applies the log: a
+    /// valid event of a kind it uses, on the stream of the kind's producer, for every group or
+    /// for `service`'s.
+    fn applies_to(&self, service: Service) -> bool {
+        let used = |kind: EventKind| {
+            matches!(
+                kind,
+                EventKind::PostCreated | EventKind::CommentCreated | EventKind::CommentUpdated
+            ) && kind.producer() == self.producer
+        };
+        self.kind().is_some_and(used) && self.delivery.is_for(service.name())
+    }
+
+    fn kind(&self) -> Option<EventKind> {
+        Some(match self.event.as_ref()? {
+            Event::PostCreated(_) => EventKind::PostCreated,
+            Event::CommentCreated(_) => EventKind::CommentCreated,
+            Event::CommentModerated(_) => EventKind::CommentModerated,
+            Event::CommentUpdated(_) => EventKind::CommentUpdated,
+        })
+    }
+}
+
+/// Everything the writing thread needs.
+struct Plan {
+    file: PathBuf,
+    keys: Keys,
+    partitions: Partitions,
+    verified: Verified,
+}
+
+/// Where the groups of one partition start, as the import found the services' work.
+#[derive(Debug, Default, Clone)]
+struct Positions {
+    /// The last id written to each events stream of the partition.
+    last: HashMap<Service, StreamId>,
+    /// Moderation's group on the comments: just before the first comment without a verdict.
+    moderation_from: Option<StreamId>,
+    /// The comments service's group on the verdicts: before the first not yet recorded.
+    comments_from: Option<StreamId>,
+}
+
+/// What the writing thread sends: a round of pipelines (one per partition it touches), or
+/// where the groups start once every event is written.
+enum Message {
+    Round(Vec<redis::Pipeline>, u64),
+    Done(Vec<Positions>),
+}
+
+/// Writes every event and the state it makes: a thread reads and turns the file into rounds of
+/// pipelines while this task sends the round before; returns where each partition's groups
+/// start.
+async fn write_events(
+    connection: &mut Connection,
+    plan: Plan,
+    total: u64,
+) -> Result<Vec<Positions>> {
+    let progress = progress_bar(total, "import");
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<Message>>(2);
+    let reader = std::thread::spawn(move || {
+        let result = read_rounds(&plan, &sender);
+        if let Err(error) = result {
+            let _ = sender.blocking_send(Err(error));
+        }
+    });
+    let mut positions = None;
+    while let Some(message) = receiver.recv().await {
+        match message? {
+            Message::Round(pipelines, events) => {
+                for pipeline in pipelines {
+                    pipeline
+                        .query_async::<()>(connection)
+                        .await
+                        .wrap_err("writing the events")?;
+                }
+                progress.inc(events);
+            }
+            Message::Done(found) => positions = Some(found),
+        }
+    }
+    progress.finish_and_clear();
+    let _ = reader.join();
+    positions.ok_or_else(|| eyre!("the import's reader stopped before the end of the file"))
+}
+
+/// The writing thread: reads the events again (the file was checked) and sends them as rounds.
+fn read_rounds(plan: &Plan, sender: &tokio::sync::mpsc::Sender<Result<Message>>) -> Result<()> {
+    let file = File::open(&plan.file)?;
+    let reader = BufReader::with_capacity(1 << 20, file);
+    let mut positions = vec![Positions::default(); plan.partitions.count() as usize];
+    let mut round = Round::new(plan);
+    for (index, line) in reader.lines().enumerate() {
+        let line = line?;
+        if LineKind::of(&line) != LineKind::Event {
+            continue;
+        }
+        let number = index as u64 + 1;
+        let header = plan.verified.header.as_ref().expect("a checked header");
+        let event = parse_event("the file", number, &line, header.partitions)?;
+        round.add(event, &mut positions);
+        if round.events >= ROUND {
+            let full = std::mem::replace(&mut round, Round::new(plan));
+            if sender.blocking_send(Ok(full.finish())).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    let _ = sender.blocking_send(Ok(round.finish()));
+    let _ = sender.blocking_send(Ok(Message::Done(positions)));
+    Ok(())
+}
+
+/// The writes of one round, per partition.
+struct Round<'a> {
+    plan: &'a Plan,
+    events: usize,
+    partitions: HashMap<Partition, PartitionWrites>,
+}
+
+#[derive(Default)]
+struct PartitionWrites {
+    pipeline: redis::Pipeline,
+    query: Vec<ApplyCall>,
+    comments: Vec<ApplyCall>,
+    /// Where the calls of each comment created in this round are, in `query` and `comments`.
+    created: HashMap<Uuid, (Option<usize>, Option<usize>)>,
+}
+
+/// The state is built with the apply functions of `rebuild`, one call per event, but for a
+/// comment created and updated in the same round: its update is folded into the call that
+/// creates it, with the same result (the view's final status replaces a pending one, the
+/// comments state's status is set either way), and half the calls, which cost Redis most.
+impl PartitionWrites {
+    fn apply_to_view(&mut self, event: &Event) {
+        let Some(call) = query::apply_call(event) else {
+            return;
+        };
+        match event {
+            Event::CommentCreated(comment) => {
+                self.created.entry(comment.id).or_default().0 = Some(self.query.len());
+            }
+            Event::CommentUpdated(comment) => {
+                if let Some(&(Some(at), _)) = self.created.get(&comment.id) {
+                    // A pending status never replaces one (HSETNX): only a final one does.
+                    if comment.status.is_final() {
+                        self.query[at] = call;
+                    }
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.query.push(call);
+    }
+
+    fn apply_to_comments(&mut self, event: &Event) {
+        let Some(call) = comments::apply_call(event) else {
+            return;
+        };
+        match event {
+            Event::CommentCreated(comment) => {
+                self.created.entry(comment.id).or_default().1 = Some(self.comments.len());
+            }
+            Event::CommentUpdated(comment) => {
+                if let Some(&(_, Some(at))) = self.created.get(&comment.id) {
+                    // `add_comment`'s last argument is the status `set_status` would set.
+                    if let Some(status) = self.comments[at].args.last_mut() {
+                        *status = comment.status.as_str().to_owned();
+                    }
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.comments.push(call);
+    }
+}
+
+impl<'a> Round<'a> {
+    fn new(plan: &'a Plan) -> Round<'a> {
+        Round {
+            plan,
+            events: 0,
+            partitions: HashMap::new(),
+        }
+    }
+
+    /// Adds one event: its `XADD` in its new partition, the state it changes there, and where
+    /// the groups of that partition start.
+    fn add(&mut self, event: Routed, positions: &mut [Positions]) {
+        let plan = self.plan;
+        let partition = match event.post() {
+            Some(post) => plan.partitions.of_post(&post),
+            None => Partition(event.partition.0 % plan.partitions.count()),
+        };
+        let at = &mut positions[partition.0 as usize];
+        let before = at.last.get(&event.producer).copied();
+        let id = match before {
+            Some(last) if event.id <= last => last.next(),
+            _ => event.id.max(StreamId { ms: 0, seq: 1 }),
+        };
+        at.last.insert(event.producer, id);
+        note_position(&plan.verified, &event, before, at);
+        let writes = self.partitions.entry(partition).or_default();
+        let stream = plan.keys.events(event.producer, partition);
+        let xadd = writes.pipeline.cmd("XADD").arg(&stream).arg(id.to_string());
+        for (name, value) in &event.delivery.fields {
+            xadd.arg(name).arg(value);
+        }
+        xadd.ignore();
+        if event.applies_to(Service::Query) {
+            writes.apply_to_view(event.event.as_ref().expect("a valid event"));
+        }
+        if event.applies_to(Service::Comments) {
+            writes.apply_to_comments(event.event.as_ref().expect("a valid event"));
+        }
+        if let (Some(Event::PostCreated(post)), Service::Posts) = (&event.event, event.producer) {
+            let record = plan.keys.post(partition, &post.id.to_string());
+            writes
+                .pipeline
+                .hset_multiple(
+                    record,
+                    &[("id", post.id.to_string()), ("title", post.title.clone())],
+                )
+                .ignore();
+        }
+        self.events += 1;
+    }
+
+    /// The round as pipelines: each partition's events, then the state they make.
+    fn finish(self) -> Message {
+        let keys = &self.plan.keys;
+        let pipelines = self
+            .partitions
+            .into_iter()
+            .map(|(partition, mut writes)| {
+                for (service, calls, rebuilder) in [
+                    (Service::Query, &writes.query, &*query::REBUILDER),
+                    (Service::Comments, &writes.comments, &*comments::REBUILDER),
+                ] {
+                    let generation = keys.generation(service, partition, 0);
+                    for batch in calls.chunks(WRITE_BATCH) {
+                        writes
+                            .pipeline
+                            .add_command(rebuilder.batch(&generation, batch))
+                            .ignore();
+                    }
+                }
+                writes.pipeline
+            })
+            .collect();
+        Message::Round(pipelines, self.events as u64)
+    }
+}
+
+/// Moves a partition's group starts for one event (`before`: the last id its new stream had):
+/// moderation starts before the first comment without a verdict in the file, the comments
+/// service before the first verdict whose `CommentUpdated` is not in it.
+fn note_position(
+    verified: &Verified,
+    event: &Routed,
+    before: Option<StreamId>,
+    at: &mut Positions,
+) {
+    let start = before.unwrap_or_default();
+    match (&event.event, event.producer) {
+        (Some(Event::CommentCreated(comment)), Service::Comments)
+            if at.moderation_from.is_none()
+                && event.delivery.is_for(Service::Moderation.name())
+                && !verified.moderated.contains(&comment.id) =>
+        {
+            at.moderation_from = Some(start);
+        }
+        (Some(Event::CommentModerated(comment)), Service::Moderation)
+            if at.comments_from.is_none()
+                && event.delivery.is_for(Service::Comments.name())
+                && !verified.updated.contains(&comment.id) =>
+        {
+            at.comments_from = Some(start);
+        }
+        _ => {}
+    }
+}
+
+/// Creates every group the services read with, where the import found their work: after the
+/// last event for the groups whose state the import built, at [`Positions`] for moderation's
+/// and the comments service's verdicts, and at the start of the (empty) inboxes.
+async fn create_groups(
+    connection: &mut Connection,
+    keys: &Keys,
+    partitions: Partitions,
+    positions: &[Positions],
+) -> Result<()> {
+    for expected in crate::ops::expected_groups(keys, partitions) {
+        let at = &positions[expected.partition.0 as usize];
+        let comments = keys.events(Service::Comments, expected.partition);
+        let moderation = keys.events(Service::Moderation, expected.partition);
+        let from = match expected.group.as_str() {
+            "moderation" if expected.stream == comments => at.moderation_from,
+            "comments" if expected.stream == moderation => at.comments_from,
+            _ => None,
+        };
+        let position = match from {
+            Some(id) => id.to_string(),
+            // The last entry: for an inbox, none yet.
+            None => "$".to_owned(),
+        };
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&expected.stream)
+            .arg(&expected.group)
+            .arg(&position)
+            .arg("MKSTREAM")
+            .query_async(connection)
+            .await
+            .wrap_err_with(|| {
+                format!("creating group {} on {}", expected.group, expected.stream)
+            })?;
+    }
+    Ok(())
+}
+
+/// Refuses (exit code 2) a namespace that holds anything of a blog: its partition count, or
+/// any stream of any partition it could have.
+async fn refuse_a_used_namespace(connection: &mut Connection, keys: &Keys) -> Result<()> {
+    let count = Partitions::new(Partitions::MAX).expect("the most partitions");
+    let mut names = vec![vec![keys.partitions()]];
+    for partition in count.all() {
+        let mut streams: Vec<String> = Service::PRODUCERS
+            .iter()
+            .map(|&producer| keys.events(producer, partition))
+            .collect();
+        streams.push(keys.inbox(Service::Posts, partition));
+        streams.push(keys.inbox(Service::Comments, partition));
+        streams.push(keys.dead(partition));
+        streams.push(keys.shared_events(partition));
+        names.push(streams);
+    }
+    for keys_of_one_slot in names {
+        let found: u64 = redis::cmd("EXISTS")
+            .arg(&keys_of_one_slot)
+            .query_async(connection)
+            .await?;
+        if found == 0 {
+            continue;
+        }
+        let mut first = keys_of_one_slot[0].clone();
+        for key in &keys_of_one_slot {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(key)
+                .query_async(connection)
+                .await?;
+            if exists {
+                first = key.clone();
+                break;
+            }
+        }
+        return Err(Failure::invalid(format!(
+            "namespace {:?} holds a blog already ({first} exists): import fills only an empty \
+             namespace, so choose another --namespace; nothing was imported",
+            keys.namespace()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Comment, Status};
+
+    #[test]
+    fn an_update_in_the_same_round_is_folded_into_the_comments_creation() {
+        let comment = Comment {
+            id: Uuid::now_v7(),
+            post_id: Uuid::now_v7(),
+            content: "hi".to_owned(),
+            status: Status::Pending,
+        };
+        let decided = Comment {
+            status: Status::Rejected,
+            ..comment.clone()
+        };
+        let mut writes = PartitionWrites::default();
+        for event in [
+            Event::CommentCreated(comment.clone()),
+            Event::CommentUpdated(decided.clone()),
+        ] {
+            writes.apply_to_view(&event);
+            writes.apply_to_comments(&event);
+        }
+        let updated = Event::CommentUpdated(decided.clone());
+        assert_eq!(writes.query, [query::apply_call(&updated).unwrap()]);
+        assert_eq!(writes.comments.len(), 1);
+        assert_eq!(writes.comments[0].function, "add_comment");
+        assert_eq!(writes.comments[0].args[3], "rejected");
+        // An update whose creation came in an earlier round is a call of its own.
+        let mut later = PartitionWrites::default();
+        later.apply_to_view(&updated);
+        later.apply_to_comments(&updated);
+        assert_eq!(later.comments, [comments::apply_call(&updated).unwrap()]);
+        assert_eq!(later.query.len(), 1);
+    }
+}
