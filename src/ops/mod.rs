@@ -1,8 +1,11 @@
-//! Operator commands: `status`, `events`, `dead`, `trim`, `acl`.
+//! Operator commands: `status`, `events`, `dead`, `trim`, `acl`, and `export`/`import`
+//! (`transfer`).
 //!
 //! They look at the streams and consumer groups from the outside, as an operator would with
 //! `redis-cli`, and never write a service's keys: `dead retry` puts an entry back on its stream,
 //! `dead drop` deletes dead letters and `trim` removes only what every group has acknowledged.
+//! The exception is `import`, which fills an empty namespace: its streams, its groups' positions
+//! and the state the services would have built from them.
 //! This module holds what they share: reading entries, stream ids, the services' groups, tables.
 
 pub mod acl;

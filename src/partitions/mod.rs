@@ -92,8 +92,9 @@ fn agree(
         Some(asked) if asked != stored => Err(Failure::invalid(format!(
             "namespace {:?} has {stored} partition{}, fixed when it was first served; \
              --partitions {asked} asks for another: a namespace's partition count never \
-             changes, so copy the blog into a new namespace to change it (see the README, \
-             \"Partitions\")",
+             changes: copy the blog into a new namespace with `blogctl export` and \
+             `blogctl --namespace <new> --partitions {asked} import` (see the README, \
+             \"Moving a blog to a Redis Cluster\")",
             keys.namespace(),
             if stored.count() == 1 { "" } else { "s" },
         ))
