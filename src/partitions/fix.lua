@@ -9,7 +9,8 @@ if stored then
 end
 if ARGV[1] ~= '1' then
   for i = 2, #KEYS do
-    if redis.call('EXISTS', KEYS[i]) == 1 then
+    -- (TYPE, not EXISTS: a service's Redis user may run it on the streams it follows.)
+    if redis.call('TYPE', KEYS[i])['ok'] ~= 'none' then
       return 'used:' .. KEYS[i]
     end
   end

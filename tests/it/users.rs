@@ -13,7 +13,24 @@ fn the_story_runs_with_a_redis_user_per_process() {
 /// The same on a 3-master Redis Cluster, each node with the ACL file.
 #[test]
 fn the_story_runs_with_a_redis_user_per_process_on_a_cluster() {
-    story_as_users(Blog::with_users_on(&[], crate::cluster::blog_on_cluster));
+    story_as_users(Blog::with_users_on(&[], crate::cluster::blog_on_cluster).with_partitions(8));
+}
+
+/// With 8 partitions, the first serve of each service stores the count as its own user, after
+/// looking at the streams it may read for events of an earlier version.
+#[test]
+fn the_story_runs_with_a_redis_user_per_process_and_eight_partitions() {
+    let blog = Blog::with_users().with_partitions(8);
+    // Comments first: it follows the posts' and moderation's streams, and looks at them too.
+    let _first = blog.serve(&["comments"]);
+    assert!(wait_until(PATIENCE, || {
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(blog.keys().partitions())
+            .query(&mut blog.redis.connection())
+            .unwrap();
+        stored.as_deref() == Some("8")
+    }));
+    story_as_users(blog);
 }
 
 fn story_as_users(blog: Blog) {
