@@ -242,46 +242,79 @@ impl RedisCluster {
     }
 
     /// Moves `slot` to the master at `to`, keys and all, as `redis-cli --cluster reshard` does:
-    /// the target imports it and the source migrates it, `MIGRATE` moves its keys
-    /// [`MIGRATE_BATCH`] at a time (calling `between` after each batch, so that clients and
-    /// services work while the slot is half moved), then every master is told its new owner.
-    /// A key on both sides (`BUSYKEY`: something wrote the target while the source held the
-    /// key) fails the test. Returns how many keys moved.
-    pub fn move_slot(&self, slot: i64, to: usize, mut between: impl FnMut()) -> usize {
+    /// [`RedisCluster::begin_move`], [`RedisCluster::migrate_slot_keys`] (calling `between`
+    /// after each batch, so that clients and services work while the slot is half moved), then
+    /// [`RedisCluster::end_move`]. Returns how many keys moved.
+    pub fn move_slot(&self, slot: i64, to: usize, between: impl FnMut()) -> usize {
+        let from = self.begin_move(slot, to);
+        let moved = self.migrate_slot_keys(slot, from, to, between);
+        self.end_move(slot, from, to);
+        moved
+    }
+
+    /// Opens the move of `slot` to the master at `to`: the target imports it, then the source
+    /// migrates it. From then on the slot is half moved: each key is served where it is, and a
+    /// command over keys not all on one side is refused. Returns the source's index.
+    pub fn begin_move(&self, slot: i64, to: usize) -> usize {
         let from = self.master_of(slot);
         assert_ne!(from, to, "slot {slot} is served by the target already");
         let (source_id, target_id) = (self.id_of(from), self.id_of(to));
         self.set_slot(to, slot, &["IMPORTING", &source_id]);
         self.set_slot(from, slot, &["MIGRATING", &target_id]);
-        let mut source = self.nodes[from].connection();
+        from
+    }
+
+    /// `MIGRATE`s `keys` from the master at `from` to the one at `to` (the slot half moved). A
+    /// key on both sides (`BUSYKEY`: something wrote the target while the source held the key)
+    /// fails the test.
+    pub fn migrate(&self, from: usize, to: usize, keys: &[String]) {
+        let migrated: redis::RedisResult<String> = redis::cmd("MIGRATE")
+            .arg(&[
+                "127.0.0.1",
+                &self.nodes[to].port.to_string(),
+                "",
+                "0",
+                "5000",
+            ])
+            .arg("KEYS")
+            .arg(keys)
+            .query(&mut self.nodes[from].connection());
+        if let Err(error) = migrated {
+            panic!("MIGRATE of {keys:?} to node {to} failed: {error}");
+        }
+    }
+
+    /// Migrates every key of `slot` still on the master at `from` to the one at `to`,
+    /// [`MIGRATE_BATCH`] at a time, calling `between` after each batch. Returns how many moved.
+    pub fn migrate_slot_keys(
+        &self,
+        slot: i64,
+        from: usize,
+        to: usize,
+        mut between: impl FnMut(),
+    ) -> usize {
         let mut moved = 0;
         loop {
             let keys: Vec<String> = redis::cmd("CLUSTER")
                 .arg("GETKEYSINSLOT")
                 .arg(slot)
                 .arg(MIGRATE_BATCH)
-                .query(&mut source)
+                .query(&mut self.nodes[from].connection())
                 .unwrap();
             if keys.is_empty() {
-                break;
+                return moved;
             }
-            let migrated: redis::RedisResult<String> = redis::cmd("MIGRATE")
-                .arg(&[
-                    "127.0.0.1",
-                    &self.nodes[to].port.to_string(),
-                    "",
-                    "0",
-                    "5000",
-                ])
-                .arg("KEYS")
-                .arg(&keys)
-                .query(&mut source);
-            if let Err(error) = migrated {
-                panic!("MIGRATE of {keys:?} to node {to} failed: {error}");
-            }
+            self.migrate(from, to, &keys);
             moved += keys.len();
             between();
         }
+    }
+
+    /// Closes the move of `slot` from the master at `from` (which must hold none of its keys
+    /// any more) to the one at `to`: every master is told its new owner, and this returns once
+    /// every node names it.
+    pub fn end_move(&self, slot: i64, from: usize, to: usize) {
+        let target_id = self.id_of(to);
         // The new owner first, then the old one, then the other masters, as redis-cli does.
         let others = (0..self.nodes.len()).filter(|&index| index != to && index != from);
         for index in [to, from].into_iter().chain(others) {
@@ -298,7 +331,6 @@ impl RedisCluster {
             known,
             "not every node learnt that node {to} serves slot {slot}"
         );
-        moved
     }
 
     /// `CLUSTER SETSLOT <slot> <state...>` on the node at `index`.

@@ -1,7 +1,8 @@
 //! A blog of 8 partitions on a Redis Cluster under a client load: slots holding partitions
 //! moved from master to master, keys and all (nothing lost, nothing doubled), and a master
 //! killed so that its replica takes over (what replication had not carried yet is lost, whole:
-//! a step's state change, event and acknowledgement together; nothing doubled).
+//! a step's state change, event and acknowledgement together; nothing doubled); and steps that
+//! meet their generation's keys half moved, failing whole before their claim.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -64,6 +65,11 @@ impl Load {
                 (partition, client(url, &args))
             })
             .collect();
+        Load::on(url, posts)
+    }
+
+    /// A load on `posts` (none: for [`Load::create`] alone).
+    fn on(url: &str, posts: Vec<(Partition, String)>) -> Load {
         Load {
             url: url.to_owned(),
             posts,
@@ -958,5 +964,307 @@ fn assert_exit_4_only_while_unserved(
             }
             _ => panic!("{run:?}"),
         }
+    }
+}
+
+/// The partition the half-move test moves (not 0, whose slot holds the partition count every
+/// command reads first).
+const HALF_MOVED: Partition = Partition(3);
+
+/// A `blogctl serve` of `services` alone, through `url`.
+fn serve_apart(url: &str, services: &[&str]) -> Service {
+    let mut command = with_8_partitions(url);
+    command.arg("serve").args(services);
+    Service::start(command)
+}
+
+/// On a 3-master Cluster with 8 partitions and rebuilt generations, events wait for the query
+/// service (comments on a post) and for the comments service (a new post) while they are
+/// stopped. Then one partition's slot is half moved: the keys of its two generations, and only
+/// them, are migrated to another master, while every key the steps name stays on the old one
+/// (each made to exist there: see [`name_every_step_key`]).
+/// The services start again: each step touches the generation keys it writes before it claims
+/// its entry, meets them moved, and fails whole (Redis: "non local key"); the entry stays
+/// pending and is tried again until the move ends, with nothing dead-lettered and no try
+/// counted. (Without the touch the step claimed its entry, then failed on the key in `apply()`:
+/// dead-lettered as "failed after it was acknowledged".) A client's comment meanwhile waits it
+/// out. Once the move ends, every comment is final in the view exactly once, and the new post
+/// is known to the comments service.
+#[test]
+fn a_step_meeting_its_generation_half_moved_fails_before_its_claim_and_waits_for_the_move() {
+    let started = Instant::now();
+    let cluster = RedisCluster::start(3, &[]);
+    let url = cluster.nodes[0].url();
+    let inspector = Inspector::new(&cluster);
+    let producers = serve_apart(&url, &["posts", "moderation"]);
+    let (post, first, second_post) = events_waiting(&url, &inspector);
+    let slot = cluster.slot_of_partition(HALF_MOVED);
+    let from = cluster.master_of(slot);
+    let to = (from + 1) % cluster.nodes.len();
+    name_every_step_key(&cluster, from);
+    cluster.begin_move(slot, to);
+    let generations = generation_keys(&cluster, from);
+    cluster.migrate(from, to, &generations);
+    // A try counted for each failed step would dead-letter its entry at the third delivery.
+    let services = [
+        producers,
+        serve_apart(&url, &["comments", "--max-deliveries", "2"]),
+        serve_apart(&url, &["query", "--max-deliveries", "2"]),
+    ];
+    let load = Load::on(&url, Vec::new());
+    let half = HalfMove {
+        cluster: &cluster,
+        slot,
+        from,
+        to,
+    };
+    let (during, tried, dead) = half.wait_out(&load, &post);
+    assert!(
+        dead.is_empty(),
+        "dead-lettered while the slot was half moved:\n{dead}"
+    );
+    assert!(
+        tried,
+        "the steps were not tried again\n{}",
+        troubles(&services)
+    );
+    // The comments service learnt the second post once the move ended.
+    let late = client(&url, &["comment", "create", "--wait", &second_post, "late"]);
+    let late = late.split(' ').next().unwrap().to_owned();
+    let view = inspector.settle(&url);
+    let mut expected = first;
+    expected.push(("during".to_owned(), during));
+    assert_comments_once(&view, &post, &expected);
+    assert_comments_once(&view, &second_post, &[("late".to_owned(), late)]);
+    assert_no_event_doubled(&inspector.events());
+    take_back_step_keys(&cluster, to);
+    let leftovers = inspector.leftovers();
+    assert!(
+        leftovers.is_empty(),
+        "{leftovers:#?}\n{}",
+        troubles(&services)
+    );
+    println!(
+        "half move: {} generation keys of partition {HALF_MOVED} moved ahead; client exits \
+         (code, runs): {:?}; {:.1}s",
+        generations.len(),
+        load.codes(),
+        started.elapsed().as_secs_f64()
+    );
+    stop_all(services.into());
+}
+
+/// A slot half moved by the test: [`RedisCluster::begin_move`] done, some keys migrated.
+struct HalfMove<'a> {
+    cluster: &'a RedisCluster,
+    slot: i64,
+    from: usize,
+    to: usize,
+}
+
+impl HalfMove<'_> {
+    /// While a client comments on `post` (retrying under its request id), waits until every
+    /// step waiting in [`HALF_MOVED`] was delivered 4 times, or something is dead-lettered;
+    /// reads the dead letters, then ends the move (so that a failing check does not leave the
+    /// client retrying). Returns the client's comment id, whether the steps were tried, and
+    /// `dead list --json`. Fails unless a run of the client overlapped the half move.
+    fn wait_out(&self, load: &Load, post: &str) -> (String, bool, String) {
+        let (cluster, from) = (self.cluster, self.from);
+        let (during, began, ended, tried, dead) = std::thread::scope(|scope| {
+            let commenter =
+                scope.spawn(|| load.create(HALF_MOVED, post, "during", "during-the-move"));
+            let began = Instant::now();
+            let tried = wait_until(LONG, || {
+                steps_tried(cluster, from, 4) || has_dead(cluster, from)
+            });
+            let dead = client(&load.url, &["dead", "list", "--json"]);
+            let ended = Instant::now();
+            cluster.migrate_slot_keys(self.slot, from, self.to, || {});
+            cluster.end_move(self.slot, from, self.to);
+            (commenter.join().unwrap().0, began, ended, tried, dead)
+        });
+        assert!(
+            load.runs_during(HALF_MOVED, began, ended) > 0,
+            "the client's comment did not meet the slot half moved"
+        );
+        (during, tried, dead)
+    }
+}
+
+/// Starts the comments and query services, has them apply a post of [`HALF_MOVED`] with a
+/// comment, rebuilds both (so each partition has a generation pointer), then leaves events
+/// waiting: three comments on the post for the query service, stopped, then a second post for
+/// the comments service, stopped too. Returns the post, its comments (content and id), and the
+/// second post.
+fn events_waiting(url: &str, inspector: &Inspector) -> (String, Vec<(String, String)>, String) {
+    let comments = serve_apart(url, &["comments"]);
+    let query = serve_apart(url, &["query"]);
+    let request = request_id_in(HALF_MOVED, "post");
+    let post = client(
+        url,
+        &[
+            "post",
+            "create",
+            "--wait",
+            "--request-id",
+            &request,
+            "Moved",
+        ],
+    );
+    let first = client(url, &["comment", "create", "--wait", &post, "first"]);
+    let mut created = vec![(
+        "first".to_owned(),
+        first.split(' ').next().unwrap().to_owned(),
+    )];
+    client(url, &["rebuild", "query"]);
+    client(url, &["rebuild", "comments"]);
+    stop_all(vec![query]);
+    for content in ["c 1", "c 2 orange", "c 3"] {
+        let id = client(url, &["comment", "create", &post, content]);
+        created.push((content.to_owned(), id));
+    }
+    // Moderated, and the verdicts recorded: only the query service is behind.
+    let stream = inspector.keys.events(service_named("comments"), HALF_MOVED);
+    let updated = wait_until(LONG, || {
+        let entries = inspector.entries(HALF_MOVED, &stream);
+        let updated = entries
+            .iter()
+            .filter(|fields| fields["type"] == "CommentUpdated");
+        updated.count() == created.len()
+    });
+    assert!(updated, "the comments were not all moderated");
+    stop_all(vec![comments]);
+    let request = request_id_in(HALF_MOVED, "second");
+    let second = client(
+        url,
+        &["post", "create", "--request-id", &request, "Learnt late"],
+    );
+    (post, created, second)
+}
+
+/// The tries hash of the comments and query services, given a field of the test's own.
+const PLACEHOLDER: &str = "placeholder";
+
+/// Makes every key the steps of [`HALF_MOVED`] name exist on the master at `from`: Redis runs
+/// a script on a half-moved slot's old master only if every key it names is there, and refuses
+/// it whole (`TRYAGAIN`) before it starts otherwise. A partition with some history has the
+/// dead letters (`dead drop` leaves the stream, empty) and the tries hashes (while an entry is
+/// retried); the query service's own events stream, which its steps name like every step's
+/// although it publishes nothing, is made here too. So the steps get as far as their
+/// generation's keys.
+fn name_every_step_key(cluster: &RedisCluster, from: usize) {
+    let keys = Keys::new("blog").unwrap();
+    let mut connection = cluster.nodes[from].connection();
+    let emptied = [
+        keys.dead(HALF_MOVED),
+        keys.events(service_named("query"), HALF_MOVED),
+    ];
+    for stream in emptied {
+        let id: String = redis::cmd("XADD")
+            .arg(&[&stream, "*", PLACEHOLDER, "1"])
+            .query(&mut connection)
+            .unwrap();
+        let _: () = redis::cmd("XDEL")
+            .arg(&[&stream, &id])
+            .query(&mut connection)
+            .unwrap();
+    }
+    for service in ["comments", "query"] {
+        let attempts = keys.attempts(service_named(service), HALF_MOVED);
+        let _: () = redis::cmd("HSET")
+            .arg(&[&attempts, PLACEHOLDER, "0"])
+            .query(&mut connection)
+            .unwrap();
+    }
+}
+
+/// Deletes the tries hashes' [`PLACEHOLDER`] field, on the master at `to`.
+fn take_back_step_keys(cluster: &RedisCluster, to: usize) {
+    let keys = Keys::new("blog").unwrap();
+    for service in ["comments", "query"] {
+        let attempts = keys.attempts(service_named(service), HALF_MOVED);
+        let _: () = redis::cmd("HDEL")
+            .arg(&[&attempts, PLACEHOLDER])
+            .query(&mut cluster.nodes[to].connection())
+            .unwrap();
+    }
+}
+
+/// The keys of the live generations of the comments and query services in [`HALF_MOVED`], on
+/// the master at `from`.
+fn generation_keys(cluster: &RedisCluster, from: usize) -> Vec<String> {
+    let keys = Keys::new("blog").unwrap();
+    let mut connection = cluster.nodes[from].connection();
+    let mut found = Vec::new();
+    for service in ["comments", "query"] {
+        let service = service_named(service);
+        let pointer = keys.generation_pointer(service, HALF_MOVED);
+        let live: u64 = redis::cmd("GET")
+            .arg(&pointer)
+            .query(&mut connection)
+            .unwrap();
+        let generation = keys.generation(service, HALF_MOVED, live);
+        let mut listed: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", generation.base()))
+            .query(&mut connection)
+            .unwrap();
+        assert!(!listed.is_empty(), "no keys in {}", generation.base());
+        found.append(&mut listed);
+    }
+    found
+}
+
+/// Whether every entry waiting for the comments and query services in [`HALF_MOVED`] (the
+/// comments' 3 `CommentCreated` and 3 `CommentUpdated` for query, the second post's
+/// `PostCreated` for both) is pending, delivered `times` times at least, on the master at
+/// `from`.
+fn steps_tried(cluster: &RedisCluster, from: usize, times: u64) -> bool {
+    let keys = Keys::new("blog").unwrap();
+    let events = |producer| keys.events(service_named(producer), HALF_MOVED);
+    let waiting = [
+        (events("comments"), "query", 6),
+        (events("posts"), "query", 1),
+        (events("posts"), "comments", 1),
+    ];
+    let mut connection = cluster.nodes[from].connection();
+    waiting.iter().all(|(stream, group, count)| {
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&[stream, *group, "-", "+", "100"])
+            .query(&mut connection)
+            .unwrap();
+        pending.len() == *count && pending.iter().all(|entry| entry.3 >= times)
+    })
+}
+
+/// Whether the dead-letter stream of [`HALF_MOVED`] holds anything, on the master at `from`.
+fn has_dead(cluster: &RedisCluster, from: usize) -> bool {
+    let length: usize = redis::cmd("XLEN")
+        .arg(Keys::new("blog").unwrap().dead(HALF_MOVED))
+        .query(&mut cluster.nodes[from].connection())
+        .unwrap();
+    length > 0
+}
+
+/// The view shows on `post` exactly the `expected` comments (content and id), each once and
+/// final: rejected for an orange, approved otherwise.
+fn assert_comments_once(view: &serde_json::Value, post: &str, expected: &[(String, String)]) {
+    let shown: Vec<&serde_json::Value> = comments_of(view)
+        .filter(|(on, _)| *on == post)
+        .map(|(_, comment)| comment)
+        .collect();
+    assert_eq!(shown.len(), expected.len(), "{view}");
+    for (content, id) in expected {
+        let found: Vec<_> = shown
+            .iter()
+            .filter(|comment| comment["id"] == *id)
+            .collect();
+        assert_eq!(found.len(), 1, "{id} ({content}) in {view}");
+        let status = if content.contains("orange") {
+            "rejected"
+        } else {
+            "approved"
+        };
+        assert_eq!(found[0]["content"], *content, "{view}");
+        assert_eq!(found[0]["status"], status, "{view}");
     }
 }
