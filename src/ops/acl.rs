@@ -50,10 +50,12 @@ const SERVICE: &str = "+evalsha +eval +script|load +time +xreadgroup +xack +xadd
 
 /// What a service runs on the streams it follows (in a selector with its own keys, so that a
 /// step's script, which names the followed stream and its own keys, fits it as a whole): no
-/// command that adds to them. `type` and `memory|usage` are for its health check.
+/// command that adds to them. `exists` is for a step's touch, which names the entry's stream
+/// with its generation's keys (see `services::generations::TOUCH`); `type` and `memory|usage`
+/// are for its health check.
 const FOLLOWER: &str = "+evalsha +eval +xreadgroup +xack +xrange +xrevrange +xlen +xinfo|groups \
     +xinfo|consumers +xinfo|stream +xgroup|create +xgroup|createconsumer +xgroup|delconsumer \
-    +xautoclaim +xclaim +xpending +type +memory|usage";
+    +xautoclaim +xclaim +xpending +exists +type +memory|usage";
 
 /// What the client runs: add a request (to an inbox, by a script reading the posts' stream),
 /// wait for its answer, mark it given up, read the view with read-only scripts.

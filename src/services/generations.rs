@@ -88,13 +88,16 @@ pub fn lua(apply_lua: &str) -> String {
     )
 }
 
-/// `touch(...)`: every step on a generation calls it in `check()`, before the claim, with each
-/// generation key its `apply()` writes that `check()` does not already read. The step names
-/// those keys inside Lua, not in `KEYS` (the generation is looked up there), and while a Redis
-/// Cluster moves the partition's slot, a key already moved, or not there yet, fails the command
-/// that touches it ("non local key"). Touched before the claim, it fails the step whole, and the
-/// entry comes again; met in `apply()`, after the claim, it would leave the step half-applied.
-pub const TOUCH: &str = "local function touch(...) redis.call('EXISTS', ...) end\n";
+/// `touch(...)`: every step on a generation calls it in `check()`, before the claim, with every
+/// generation key it reads or writes. The step names those keys inside Lua, not in `KEYS` (the
+/// generation is looked up there), and while a Redis Cluster moves the partition's slot, Redis
+/// checks them only as commands reach them: touched before the claim, a key not on this master
+/// fails the step whole ("non local key") and the entry comes again; met in `apply()`, after
+/// the claim, it would leave the step half-applied. The touch names the entry's `stream` too,
+/// which is always on the master running the step: on the master importing the slot (reached
+/// with `ASKING`), Redis checks a command only if it names several keys, and a one-key command
+/// on a key still on the old master would read nothing there, or write a second copy of it.
+pub const TOUCH: &str = "local function touch(...) redis.call('EXISTS', stream, ...) end\n";
 
 /// One event applied to a service's state: the name of the Lua apply function and its
 /// arguments after the generation's base.

@@ -2,14 +2,15 @@
 //! moved from master to master, keys and all (nothing lost, nothing doubled), and a master
 //! killed so that its replica takes over (what replication had not carried yet is lost, whole:
 //! a step's state change, event and acknowledgement together; nothing doubled); and steps that
-//! meet their generation's keys half moved, failing whole before their claim.
+//! meet their generation's keys half moved, on the old master or the new, failing whole before
+//! their claim.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use blogctl::keyspace::{Keys, Partition};
+use blogctl::keyspace::{Generation, Keys, Partition};
 
 use crate::cluster::{RedisCluster, eight, request_id_in, with_8_partitions};
 use crate::support::{Run, Service, service_named, wait_until};
@@ -1091,6 +1092,253 @@ impl HalfMove<'_> {
     }
 }
 
+/// On a 3-master Cluster, a new post's `PostCreated` and moderation's verdict on a comment of
+/// [`HALF_MOVED`] wait for the comments service, stopped. Then the partition's slot is half
+/// moved the other way round from the test above: every key of the slot is migrated to the new
+/// master (each key the steps name made to exist first: see [`name_every_step_key`]) except
+/// the two generation keys the steps touch, the known posts and the comment index. The old
+/// master then sends each step to the new one (`ASK`), where Redis checks a command inside a
+/// script only if it names several keys: a touch of one key passed there, and the step wrote a
+/// second copy of it (the move's `MIGRATE` then failed, `BUSYKEY`). Each touch now names the
+/// entry's stream too: the steps are refused and wait for the move (see [`new_master_ahead`]).
+#[test]
+fn a_step_sent_to_the_new_master_ahead_of_the_generation_keys_it_writes_waits_for_the_move() {
+    new_master_ahead(Waiting::PostAndVerdict, |generation, _| {
+        vec![generation.known_posts(), generation.comment_ids()]
+    });
+}
+
+/// As above, with moderation's verdict waiting alone, and the comment's own key left on the
+/// old master. The verdict step reads that key in its `check()`: on the new master, a one-key
+/// read of it found nothing, and the step dead-lettered the verdict as an unknown comment. Its
+/// touch now names the comment's key: the step is refused and waits for the move.
+#[test]
+fn a_verdict_sent_to_the_new_master_ahead_of_its_comment_waits_for_the_move() {
+    new_master_ahead(Waiting::VerdictAlone, |generation, comment| {
+        vec![generation.comment(comment)]
+    });
+}
+
+/// What waits for the comments service in [`new_master_ahead`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    PostAndVerdict,
+    VerdictAlone,
+}
+
+impl Waiting {
+    /// How many entries wait.
+    fn entries(self) -> usize {
+        match self {
+            Waiting::PostAndVerdict => 2,
+            Waiting::VerdictAlone => 1,
+        }
+    }
+}
+
+/// Leaves `waiting` for the comments service (see [`steps_waiting`]), half moves the slot of
+/// [`HALF_MOVED`] with every key migrated but those `behind` names (from the comments
+/// service's live generation and the comment's id), and starts the comments service: each
+/// step must be refused until the move ends, nothing written on the new master that the old
+/// one holds, nothing dead-lettered and no try counted. Then the move ends, every key moved
+/// (none on both masters), and the comment is approved, the second post known (a comment on
+/// it approved too).
+fn new_master_ahead(waiting: Waiting, behind: fn(&Generation, &str) -> Vec<String>) {
+    let started = Instant::now();
+    let cluster = RedisCluster::start(3, &[]);
+    let url = cluster.nodes[0].url();
+    let inspector = Inspector::new(&cluster);
+    let (mut services, post, comment, second_post) = steps_waiting(&url, &inspector, waiting);
+    let slot = cluster.slot_of_partition(HALF_MOVED);
+    let from = cluster.master_of(slot);
+    let to = (from + 1) % cluster.nodes.len();
+    name_every_step_key(&cluster, from);
+    let behind = behind(&live_generation(&cluster, from, "comments"), &comment);
+    cluster.begin_move(slot, to);
+    let mut ahead: Vec<String> = redis::cmd("CLUSTER")
+        .arg("GETKEYSINSLOT")
+        .arg(slot)
+        .arg(1000)
+        .query(&mut cluster.nodes[from].connection())
+        .unwrap();
+    ahead.retain(|key| !behind.contains(key));
+    cluster.migrate(from, to, &ahead);
+    // A try counted for each refused step would dead-letter its entry at the third delivery.
+    services.push(serve_apart(&url, &["comments", "--max-deliveries", "2"]));
+    assert_refused_while_behind(&cluster, to, &behind, waiting.entries(), &services);
+    // Fails on a key on both masters (`BUSYKEY`).
+    cluster.migrate_slot_keys(slot, from, to, || {});
+    cluster.end_move(slot, from, to);
+    let late = client(&url, &["comment", "create", "--wait", &second_post, "late"]);
+    let late = late.split(' ').next().unwrap().to_owned();
+    let view = inspector.settle(&url);
+    assert_comments_once(&view, &post, &[("first".to_owned(), comment)]);
+    assert_comments_once(&view, &second_post, &[("late".to_owned(), late)]);
+    assert_no_event_doubled(&inspector.events());
+    take_back_step_keys(&cluster, to);
+    let leftovers = inspector.leftovers();
+    assert!(
+        leftovers.is_empty(),
+        "{leftovers:#?}\n{}",
+        troubles(&services)
+    );
+    println!(
+        "new master ahead ({waiting:?}): {} keys of partition {HALF_MOVED} moved, {behind:?} \
+         left behind; {:.1}s",
+        ahead.len(),
+        started.elapsed().as_secs_f64()
+    );
+    stop_all(services);
+}
+
+/// Waits until each of the `entries` pending with the comments service in [`HALF_MOVED`] was
+/// refused twice more (delivered 3 times), or a step went through; fails if one did: wrote a
+/// key `behind` on the master at `to` (which imports the slot) or dead-lettered its entry.
+fn assert_refused_while_behind(
+    cluster: &RedisCluster,
+    to: usize,
+    behind: &[String],
+    entries: usize,
+    services: &[Service],
+) {
+    let dead_letters = Keys::new("blog").unwrap().dead(HALF_MOVED);
+    let dead = || -> usize { asking(cluster, to, redis::cmd("XLEN").arg(&dead_letters)) };
+    let copied = || -> Vec<&String> {
+        let on_new = |key: &&String| asking(cluster, to, redis::cmd("EXISTS").arg(*key));
+        behind.iter().filter(on_new).collect()
+    };
+    let waited = wait_until(LONG, || {
+        let delivered = deliveries_to_comments(cluster, to);
+        let refused = delivered.len() == entries && delivered.iter().all(|&count| count >= 3);
+        refused || dead() > 0 || !copied().is_empty()
+    });
+    assert!(
+        copied().is_empty(),
+        "a step wrote {:?} on the new master while the old one held it\n{}",
+        copied(),
+        troubles(services)
+    );
+    let letters: Vec<(String, HashMap<String, String>)> = asking(
+        cluster,
+        to,
+        redis::cmd("XRANGE").arg(&[&dead_letters, "-", "+"]),
+    );
+    assert_eq!(
+        dead(),
+        0,
+        "dead-lettered while the slot was half moved:\n{letters:?}"
+    );
+    assert!(
+        waited,
+        "the steps did not wait for the move: {:?}\n{}",
+        deliveries_to_comments(cluster, to),
+        troubles(services)
+    );
+}
+
+/// Starts the services one by one, has them apply a post of [`HALF_MOVED`], rebuilds the
+/// comments service (so the partition has a generation pointer), creates a comment while
+/// moderation is stopped and stops the comments service, so that moderation's verdict waits
+/// for it. A second post (in the view) waits for it too, unless `waiting` is the verdict alone
+/// (then it is learnt first). Returns the services still running (posts, query, moderation),
+/// the post, the comment's id and the second post.
+fn steps_waiting(
+    url: &str,
+    inspector: &Inspector,
+    waiting: Waiting,
+) -> (Vec<Service>, String, String, String) {
+    let posts = serve_apart(url, &["posts"]);
+    let query = serve_apart(url, &["query"]);
+    let comments = serve_apart(url, &["comments"]);
+    let create_post = |label: &str, title: &str| {
+        let request = request_id_in(HALF_MOVED, label);
+        client(
+            url,
+            &["post", "create", "--wait", "--request-id", &request, title],
+        )
+    };
+    let post = create_post("post", "Moved");
+    client(url, &["rebuild", "comments"]);
+    let comment = client(url, &["comment", "create", &post, "first"]);
+    let mut second_post = None;
+    if waiting == Waiting::VerdictAlone {
+        let second = create_post("second", "Learnt late");
+        wait_until_known(inspector, &second);
+        second_post = Some(second);
+    }
+    stop_all(vec![comments]);
+    let second_post = second_post.unwrap_or_else(|| create_post("second", "Learnt late"));
+    let moderation = serve_apart(url, &["moderation"]);
+    let stream = inspector
+        .keys
+        .events(service_named("moderation"), HALF_MOVED);
+    let judged = wait_until(LONG, || inspector.entries(HALF_MOVED, &stream).len() == 1);
+    assert!(judged, "the comment was not moderated");
+    (vec![posts, query, moderation], post, comment, second_post)
+}
+
+/// Waits until the comments service of [`HALF_MOVED`] knows `post`.
+fn wait_until_known(inspector: &Inspector, post: &str) {
+    let known = wait_until(LONG, || {
+        let mut connection = inspector.connection(HALF_MOVED);
+        let generation = live_generation_on(&mut connection, "comments");
+        redis::cmd("SISMEMBER")
+            .arg(&[&generation.known_posts(), post])
+            .query::<bool>(&mut connection)
+            .unwrap()
+    });
+    assert!(known, "the comments service did not learn {post}");
+}
+
+/// The live generation of `service` in [`HALF_MOVED`], read on the master at `from`.
+fn live_generation(cluster: &RedisCluster, from: usize, service: &str) -> Generation {
+    live_generation_on(&mut cluster.nodes[from].connection(), service)
+}
+
+/// The live generation of `service` in [`HALF_MOVED`], read through `connection`.
+fn live_generation_on(connection: &mut redis::Connection, service: &str) -> Generation {
+    let keys = Keys::new("blog").unwrap();
+    let service = service_named(service);
+    let live: u64 = redis::cmd("GET")
+        .arg(keys.generation_pointer(service, HALF_MOVED))
+        .query(connection)
+        .unwrap();
+    keys.generation(service, HALF_MOVED, live)
+}
+
+/// How many times each entry pending with the comments service in [`HALF_MOVED`] (a
+/// `PostCreated`, a verdict) was delivered, read on the master at `to`, which imports them.
+fn deliveries_to_comments(cluster: &RedisCluster, to: usize) -> Vec<u64> {
+    let keys = Keys::new("blog").unwrap();
+    ["posts", "moderation"]
+        .iter()
+        .flat_map(|producer| {
+            let stream = keys.events(service_named(producer), HALF_MOVED);
+            let pending: Vec<(String, String, u64, u64)> = asking(
+                cluster,
+                to,
+                redis::cmd("XPENDING").arg(&[&stream, "comments", "-", "+", "10"]),
+            );
+            pending.into_iter().map(|entry| entry.3)
+        })
+        .collect()
+}
+
+/// `command`'s reply from the master at `index`, sent as a client redirected there by `ASK`
+/// sends it: a master importing a slot serves its keys only so.
+fn asking<T: redis::FromRedisValue>(
+    cluster: &RedisCluster,
+    index: usize,
+    command: &redis::Cmd,
+) -> T {
+    let (reply,): (T,) = redis::pipe()
+        .cmd("ASKING")
+        .ignore()
+        .add_command(command.clone())
+        .query(&mut cluster.nodes[index].connection())
+        .unwrap();
+    reply
+}
 /// Starts the comments and query services, has them apply a post of [`HALF_MOVED`] with a
 /// comment, rebuilds both (so each partition has a generation pointer), then leaves events
 /// waiting: three comments on the post for the query service, stopped, then a second post for
