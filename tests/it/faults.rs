@@ -1,6 +1,7 @@
 //! The fault suite: real service processes killed (SIGKILL) or paused (SIGSTOP) at random, a
-//! Redis restart, poison entries, under a client load; at the end nothing is lost and nothing
-//! doubled, and entries were taken over from consumers that went silent.
+//! Redis restart, poison entries, under a client load, on a namespace of 8 partitions; at the
+//! end nothing is lost and nothing doubled, and entries were taken over from consumers that
+//! went silent.
 //!
 //! Replay a run with `BLOGCTL_FAULT_SEED=<seed>`; soak longer with `BLOGCTL_FAULT_SCALE=<n>`
 //! (n times the default 200 posts and 2,000 comments).
@@ -10,8 +11,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Blog, PATIENCE, PRODUCERS, Rng, Service, signal, wait_until};
+use blogctl::keyspace::Partition;
 
+use crate::support::{Blog, PATIENCE, PRODUCERS, Rng, Service, service_named, signal, wait_until};
+
+/// The namespace's partitions: every serve and client command is given this count.
+const PARTITIONS: u32 = 8;
 const COMMENTS_PER_POST: usize = 10;
 const WORKERS: usize = 4;
 /// The services' `--claim-idle`, in seconds: the default. A paused or killed process renews no
@@ -52,7 +57,7 @@ impl Slot {
         self.process.log().matches(TOOK_OVER).count()
     }
 
-    /// The streams this slot's service reads with its group.
+    /// The streams this slot's service reads with its group, in every partition.
     fn streams(&self, blog: &Blog) -> Vec<String> {
         blog.groups()
             .into_iter()
@@ -61,15 +66,15 @@ impl Slot {
             .collect()
     }
 
-    /// Entries pending with this slot's consumer, on every stream its service reads.
-    fn held(&self, blog: &Blog) -> usize {
-        let mut connection = blog.redis.connection();
-        self.streams(blog)
+    /// Entries pending with this slot's consumer on `streams`, asked through `connection` (kept
+    /// across polls: on a Cluster, opening one connects to every node).
+    fn held(&self, streams: &[String], connection: &mut dyn redis::ConnectionLike) -> usize {
+        streams
             .iter()
             .map(|stream| {
                 let pending: Vec<redis::Value> = redis::cmd("XPENDING")
                     .arg(&[stream, self.service, "-", "+", "1000", &self.consumer])
-                    .query(&mut connection)
+                    .query(connection)
                     .unwrap();
                 pending.len()
             })
@@ -83,23 +88,27 @@ impl Slot {
     /// they were taken over); Err when they were not taken over in [`TAKE_OVER_WITHIN`].
     fn pause_until_taken_over(&self, blog: &Blog) -> Result<Option<Duration>, String> {
         let pid = self.process.pid();
+        let streams = self.streams(blog);
+        let mut connection = blog.connection();
         for _ in 0..50 {
             signal(pid, "STOP");
             let paused = Instant::now();
-            if self.held(blog) > 0 {
+            if self.held(&streams, &mut *connection) > 0 {
                 // Paused, it cannot acknowledge them: they leave it only by a take-over.
-                let taken = wait_until(TAKE_OVER_WITHIN, || self.held(blog) == 0);
+                let taken = wait_until(TAKE_OVER_WITHIN, || {
+                    self.held(&streams, &mut *connection) == 0
+                });
                 let delay = paused.elapsed();
-                let pending: Vec<(String, redis::Value)> = self
-                    .streams(blog)
-                    .into_iter()
+                let pending: Vec<(String, redis::Value)> = streams
+                    .iter()
                     .map(|stream| {
                         let pending = redis::cmd("XPENDING")
-                            .arg(&[&stream, self.service, "-", "+", "20"])
-                            .query(&mut blog.redis.connection())
+                            .arg(&[stream, self.service, "-", "+", "20"])
+                            .query(&mut *connection)
                             .unwrap();
-                        (stream, pending)
+                        (stream.clone(), pending)
                     })
+                    .filter(|(_, pending)| *pending != redis::Value::Array(Vec::new()))
                     .collect();
                 signal(pid, "CONT");
                 if !taken {
@@ -131,6 +140,8 @@ struct Tally {
     /// "took over entries" lines in the logs of the processes killed.
     logged_take_overs: usize,
     redis_restarts: usize,
+    /// The Redis restarted, with the partitions it serves (on a Cluster, some; else all).
+    restarted: String,
     poison: Vec<(String, usize)>,
 }
 
@@ -163,22 +174,24 @@ fn nothing_lost_nothing_doubled_under_kills_pauses_restarts_and_poison() {
     // Redis is killed (SIGKILL) once, so it runs with `appendfsync always`: with `everysec` a
     // crashed Redis may lose the last second or two of acknowledged writes (see the README).
     // Every process runs as its own Redis user (`blogctl acl`).
-    fault_suite(Blog::with_users_and(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-    ]));
+    fault_suite(
+        Blog::with_users_and(&["--appendonly", "yes", "--appendfsync", "always"])
+            .with_partitions(PARTITIONS),
+    );
 }
 
-/// The same on a 3-master Redis Cluster, with the same users; the master serving the
-/// namespace's slot is the one Redis the chaos kills.
+/// The same on a 3-master Redis Cluster, with the same users; the partitions spread over the
+/// masters, and the one Redis the chaos kills is a master serving at least one of them (the
+/// seed picks a partition, its master is killed).
 #[test]
 fn nothing_lost_nothing_doubled_on_a_redis_cluster() {
-    fault_suite(Blog::with_users_on(
-        &["--appendonly", "yes", "--appendfsync", "always"],
-        crate::cluster::blog_on_cluster,
-    ));
+    fault_suite(
+        Blog::with_users_on(
+            &["--appendonly", "yes", "--appendfsync", "always"],
+            crate::cluster::blog_on_cluster,
+        )
+        .with_partitions(PARTITIONS),
+    );
 }
 
 fn fault_suite(blog: Blog) {
@@ -197,7 +210,21 @@ fn fault_suite(blog: Blog) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     let posts = 200 * scale;
-    println!("fault suite: seed {seed} (replay with BLOGCTL_FAULT_SEED={seed}), {posts} posts");
+    let layout = partitions_by_node(&blog);
+    // On a Cluster the partitions spread over the masters, so killing one leaves others serving.
+    assert!(
+        blog.others.is_empty() || layout.len() > 1,
+        "every partition on one master: {layout:?}"
+    );
+    println!(
+        "fault suite: seed {seed} (replay with BLOGCTL_FAULT_SEED={seed}), {posts} posts, \
+         partitions by Redis: {}",
+        layout
+            .iter()
+            .map(|(port, partitions)| format!("port {port}: {}", listed(partitions)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
 
     let slots: Mutex<Vec<Slot>> = Mutex::new(
         [
@@ -283,10 +310,11 @@ fn fault_suite(blog: Blog) {
                             .all(|slot| slot.process.log().contains("serving"))
                     });
                     assert!(connected, "a service never connected (seed {seed})");
-                    blog.redis.restart();
+                    tally.restarted = restart_a_partitions_redis(&blog, &mut rng);
                     tally.redis_restarts += 1;
                     println!(
-                        "restarted redis-server after {} writes",
+                        "restarted {} after {} writes",
+                        tally.restarted,
                         progress.load(Ordering::SeqCst)
                     );
                 }
@@ -363,14 +391,15 @@ fn fault_suite(blog: Blog) {
     println!(
         "fault suite: seed {seed}, {total} writes acknowledged, {} kills ({} restarted under a \
          new consumer name), {} pauses ({} taken over while paused, after {}; --claim-idle \
-         {CLAIM_IDLE}), {logged} take-overs logged, {} Redis restart(s), {} poison entries, \
-         load done in {:.1}s",
+         {CLAIM_IDLE}), {logged} take-overs logged, {} Redis restart(s) ({}), {} poison \
+         entries, load done in {:.1}s",
         tally.kills,
         tally.renamed,
         tally.pauses,
         tally.paused_take_overs,
         delays_text.join(", "),
         tally.redis_restarts,
+        tally.restarted,
         tally.poison.len(),
         started.elapsed().as_secs_f64()
     );
@@ -417,6 +446,13 @@ fn fault_suite(blog: Blog) {
         }
     }
     assert_eq!(seen_comments.len(), comment_ids.len());
+    // The partition count reached the clients and the services: posts went to every partition.
+    let empty: Vec<String> = blog
+        .events_everywhere("posts")
+        .into_iter()
+        .filter(|stream| blog.entries(stream).is_empty())
+        .collect();
+    assert!(empty.is_empty(), "no post in {empty:?} (seed {seed})");
 
     // Exactly one event of each kind per acknowledged post and comment, by id (the poison
     // entries, which name no producer, are not counted).
@@ -450,21 +486,19 @@ fn fault_suite(blog: Blog) {
     }
 
     // Every poison entry is dead-lettered by each service that uses its type, and nothing else
-    // is; no group is left with pending entries.
+    // is; no group is left with pending entries (the inboxes' groups included), in any
+    // partition.
     let poison = std::mem::take(&mut tally.poison);
     let expected_dead: usize = poison.iter().map(|(_, readers)| readers).sum();
-    let groups = blog.groups();
     let settled = wait_until(Duration::from_secs(60), || {
-        blog.entries(&blog.dead()).len() >= expected_dead
-            && groups
-                .iter()
-                .all(|(stream, group)| blog.pending(stream, group) == 0)
+        blog.dead_letters().len() >= expected_dead && blog.groups_with_pending().is_empty()
     });
-    let dead = blog.entries(&blog.dead());
+    let dead = blog.dead_letters();
     assert!(
         settled,
-        "dead letters {} of {expected_dead}, or entries still pending (seed {seed})",
-        dead.len()
+        "dead letters {} of {expected_dead}, or entries still pending: {:?} (seed {seed})",
+        dead.len(),
+        blog.groups_with_pending()
     );
     // Entries are named by stream and id: the ids of different streams may coincide.
     let dead_ids: Vec<String> = dead
@@ -492,39 +526,44 @@ fn fault_suite(blog: Blog) {
         dead_sorted, expected,
         "dead letters are not exactly the poison (seed {seed}): {reasons:#?}"
     );
+    let keys = blog.keys();
     for service in ["posts", "comments"] {
-        let inbox = blog.inbox(service);
-        assert_eq!(
-            blog.pending(&inbox, service),
-            0,
-            "{service} inbox has pending requests (seed {seed})"
-        );
+        for partition in blog.every_partition() {
+            let inbox = keys.inbox(service_named(service), partition);
+            assert_eq!(
+                blog.pending(&inbox, service),
+                0,
+                "{service} inbox of partition {partition} has pending requests (seed {seed})"
+            );
+        }
     }
 
     // Every try counted for a redelivered entry is forgotten once it is applied or
-    // dead-lettered: no service is left with counted tries.
-    let attempts = |service: &str| -> HashMap<String, String> {
-        redis::cmd("HGETALL")
-            .arg(blog.attempts(service))
-            .query(&mut blog.redis.connection())
-            .unwrap()
-    };
+    // dead-lettered: no service is left with counted tries, in any partition.
     let services = ["posts", "comments", "moderation", "query"];
     let forgotten = wait_until(Duration::from_secs(5), || {
-        services.iter().all(|service| attempts(service).is_empty())
+        services
+            .iter()
+            .all(|service| blog.counted_tries(service).is_empty())
     });
     assert!(
         forgotten,
         "tries left counted (seed {seed}): {:?}",
-        services.map(|service| (service, attempts(service)))
+        services.map(|service| (service, blog.counted_tries(service)))
     );
-    // No process was refused anything by its Redis user (since Redis's restart, which empties
-    // the log).
-    let refused: Vec<redis::Value> = redis::cmd("ACL")
-        .arg("LOG")
-        .query(&mut blog.redis.connection())
-        .unwrap();
-    assert!(refused.is_empty(), "refused by Redis's ACL: {refused:?}");
+    // No process was refused anything by its Redis user, on any node (since the restarted
+    // one's restart, which empties its log).
+    for node in blog.nodes() {
+        let refused: Vec<redis::Value> = redis::cmd("ACL")
+            .arg("LOG")
+            .query(&mut node.connection())
+            .unwrap();
+        assert!(
+            refused.is_empty(),
+            "refused by the ACL of the Redis on port {}: {refused:?}",
+            node.port
+        );
+    }
 
     println!(
         "fault suite passed: seed {seed}, in {:.1}s",
@@ -532,18 +571,56 @@ fn fault_suite(blog: Blog) {
     );
 }
 
+/// Kills (SIGKILL) and restarts the Redis serving a partition the seed picks: the blog's one,
+/// or on a Cluster the master serving that partition's slot; returns which it was and the
+/// partitions it serves. The restart waits until the Redis answers again (on a Cluster, until
+/// it reports `cluster_state:ok`: see `RedisServer::restart`).
+fn restart_a_partitions_redis(blog: &Blog, rng: &mut Rng) -> String {
+    let partitions = blog.every_partition();
+    let victim = blog.node_of(partitions[rng.below(partitions.len() as u64) as usize]);
+    let (_, served) = partitions_by_node(blog)
+        .into_iter()
+        .find(|(port, _)| *port == victim.port)
+        .expect("the victim serves a partition");
+    victim.restart();
+    format!(
+        "the redis-server on port {}, serving partitions {}",
+        victim.port,
+        listed(&served)
+    )
+}
+
+/// The partitions each Redis serves, by port, for the Redis that serve any.
+fn partitions_by_node(blog: &Blog) -> Vec<(u16, Vec<Partition>)> {
+    let mut by_node: Vec<(u16, Vec<Partition>)> = Vec::new();
+    for partition in blog.every_partition() {
+        let port = blog.node_of(partition).port;
+        match by_node.iter_mut().find(|(known, _)| *known == port) {
+            Some((_, served)) => served.push(partition),
+            None => by_node.push((port, vec![partition])),
+        }
+    }
+    by_node
+}
+
+fn listed(partitions: &[Partition]) -> String {
+    let numbers: Vec<String> = partitions.iter().map(Partition::to_string).collect();
+    numbers.join(", ")
+}
+
 /// An entry's fields, as XADD takes them.
 type Fields = &'static [(&'static str, &'static [u8])];
 
-/// Adds a malformed entry to the stream of the service that produces its type (or, one time in
-/// four, an entry of an unknown type to any of the streams, which is skipped and not
-/// dead-lettered); returns a malformed one's stream and id (`<stream> <id>`) with the number of
-/// services that use its type (each dead-letters it). None when Redis is down.
+/// Adds a malformed entry to the stream of the service that produces its type, in a random
+/// partition (or, one time in four, an entry of an unknown type to any of the streams, which is
+/// skipped and not dead-lettered); returns a malformed one's stream and id (`<stream> <id>`)
+/// with the number of services that use its type (each dead-letters it). None for an unknown
+/// type.
 fn inject_poison(blog: &Blog, rng: &mut Rng) -> Option<(String, usize)> {
-    let mut connection = redis::Client::open(blog.redis.url())
-        .ok()?
-        .get_connection()
-        .ok()?;
+    let mut connection = blog.connection();
+    let partitions = blog.every_partition();
+    let partition = partitions[rng.below(partitions.len() as u64) as usize];
+    let stream_of = |producer| blog.keys().events(service_named(producer), partition);
     // Readers: PostCreated (on the posts' stream) is used by comments and query, CommentCreated
     // (on the comments') by moderation and query, CommentUpdated (on the comments') by query.
     let bodies: [(&str, Fields, usize); 4] = [
@@ -591,21 +668,21 @@ fn inject_poison(blog: &Blog, rng: &mut Rng) -> Option<(String, usize)> {
     let mut command = redis::cmd("XADD");
     if unknown {
         let producer = PRODUCERS[rng.below(PRODUCERS.len() as u64) as usize];
-        command.arg(blog.events(producer)).arg("*").arg(&[
+        command.arg(stream_of(producer)).arg("*").arg(&[
             ("type", "PostPinned"),
             ("version", "1"),
             ("request_id", "x"),
             ("data", "{}"),
         ]);
-        let _: String = command.query(&mut connection).ok()?;
+        let _: String = command.query(&mut *connection).unwrap();
         return None;
     }
     let (producer, body, readers) = bodies[rng.below(4) as usize];
-    let stream = blog.events(producer);
+    let stream = stream_of(producer);
     command.arg(&stream).arg("*");
     for (name, value) in body {
         command.arg(*name).arg(*value);
     }
-    let id: String = command.query(&mut connection).ok()?;
+    let id: String = command.query(&mut *connection).unwrap();
     Some((format!("{stream} {id}"), readers))
 }

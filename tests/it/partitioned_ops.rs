@@ -33,7 +33,7 @@ fn xadd(blog: &Blog, stream: &str, id: &str, fields: &[(&str, &str)]) -> String 
     for (name, value) in fields {
         command.arg(*name).arg(*value);
     }
-    command.query(&mut node_for(blog, stream)).unwrap()
+    command.query(&mut *blog.connection()).unwrap()
 }
 
 /// Adds an event of `kind` on `producer`'s stream of `partition`, as `test` wrote it.
@@ -77,22 +77,6 @@ fn create_groups(blog: &Blog) {
             }
         }
     }
-}
-
-/// A connection to the Redis serving `key`: the blog's own, or on a Cluster the node whose
-/// slots include the key's (the others answer MOVED).
-fn node_for(blog: &Blog, key: &str) -> redis::Connection {
-    std::iter::once(&blog.redis)
-        .chain(&blog.others)
-        .map(|node| node.connection())
-        .find_map(|mut connection| {
-            let serves = redis::cmd("EXISTS")
-                .arg(key)
-                .query::<i64>(&mut connection)
-                .is_ok();
-            serves.then_some(connection)
-        })
-        .expect("a node serves the key")
 }
 
 /// A stream id as numbers, to compare.
@@ -476,7 +460,7 @@ fn tail_follows_every_partition_in_id_order(blog: &Blog) {
     }
     let writer = |partition: u32, producer: Service, count: usize, chunk: usize| {
         let stream = keys.events(producer, Partition(partition));
-        let mut connection = node_for(blog, &stream);
+        let mut connection = blog.node_of(Partition(partition)).connection();
         move || {
             for _ in 0..count / chunk {
                 let mut pipe = redis::pipe();

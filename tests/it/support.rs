@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use blogctl::keyspace::{self, Keys, Partition};
+use blogctl::keyspace::{self, Keys, Partition, Partitions};
 
 /// The services that produce events, each on a stream of its own.
 pub const PRODUCERS: [&str; 3] = ["posts", "comments", "moderation"];
@@ -551,16 +551,59 @@ impl Blog {
             .events(service_named(producer), Partition::FIRST)
     }
 
-    /// How many entries the events streams of all producers hold together.
+    /// The blog's partitions: as many as every command is given, else the one.
+    pub fn every_partition(&self) -> Vec<Partition> {
+        Partitions::new(self.partitions.unwrap_or(1))
+            .expect("a valid partition count")
+            .all()
+            .collect()
+    }
+
+    /// The events stream `producer` writes in every partition.
+    pub fn events_everywhere(&self, producer: &str) -> Vec<String> {
+        let keys = self.keys();
+        self.every_partition()
+            .into_iter()
+            .map(|partition| keys.events(service_named(producer), partition))
+            .collect()
+    }
+
+    /// How many entries the events streams of all producers hold together, in every partition.
     pub fn events_count(&self) -> usize {
+        let mut connection = self.connection();
         PRODUCERS
             .iter()
-            .map(|producer| self.entries(&self.events(producer)).len())
+            .flat_map(|producer| self.events_everywhere(producer))
+            .map(|stream| entries_with(&mut *connection, &stream).len())
             .sum()
     }
 
     pub fn dead(&self) -> String {
         self.keys().dead(Partition::FIRST)
+    }
+
+    /// The dead letters of every partition, as (id, fields).
+    pub fn dead_letters(&self) -> Vec<(String, Vec<(String, String)>)> {
+        let (keys, mut connection) = (self.keys(), self.connection());
+        self.every_partition()
+            .into_iter()
+            .flat_map(|partition| entries_with(&mut *connection, &keys.dead(partition)))
+            .collect()
+    }
+
+    /// The tries `service` counts for redelivered entries, in every partition, by
+    /// `<stream>/<entry id>`.
+    pub fn counted_tries(&self, service: &str) -> BTreeMap<String, String> {
+        let (keys, mut connection) = (self.keys(), self.connection());
+        self.every_partition()
+            .into_iter()
+            .flat_map(|partition| {
+                redis::cmd("HGETALL")
+                    .arg(keys.attempts(service_named(service), partition))
+                    .query::<BTreeMap<String, String>>(&mut *connection)
+                    .unwrap()
+            })
+            .collect()
     }
 
     pub fn inbox(&self, service: &str) -> String {
@@ -588,32 +631,51 @@ impl Blog {
 
     /// All entries of a stream, as (id, fields).
     pub fn entries(&self, stream: &str) -> Vec<(String, Vec<(String, String)>)> {
-        let mut connection = self.redis.connection();
-        let reply: Vec<RawEntry> = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg("-")
-            .arg("+")
-            .query(&mut connection)
-            .unwrap();
-        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
-        reply
-            .into_iter()
-            .map(|(id, fields)| {
-                (
-                    id,
-                    fields
-                        .into_iter()
-                        .map(|(k, v)| (text(k), text(v)))
-                        .collect(),
-                )
-            })
-            .collect()
+        entries_with(&mut *self.connection(), stream)
     }
 
-    /// Events of one type on the stream of the service that produces it, their `data` parsed.
-    pub fn events_of(&self, kind: &str) -> Vec<serde_json::Value> {
-        self.entries(&self.events(producer_of(kind)))
+    /// Every Redis of the blog: its one, or every node of its Cluster.
+    pub fn nodes(&self) -> Vec<&RedisServer> {
+        std::iter::once(&self.redis).chain(&self.others).collect()
+    }
+
+    /// A connection that reaches every key of the blog: to its Redis, or on a Cluster one that
+    /// sends each command to the node serving its key (following `MOVED`).
+    pub fn connection(&self) -> Box<dyn redis::ConnectionLike> {
+        if self.others.is_empty() {
+            return Box::new(self.redis.connection());
+        }
+        let urls: Vec<String> = self.nodes().iter().map(|node| node.url()).collect();
+        let client = redis::cluster::ClusterClient::new(urls).unwrap();
+        Box::new(
+            client
+                .get_connection()
+                .expect("connect to the test Cluster"),
+        )
+    }
+
+    /// The Redis holding `partition`'s keys: the blog's one, or on a Cluster the master serving
+    /// the partition's slot (the others answer `MOVED`).
+    pub fn node_of(&self, partition: Partition) -> &RedisServer {
+        let key = self.keys().dead(partition);
+        self.nodes()
             .into_iter()
+            .find(|node| {
+                redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query::<i64>(&mut node.connection())
+                    .is_ok()
+            })
+            .unwrap_or_else(|| panic!("no node serves partition {partition}"))
+    }
+
+    /// Events of one type on the streams of the service that produces it, in every partition,
+    /// their `data` parsed.
+    pub fn events_of(&self, kind: &str) -> Vec<serde_json::Value> {
+        let mut connection = self.connection();
+        self.events_everywhere(producer_of(kind))
+            .iter()
+            .flat_map(|stream| entries_with(&mut *connection, stream))
             .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "type" && v == kind))
             .filter(|(_, fields)| fields.iter().any(|(k, v)| k == "producer" && v != "test"))
             .map(|(_, fields)| {
@@ -672,35 +734,42 @@ impl Blog {
         view
     }
 
-    /// Every stream a service reads with its group, with that group: the events streams each
-    /// followed by the services that use their events, then the inboxes.
+    /// Every stream a service reads with its group, with that group, in every partition: the
+    /// events streams each followed by the services that use their events, then the inboxes.
     pub fn groups(&self) -> Vec<(String, &'static str)> {
-        vec![
-            (self.events("posts"), "comments"),
-            (self.events("posts"), "query"),
-            (self.events("comments"), "moderation"),
-            (self.events("comments"), "query"),
-            (self.events("moderation"), "comments"),
-            (self.inbox("posts"), "posts"),
-            (self.inbox("comments"), "comments"),
-        ]
+        let keys = self.keys();
+        let one = |partition| {
+            let events = |producer| keys.events(service_named(producer), partition);
+            let inbox = |service| keys.inbox(service_named(service), partition);
+            [
+                (events("posts"), "comments"),
+                (events("posts"), "query"),
+                (events("comments"), "moderation"),
+                (events("comments"), "query"),
+                (events("moderation"), "comments"),
+                (inbox("posts"), "posts"),
+                (inbox("comments"), "comments"),
+            ]
+        };
+        self.every_partition().into_iter().flat_map(one).collect()
     }
 
     /// Pending entries of a group on a stream.
     pub fn pending(&self, stream: &str, group: &str) -> usize {
-        let mut connection = self.redis.connection();
-        let reply: redis::Value = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(group)
-            .query(&mut connection)
-            .unwrap();
-        match reply {
-            redis::Value::Array(items) => match items.first() {
-                Some(redis::Value::Int(count)) => *count as usize,
-                _ => 0,
-            },
-            _ => 0,
-        }
+        pending_with(&mut *self.connection(), stream, group)
+    }
+
+    /// The groups of [`Blog::groups`] that hold pending entries, with how many.
+    pub fn groups_with_pending(&self) -> Vec<(String, &'static str, usize)> {
+        let mut connection = self.connection();
+        self.groups()
+            .into_iter()
+            .map(|(stream, group)| {
+                let pending = pending_with(&mut *connection, &stream, group);
+                (stream, group, pending)
+            })
+            .filter(|(_, _, pending)| *pending > 0)
+            .collect()
     }
 
     /// Waits until no group of any service holds a pending entry (they may still be
@@ -713,6 +782,48 @@ impl Blog {
                 self.pending(stream, group)
             );
         }
+    }
+}
+
+/// All entries of a stream, as (id, fields), read through `connection`.
+fn entries_with(
+    connection: &mut dyn redis::ConnectionLike,
+    stream: &str,
+) -> Vec<(String, Vec<(String, String)>)> {
+    let reply: Vec<RawEntry> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(connection)
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    reply
+        .into_iter()
+        .map(|(id, fields)| {
+            (
+                id,
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (text(k), text(v)))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Pending entries of a group on a stream, read through `connection`.
+fn pending_with(connection: &mut dyn redis::ConnectionLike, stream: &str, group: &str) -> usize {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query(connection)
+        .unwrap();
+    match reply {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(count)) => *count as usize,
+            _ => 0,
+        },
+        _ => 0,
     }
 }
 

@@ -32,15 +32,6 @@ fn view_in(blog: &Blog, namespace: &str) -> serde_json::Value {
     serde_json::from_str(&ok_in(blog, namespace, &["post", "list", "--json"])).unwrap()
 }
 
-/// A connection that follows the Cluster's redirections, when the blog is on one.
-fn connection_of(blog: &Blog) -> Box<dyn redis::ConnectionLike> {
-    if blog.others.is_empty() {
-        return Box::new(blog.redis.connection());
-    }
-    let client = redis::cluster::ClusterClient::new(vec![blog.redis.url()]).unwrap();
-    Box::new(client.get_connection().unwrap())
-}
-
 /// The keys of a namespace.
 fn keys_of(blog: &Blog, namespace: &str) -> Vec<String> {
     let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -110,7 +101,7 @@ fn check_the_copy(copy: &Blog, namespace: &str, expected: &serde_json::Value) {
     // The posts service's records, each in its post's partition.
     let stored: String = redis::cmd("GET")
         .arg(Keys::new(namespace).unwrap().partitions())
-        .query(&mut *connection_of(copy))
+        .query(&mut *copy.connection())
         .unwrap();
     let partitions = Partitions::new(stored.parse().unwrap()).unwrap();
     for post in expected.as_array().unwrap() {
@@ -118,7 +109,7 @@ fn check_the_copy(copy: &Blog, namespace: &str, expected: &serde_json::Value) {
         let partition = partitions.of_post(&id.parse().unwrap());
         let record: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(Keys::new(namespace).unwrap().post(partition, id))
-            .query(&mut *connection_of(copy))
+            .query(&mut *copy.connection())
             .unwrap();
         let title = post["title"].as_str().unwrap();
         assert_eq!(
@@ -176,7 +167,7 @@ fn a_blog_round_trips_through_export_and_import_into_another_namespace_and_a_clu
     check_the_copy(&cluster, &cluster.namespace, &view);
     let partitions: String = redis::cmd("GET")
         .arg(cluster.keys().partitions())
-        .query(&mut *connection_of(&cluster))
+        .query(&mut *cluster.connection())
         .unwrap();
     assert_eq!(partitions, "8");
 }
@@ -203,30 +194,14 @@ fn an_export_taken_while_comments_are_created_is_a_consistent_cut() {
         });
         for round in 0..4 {
             // Let comments come between the exports.
-            let before = blog.events_count_all();
-            assert!(wait_until(PATIENCE, || blog.events_count_all() > before + 20));
+            let before = blog.events_count();
+            assert!(wait_until(PATIENCE, || blog.events_count() > before + 20));
             let file = dir.path().join(format!("{round}.ndjson"));
             blog.ok(&["export", file.to_str().unwrap()]);
             check_the_cut(&blog, &file);
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-}
-
-impl Blog {
-    /// How many entries the events streams of every partition hold.
-    fn events_count_all(&self) -> usize {
-        let keys = self.keys();
-        let partitions = blogctl::keyspace::Partitions::new(self.partitions.unwrap_or(1)).unwrap();
-        partitions
-            .all()
-            .flat_map(|partition| {
-                blogctl::keyspace::Service::PRODUCERS
-                    .map(|producer| keys.events(producer, partition))
-            })
-            .map(|stream| self.entries(&stream).len())
-            .sum()
-    }
 }
 
 /// Every comment in the export has its `CommentCreated` before its verdict and its
