@@ -16,6 +16,9 @@ fn bench(blog: &Blog, extra: &[&str]) -> Value {
         "16",
         "--latency-samples",
         "10",
+        // A loaded machine (the suite runs tests side by side) can be slow to answer.
+        "--timeout",
+        "30",
     ];
     args.extend_from_slice(extra);
     serde_json::from_str(&blog.ok(&args)).unwrap()
