@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use redis::streams::StreamInfoGroupsReply;
-use redis::{AsyncCommands, ErrorKind, RedisResult, Script};
+use redis::{AsyncCommands, ErrorKind, RedisResult, Script, ServerErrorKind, Value};
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
@@ -14,7 +14,7 @@ use super::entry::{Delivery, RawEntry};
 use super::groups::{acknowledge, ensure_group, run_id};
 use super::handler::{Handler, Outcome, Plan};
 use super::ids::{NEW_ENTRIES, OWN_PENDING};
-use super::step::{StepKeys, StepReply, read_reply};
+use super::step::{Batch, Step, StepKeys, StepReply};
 use crate::connection::{Connection, Redis};
 use crate::error::Malformed;
 use crate::error::is_unavailable;
@@ -322,75 +322,53 @@ impl<H: Handler> Consumer<'_, H> {
     }
 
     /// Handles a batch of first deliveries: every step in one pipeline, in stream order, then
-    /// anything unusual one by one. Returns the entries to try again later.
+    /// anything unusual one by one. Consecutive steps of one script go as one call of its batch
+    /// form ([`Batch`]). Returns the entries to try again later.
     pub(super) async fn process_batch(
         &mut self,
         deliveries: Vec<Delivery>,
     ) -> RedisResult<Vec<Delivery>> {
-        let group = self.config.group.clone();
+        let Planned {
+            batches,
+            skipped,
+            mut alone,
+        } = self.plan_batch(deliveries);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let mut stepped: Vec<Delivery> = Vec::new();
-        let mut skipped: HashMap<String, Vec<String>> = HashMap::new();
-        let mut alone: Vec<Delivery> = Vec::new();
-        for delivery in deliveries {
-            if self.misplaced(&delivery).is_some() {
-                alone.push(delivery);
-                continue;
-            }
-            if self.ignores(&delivery) {
-                self.count(&delivery, Handled::Skipped);
-                skipped
-                    .entry(delivery.stream.clone())
-                    .or_default()
-                    .push(delivery.id.clone());
-                continue;
-            }
-            match self.handler.plan(&delivery) {
-                Plan::Skip => {
-                    self.count(&delivery, Handled::Skipped);
-                    skipped
-                        .entry(delivery.stream.clone())
-                        .or_default()
-                        .push(delivery.id.clone());
-                }
-                Plan::Dead(_) => alone.push(delivery),
-                Plan::Run(step) => {
-                    pipe.add_command(step.command());
-                    stepped.push(delivery);
-                }
-            }
+        for (batch, _) in &batches {
+            pipe.add_command(batch.command());
         }
         for (stream, ids) in &skipped {
-            pipe.xack(stream, &group, ids);
+            pipe.xack(stream, &self.config.group, ids);
         }
         let mut later = Vec::new();
-        if !stepped.is_empty() || !skipped.is_empty() {
-            // Step results are strings; the trailing XACKs' counts read as strings too.
+        if !batches.is_empty() || !skipped.is_empty() {
             let started = Instant::now();
-            let results: Vec<RedisResult<String>> = pipe.query_async(&mut self.connection).await?;
-            if let (Some(metrics), false) = (&self.config.metrics, stepped.is_empty()) {
-                let each = started.elapsed() / stepped.len() as u32;
-                for _ in &stepped {
+            let results: Vec<RedisResult<Value>> = pipe.query_async(&mut self.connection).await?;
+            let stepped: usize = batches.iter().map(|(batch, _)| batch.len()).sum();
+            if let (Some(metrics), true) = (&self.config.metrics, stepped > 0) {
+                let each = started.elapsed() / stepped as u32;
+                for _ in 0..stepped {
                     metrics.step(&self.config.group, each);
                 }
             }
-            for (delivery, result) in stepped.into_iter().zip(results) {
-                match result.and_then(|word| read_reply(&word)) {
-                    Ok(reply) => match self.settle(&delivery, reply).await? {
-                        Outcome::Done => self.count(&delivery, done(reply)),
-                        Outcome::Later => {
-                            self.count(&delivery, Handled::Deferred);
-                            later.push(delivery);
-                        }
-                        Outcome::Dead(reason) => {
-                            self.count(&delivery, Handled::DeadLettered);
-                            self.dead_letter(&delivery, &reason.0, 1).await?;
-                        }
-                    },
-                    Err(error) if is_unavailable(&error) => return Err(error),
-                    // Retried, with backoff and counting, on its own.
-                    Err(_) => alone.push(delivery),
+            for ((batch, deliveries), result) in batches.into_iter().zip(results) {
+                let result = match result {
+                    // Redis does not have the script yet (or lost it in a restart): nothing
+                    // ran; load it and send the batch again.
+                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        batch.load(&mut self.connection).await?;
+                        batch.command().query_async(&mut self.connection).await
+                    }
+                    result => result,
+                };
+                for (delivery, reply) in deliveries.into_iter().zip(batch.replies(result)) {
+                    match reply {
+                        Ok(reply) => later.extend(self.settle_stepped(delivery, reply).await?),
+                        Err(error) if is_unavailable(&error) => return Err(error),
+                        // Retried, with backoff and counting, on its own.
+                        Err(_) => alone.push(delivery),
+                    }
                 }
             }
         }
@@ -400,6 +378,56 @@ impl<H: Handler> Consumer<'_, H> {
             }
         }
         Ok(later)
+    }
+
+    /// Sorts a batch of first deliveries: steps in batches, in order; entries to acknowledge
+    /// unread, by stream; and those to handle one by one.
+    fn plan_batch(&mut self, deliveries: Vec<Delivery>) -> Planned {
+        let mut planned = Planned::default();
+        for delivery in deliveries {
+            if self.misplaced(&delivery).is_some() {
+                planned.alone.push(delivery);
+                continue;
+            }
+            let plan = if self.ignores(&delivery) {
+                Plan::Skip
+            } else {
+                self.handler.plan(&delivery)
+            };
+            match plan {
+                Plan::Skip => {
+                    self.count(&delivery, Handled::Skipped);
+                    planned
+                        .skipped
+                        .entry(delivery.stream.clone())
+                        .or_default()
+                        .push(delivery.id.clone());
+                }
+                Plan::Dead(_) => planned.alone.push(delivery),
+                Plan::Run(step) => planned.add(step, delivery),
+            }
+        }
+        planned
+    }
+
+    /// Settles an entry whose step answered; the entry, if it is to be tried again later.
+    async fn settle_stepped(
+        &mut self,
+        delivery: Delivery,
+        reply: StepReply,
+    ) -> RedisResult<Option<Delivery>> {
+        match self.settle(&delivery, reply).await? {
+            Outcome::Done => self.count(&delivery, done(reply)),
+            Outcome::Later => {
+                self.count(&delivery, Handled::Deferred);
+                return Ok(Some(delivery));
+            }
+            Outcome::Dead(reason) => {
+                self.count(&delivery, Handled::DeadLettered);
+                self.dead_letter(&delivery, &reason.0, 1).await?;
+            }
+        }
+        Ok(None)
     }
 
     /// Sets the metrics' gauges of this service's groups: lag, pending, consumers.
@@ -619,6 +647,33 @@ impl<H: Handler> Consumer<'_, H> {
         // Handle streams in the configured order: events before requests.
         batch.sort_by_key(|(stream, _)| self.config.streams.iter().position(|s| s == stream));
         Ok(batch)
+    }
+}
+
+/// A batch of first deliveries, sorted by [`Consumer::plan_batch`].
+#[derive(Default)]
+struct Planned {
+    /// Steps in batches, in the order of their entries, each with its entries.
+    batches: Vec<(Batch, Vec<Delivery>)>,
+    /// Entries to acknowledge unread, by stream.
+    skipped: HashMap<String, Vec<String>>,
+    alone: Vec<Delivery>,
+}
+
+impl Planned {
+    /// Adds a step to the last batch, or starts a new one.
+    fn add(&mut self, step: Step, delivery: Delivery) {
+        let step = match self.batches.last_mut() {
+            Some((batch, deliveries)) => match batch.push(step) {
+                Ok(()) => {
+                    deliveries.push(delivery);
+                    return;
+                }
+                Err(step) => step,
+            },
+            None => step,
+        };
+        self.batches.push((Batch::new(step), vec![delivery]));
     }
 }
 

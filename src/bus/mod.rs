@@ -3,7 +3,8 @@
 //!
 //! - [`ids`]: stream ids and the special ids of stream commands.
 //! - [`entry`]: an entry as a service gets it ([`Delivery`]) and the event envelope it carries.
-//! - `step`: the atomic, exactly-once Lua step that applies and acknowledges one entry.
+//! - `step`: the atomic, exactly-once Lua step that applies and acknowledges one entry, and
+//!   `Batch`, the steps of a read's entries in one script call.
 //! - `handler`: what a service implements ([`Handler`], [`Plan`], [`Outcome`]).
 //! - `consumer`: the consumer-group loop; `takeover`: entries of silent consumers; `dead`:
 //!   dead letters and counted tries.

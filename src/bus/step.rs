@@ -1,6 +1,8 @@
-//! The atomic step: a Lua script that applies one entry and acknowledges it, exactly once.
+//! The atomic step: a Lua script that applies one entry and acknowledges it, exactly once; and
+//! its batch form, which runs the steps of many entries of one stream, each on its own, in one
+//! script call.
 
-use redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs};
+use redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value};
 
 use super::entry::{DEAD_LETTER_FIELD_BYTES, Delivery};
 use crate::connection::Connection;
@@ -33,6 +35,14 @@ const PRELUDE: &str = include_str!("lua/step_prelude.lua");
 /// raised again: the entry stays pending and is retried.
 const EPILOGUE: &str = include_str!("lua/step_epilogue.lua");
 
+/// Lua run once per script call, before its steps: `read_once()`, `now_ms()` and
+/// `delete_later()`.
+const CALL: &str = include_str!("lua/step_call.lua");
+
+/// Lua run after the step, `one(k, a)`: runs it for each entry of the call, in order, each on
+/// its own; the batch form answers with the list of their replies, a single step with its own.
+const DRIVER: &str = include_str!("lua/step_batch.lua");
+
 /// About how many dead letters the dead-letter stream keeps (`XADD ... MAXLEN ~`): the oldest
 /// go first.
 pub const DEAD_LETTERS_KEPT: u64 = 100_000;
@@ -40,6 +50,16 @@ pub const DEAD_LETTERS_KEPT: u64 = 100_000;
 /// The KEYS and ARGV every step starts with, before the script's own.
 const COMMON_KEYS: [&str; 4] = ["stream", "events", "dead", "attempts"];
 const COMMON_ARGS: [&str; 4] = ["group", "entry_id", "request_id", "deliveries"];
+/// Of those, the ones every step of a batch gives the same (one stream, one service's keys, first
+/// deliveries): a batch gives them once.
+const COMMON_SHARED: [&str; 6] = [
+    "stream",
+    "events",
+    "dead",
+    "attempts",
+    "group",
+    "deliveries",
+];
 
 /// What every step of one service touches besides its own keys: its group, its own events
 /// stream (the only one it publishes to), the dead-letter stream, and the hash counting tries of redelivered entries.
@@ -132,23 +152,26 @@ impl StepReply {
 /// when memory is over `maxmemory` or the server is a read-only replica. The step fails with
 /// nothing done and the entry is tried again once Redis recovers. (Without flags, Redis checks
 /// only a script's first write, and the acknowledgement would let the rest through.)
+///
+/// Each script has a batch form too ([`Batch`]): the same Lua, run once per entry inside one
+/// script call, which saves Redis the cost of a call per entry (its arguments, its Lua tables),
+/// and gives once the names every step of the batch shares.
 #[derive(Debug)]
 pub struct StepScript {
     script: Script,
+    batch: Script,
+    /// The step's Lua after the declarations of its names, the same in both forms.
+    body: String,
     keys: Vec<&'static str>,
     args: Vec<&'static str>,
+    /// The script's own names whose values are the same for every step of one consumer (see
+    /// [`StepScript::sharing`]).
+    shared: Vec<&'static str>,
 }
 
 impl StepScript {
     /// `parts`: the Lua, in order, that defines `check()` and `apply()` (with any helpers).
     pub fn new(keys: &[&'static str], args: &[&'static str], parts: &[&str]) -> StepScript {
-        let declare = |table: &str, first: usize, names: &[&str]| -> String {
-            names
-                .iter()
-                .enumerate()
-                .map(|(index, name)| format!("local {name} = {table}[{}]\n", first + index))
-                .collect()
-        };
         let body = parts.concat();
         // Only the event names the body publishes.
         let constants: String = EventKind::ALL
@@ -156,22 +179,81 @@ impl StepScript {
             .filter(|kind| mentions(&body, kind.lua_constant()))
             .map(|kind| format!("local {} = '{}'\n", kind.lua_constant(), kind.name()))
             .collect();
-        let lua = format!(
-            "#!lua\n{}{}{}{}\
-             local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n\
+        let body = format!(
+            "local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n\
              local DEAD_LETTERS_KEPT = {DEAD_LETTERS_KEPT}\n\
              local DEAD_LETTER_FIELD_BYTES = {DEAD_LETTER_FIELD_BYTES}\n{constants}{}",
-            declare("KEYS", 1, &COMMON_KEYS),
-            declare("ARGV", 1, &COMMON_ARGS),
-            declare("KEYS", COMMON_KEYS.len() + 1, keys),
-            declare("ARGV", COMMON_ARGS.len() + 1, args),
             keep_used(&format!("{PRELUDE}{body}{EPILOGUE}")),
         );
-        StepScript {
-            script: Script::new(&lua),
+        let mut script = StepScript {
+            script: Script::new(""),
+            batch: Script::new(""),
+            body,
             keys: keys.to_vec(),
             args: args.to_vec(),
+            shared: Vec::new(),
+        };
+        script.script = Script::new(&script.lua(false));
+        script.batch = Script::new(&script.lua(true));
+        script
+    }
+
+    /// Names, among the script's own keys and arguments, that every step of one consumer gives
+    /// the same value (such as a generation's pointer): a batch gives them once. A batch only
+    /// joins steps whose shared values are equal, so a name wrongly called shared costs only
+    /// smaller batches.
+    pub fn sharing(mut self, names: &[&'static str]) -> StepScript {
+        for name in names {
+            assert!(
+                self.keys.contains(name) || self.args.contains(name),
+                "{name} is not a name of the script"
+            );
         }
+        self.shared = names.to_vec();
+        self.batch = Script::new(&self.lua(true));
+        self
+    }
+
+    fn is_shared(&self, name: &str) -> bool {
+        COMMON_SHARED.contains(&name) || self.shared.contains(&name)
+    }
+
+    fn key_names(&self) -> impl Iterator<Item = &str> {
+        COMMON_KEYS.into_iter().chain(self.keys.iter().copied())
+    }
+
+    fn arg_names(&self) -> impl Iterator<Item = &str> {
+        COMMON_ARGS.into_iter().chain(self.args.iter().copied())
+    }
+
+    /// The script's Lua, single or batch form: the step is a function `one(k, a)` of an entry's
+    /// offsets in KEYS and ARGV, which the driver runs for each entry. The single form declares
+    /// each name from its place in KEYS or ARGV; the batch form gives the shared names first,
+    /// once, and each entry's own after `k` and `a`.
+    fn lua(&self, batch: bool) -> String {
+        let declare = |table: &str, offset: &str, names: Vec<&str>| -> (String, usize, usize) {
+            let (mut shared, mut own) = (0, 0);
+            let mut lua = String::new();
+            for name in names {
+                if !batch || self.is_shared(name) {
+                    shared += 1;
+                    lua.push_str(&format!("local {name} = {table}[{shared}]\n"));
+                } else {
+                    own += 1;
+                    lua.push_str(&format!("local {name} = {table}[{offset} + {own}]\n"));
+                }
+            }
+            (lua, shared, own)
+        };
+        let (keys, shared_keys, entry_keys) = declare("KEYS", "k", self.key_names().collect());
+        let (args, shared_args, entry_args) = declare("ARGV", "a", self.arg_names().collect());
+        format!(
+            "#!lua\n{CALL}local function one(k, a)\n{keys}{args}{}end\n\
+             local SINGLE = {}\n\
+             local SHARED_KEYS, SHARED_ARGS = {shared_keys}, {shared_args}\n\
+             local ENTRY_KEYS, ENTRY_ARGS = {entry_keys}, {entry_args}\n{DRIVER}",
+            self.body, !batch
+        )
     }
 }
 
@@ -339,15 +421,129 @@ impl Step {
     }
 }
 
+impl Step {
+    /// The step's keys and arguments that a batch gives once (`shared`), or those it gives
+    /// for each step.
+    fn part(&self, shared: bool) -> (Vec<&Vec<u8>>, Vec<&Vec<u8>>) {
+        let script = self.script;
+        let keys = script
+            .key_names()
+            .zip(&self.keys)
+            .filter(|(name, _)| script.is_shared(name) == shared)
+            .map(|(_, value)| value)
+            .collect();
+        let args = script
+            .arg_names()
+            .zip(&self.args)
+            .filter(|(name, _)| script.is_shared(name) == shared)
+            .map(|(_, value)| value)
+            .collect();
+        (keys, args)
+    }
+
+    /// Whether `other` can join a batch of this step: the same script, and the same values
+    /// where a batch gives them once.
+    fn batches_with(&self, other: &Step) -> bool {
+        std::ptr::eq(self.script, other.script) && self.part(true) == other.part(true)
+    }
+}
+
+/// Steps of one script, in order, that share their shared keys and arguments (entries of one
+/// stream for one consumer): sent as one call of the script's batch form, which runs each step
+/// in turn, each checked, claimed and protected on its own, and answers each step's reply.
+#[derive(Debug)]
+pub(super) struct Batch {
+    steps: Vec<Step>,
+}
+
+impl Batch {
+    pub(super) fn new(step: Step) -> Batch {
+        Batch { steps: vec![step] }
+    }
+
+    /// Adds `step` when it can join the batch; gives it back otherwise.
+    pub(super) fn push(&mut self, step: Step) -> Result<(), Step> {
+        if self.steps[0].batches_with(&step) {
+            self.steps.push(step);
+            Ok(())
+        } else {
+            Err(step)
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// One step alone runs the single form; more, the batch form: the shared keys once, then
+    /// each step's own, and the same for the arguments.
+    pub(super) fn command(&self) -> Cmd {
+        let first = &self.steps[0];
+        if self.steps.len() == 1 {
+            return first.command();
+        }
+        let (mut keys, mut args) = first.part(true);
+        for step in &self.steps {
+            let (own_keys, own_args) = step.part(false);
+            keys.extend(own_keys);
+            args.extend(own_args);
+        }
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(first.script.batch.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
+        command
+    }
+
+    /// Each step's reply, in order, from the reply to [`Batch::command`]: an error of the
+    /// whole call is every step's.
+    pub(super) fn replies(&self, result: RedisResult<Value>) -> Vec<RedisResult<StepReply>> {
+        let count = self.steps.len();
+        let values = match result {
+            Ok(value) if count == 1 => vec![Ok(value)],
+            Ok(Value::Array(values)) if values.len() == count => {
+                values.into_iter().map(Ok).collect()
+            }
+            Ok(other) => vec![Err(unexpected("step batch reply", format!("{other:?}"))); count],
+            Err(error) => vec![Err(error); count],
+        };
+        values
+            .into_iter()
+            .map(|value| value.and_then(read_value))
+            .collect()
+    }
+
+    /// Loads the script's batch form (after `NOSCRIPT`: a Redis restarted or flushed).
+    pub(super) async fn load(&self, connection: &mut Connection) -> RedisResult<()> {
+        let script = self.steps[0].script;
+        let form = if self.steps.len() == 1 {
+            &script.script
+        } else {
+            &script.batch
+        };
+        form.load_async(connection).await.map(drop)
+    }
+}
+
+/// One step's reply, a word or an error.
+fn read_value(value: Value) -> RedisResult<StepReply> {
+    match value {
+        Value::BulkString(bytes) => read_reply(&String::from_utf8_lossy(&bytes)),
+        Value::SimpleString(word) => read_reply(&word),
+        Value::ServerError(error) => Err(error.into()),
+        other => Err(unexpected("step reply", format!("{other:?}"))),
+    }
+}
+
+fn unexpected(what: &'static str, detail: String) -> redis::RedisError {
+    redis::RedisError::from((ErrorKind::UnexpectedReturnType, what, detail))
+}
+
 /// A step's reply word as a [`StepReply`]; any other is an error (and the entry is retried).
 pub fn read_reply(word: &str) -> RedisResult<StepReply> {
-    StepReply::parse(word).ok_or_else(|| {
-        redis::RedisError::from((
-            ErrorKind::UnexpectedReturnType,
-            "unknown step reply",
-            word.to_owned(),
-        ))
-    })
+    StepReply::parse(word).ok_or_else(|| unexpected("unknown step reply", word.to_owned()))
 }
 
 #[cfg(test)]
@@ -399,6 +595,95 @@ mod tests {
                 "5", "s", "e", "d", "a", "p", "query", "1-0", "r", "1", "x", "t"
             ]
         );
+    }
+
+    /// A script on a generation: `pointer` and `prefix` shared, `reply` and `title` each step's.
+    static SHARING: std::sync::LazyLock<StepScript> = std::sync::LazyLock::new(|| {
+        StepScript::new(
+            &["pointer", "reply"],
+            &["prefix", "title"],
+            &["local function check() end\nlocal function apply() end\n"],
+        )
+        .sharing(&["pointer", "prefix"])
+    });
+
+    fn sharing_step(id: &str, pointer: &str) -> Step {
+        let delivery = Delivery::new("s", (id.to_owned(), Vec::new()), 1);
+        Step::new(&SHARING, &step_keys(), &delivery, &format!("r{id}"))
+            .key("pointer", pointer)
+            .key("reply", format!("reply{id}"))
+            .arg("prefix", "x:")
+            .arg("title", format!("t{id}"))
+    }
+
+    fn words(command: &Cmd) -> Vec<String> {
+        command
+            .args_iter()
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_gives_the_shared_keys_and_arguments_once_then_each_steps_own() {
+        let mut batch = Batch::new(sharing_step("1-0", "p"));
+        batch.push(sharing_step("2-0", "p")).unwrap();
+        let command = batch.command();
+        assert_eq!(words(&command)[1], SHARING.batch.get_hash());
+        assert_eq!(
+            words(&command)[2..],
+            [
+                "7", "s", "e", "d", "a", "p", "reply1-0", "reply2-0", "query", "1", "x:", "1-0",
+                "r1-0", "t1-0", "2-0", "r2-0", "t2-0"
+            ]
+        );
+        let lua = SHARING.lua(true);
+        assert!(lua.contains("local pointer = KEYS[5]\n"));
+        assert!(lua.contains("local reply = KEYS[k + 1]\n"));
+        assert!(lua.contains("local prefix = ARGV[3]\n"));
+        assert!(lua.contains("local title = ARGV[a + 3]\n"));
+        assert!(lua.contains("local SHARED_KEYS, SHARED_ARGS = 5, 3\n"));
+        assert!(lua.contains("local ENTRY_KEYS, ENTRY_ARGS = 1, 3\n"));
+        // One step alone is sent as the single form.
+        let alone = Batch::new(sharing_step("1-0", "p"));
+        assert_eq!(
+            words(&alone.command()),
+            words(&sharing_step("1-0", "p").command())
+        );
+    }
+
+    #[test]
+    fn only_steps_of_one_script_with_the_same_shared_values_batch() {
+        let mut batch = Batch::new(sharing_step("1-0", "p"));
+        assert!(batch.push(sharing_step("2-0", "other pointer")).is_err());
+        static OTHER: std::sync::LazyLock<StepScript> =
+            std::sync::LazyLock::new(|| StepScript::new(&[], &[], &[]));
+        let delivery = Delivery::new("s", ("3-0".to_owned(), Vec::new()), 1);
+        assert!(
+            batch
+                .push(Step::new(&OTHER, &step_keys(), &delivery, "r"))
+                .is_err()
+        );
+        assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn each_step_of_a_batch_gets_its_own_reply() {
+        let mut batch = Batch::new(sharing_step("1-0", "p"));
+        batch.push(sharing_step("2-0", "p")).unwrap();
+        let replies = batch.replies(Ok(Value::Array(vec![
+            Value::BulkString(b"applied".to_vec()),
+            Value::BulkString(b"stale".to_vec()),
+        ])));
+        assert_eq!(replies[0].as_ref().unwrap(), &StepReply::Applied);
+        assert_eq!(replies[1].as_ref().unwrap(), &StepReply::Stale);
+        // A reply of the wrong length fails every step: none is taken for another's.
+        let short = batch.replies(Ok(Value::Array(vec![Value::BulkString(
+            b"applied".to_vec(),
+        )])));
+        assert!(short.iter().all(Result::is_err));
     }
 
     #[test]

@@ -53,8 +53,15 @@ const MAX_REQUEST_ID_CHARS: usize = 128;
 const MAX_REPLY_TO_CHARS: usize = 64;
 
 /// Adds a request to an inbox, stamped with its deadline and the posts' stream's position.
-/// Returns the entry id.
-const ENQUEUE: &str = include_str!("lua/enqueue.lua");
+/// Returns the entry id. Sent whole with each request (see [`call`]), without its comments:
+/// Redis hashes the text of every `EVAL` it runs (twice, in Redis 7.0).
+static ENQUEUE: LazyLock<String> = LazyLock::new(|| {
+    include_str!("lua/enqueue.lua")
+        .lines()
+        .filter(|line| !line.starts_with("--"))
+        .map(|line| format!("{line}\n"))
+        .collect()
+});
 
 /// `drop()`, `answer()` and `remember()`, for every request step.
 const HELPERS: &str = include_str!("lua/helpers.lua");
@@ -372,7 +379,7 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     // EVAL, not EVALSHA: the wait goes in the same round trip, and would block the connection
     // for the whole timeout behind a NOSCRIPT error.
     let mut send = redis::cmd("EVAL");
-    send.arg(ENQUEUE)
+    send.arg(ENQUEUE.as_str())
         .arg(2)
         .arg(&inbox)
         .arg(keys.events(STAMPED_FROM, partition))

@@ -58,6 +58,7 @@ static CREATE: LazyLock<StepScript> = LazyLock::new(|| {
             include_str!("lua/comments_create.lua"),
         ],
     )
+    .sharing(&generations::SHARED)
 });
 
 /// Learns that a post exists, from its `PostCreated`.

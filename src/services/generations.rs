@@ -18,6 +18,8 @@ use crate::keyspace::{Generation, Keys, Partition, Service, generation_lua};
 /// pointer, and the service's prefix.
 pub const KEYS: [&str; 1] = ["pointer"];
 pub const ARGS: [&str; 1] = ["prefix"];
+/// Both are the same for every step of one service's consumer: a batch of steps gives them once.
+pub const SHARED: [&str; 2] = [KEYS[0], ARGS[0]];
 
 /// The rebuild's batch: the service's apply functions over a list of calls.
 const REBUILD_BATCH: &str = include_str!("lua/rebuild_batch.lua");
@@ -80,10 +82,11 @@ impl Generations {
 }
 
 /// Lua that names a generation's keys and sets `base` to the live generation's base, from the
-/// step's `pointer` and `prefix`; then [`TOUCH`] and a service's apply functions, `apply_lua`.
+/// step's `pointer` (read once per script call: no step writes it, so a batch's steps all see
+/// the same) and `prefix`; then [`TOUCH`] and a service's apply functions, `apply_lua`.
 pub fn lua(apply_lua: &str) -> String {
     format!(
-        "{}local base = generation_base(prefix, redis.call('GET', pointer))\n{TOUCH}{apply_lua}",
+        "{}local base = generation_base(prefix, read_once(pointer))\n{TOUCH}{apply_lua}",
         generation_lua()
     )
 }
@@ -173,4 +176,5 @@ pub fn step_script(
         &[&ARGS[..], args].concat(),
         &[&lua(apply_lua), body],
     )
+    .sharing(&SHARED)
 }

@@ -317,6 +317,118 @@ fn a_step_that_fails_after_acknowledging_is_dead_lettered_with_its_error() {
     drop(services);
 }
 
+/// The entries a service finds waiting go as one script call per run of steps of one script
+/// (see `Batch`): a step in the middle that fails after acknowledging its entry dead-letters that
+/// entry alone, and the steps around it are applied.
+#[test]
+fn a_step_failing_in_a_batch_dead_letters_its_entry_alone() {
+    let blog = Blog::new();
+    let others = blog.serve(&["posts", "comments", "moderation"]);
+    let posts: Vec<String> = (0..3)
+        .map(|n| blog.ok(&["post", "create", &format!("post {n}")]))
+        .collect();
+    // A key of the wrong type where the view keeps the middle post's comments.
+    let broken = keys()
+        .generation(Service::Query, P, 0)
+        .view_comments(&posts[1]);
+    let _: () = redis::cmd("SET")
+        .arg(&broken)
+        .arg("not a hash")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    for post in &posts {
+        blog.ok(&["comment", "create", post, "hello"]);
+    }
+    // Every comment decided, so that query finds 6 comment events waiting.
+    assert!(wait_until(PATIENCE, || blog
+        .events_of("CommentUpdated")
+        .len()
+        == 3));
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    let query = blog.serve(&["query"]);
+    // (The view cannot be listed: the broken key fails its read.)
+    let generation = keys().generation(Service::Query, P, 0);
+    for post in [&posts[0], &posts[2]] {
+        let approved = wait_until(PATIENCE, || {
+            let comments: Vec<String> = redis::cmd("HVALS")
+                .arg(generation.view_comments(post))
+                .query(&mut blog.redis.connection())
+                .unwrap();
+            comments.len() == 1 && comments[0].contains("approved")
+        });
+        assert!(approved, "the comment on {post} is not in the view");
+    }
+    let dead_for_query = || {
+        blog.entries(&keys().dead(P))
+            .into_iter()
+            .filter(|(_, fields)| fields.contains(&("service".to_owned(), "query".to_owned())))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(PATIENCE, || dead_for_query().len() == 2),
+        "the broken post's two comment events are not dead-lettered: {:?}",
+        dead_for_query()
+    );
+    for (_, fields) in dead_for_query() {
+        let field = |name: &str| fields.iter().find(|(k, _)| k == name).unwrap().1.clone();
+        assert!(field("reason").contains("WRONGTYPE"), "{fields:?}");
+        assert!(field("entry").contains(&posts[1]), "{fields:?}");
+    }
+    let events = blog.events("comments");
+    assert!(wait_until(PATIENCE, || blog.pending(&events, "query") == 0));
+    // 3 posts and 6 comment events, in at most one call per stream (and a retry's few).
+    let calls = blog.redis.command_stats()["evalsha"]["calls"];
+    assert!(calls < 9, "{calls} script calls for 9 entries");
+    drop((others, query));
+}
+
+/// A step in the middle of a batch that fails before acknowledging its entry leaves that entry
+/// pending, to be tried again on its own (and dead-lettered once it has failed every try), and
+/// the steps around it are applied.
+#[test]
+fn a_step_failing_before_its_claim_in_a_batch_leaves_its_entry_pending() {
+    let blog = Blog::new();
+    let others = blog.serve(&["posts", "comments", "query"]);
+    let post = blog.ok(&["post", "create", "--wait", "hello"]);
+    let comments: Vec<String> = (0..3)
+        .map(|n| blog.ok(&["comment", "create", &post, &format!("comment {n}")]))
+        .collect();
+    // A key of the wrong type for the middle comment: recording its verdict fails in the
+    // step's check, before the claim.
+    let broken = keys()
+        .generation(Service::Comments, P, 0)
+        .comment(&comments[1]);
+    let _: () = redis::cmd("SET")
+        .arg(&broken)
+        .arg("not a hash")
+        .query(&mut blog.redis.connection())
+        .unwrap();
+    // Moderation judges the three in one call, so comments finds the verdicts together.
+    let moderation = blog.serve(&["moderation"]);
+    let updated = |id: &str| {
+        blog.events_of("CommentUpdated")
+            .iter()
+            .any(|event| event["id"] == id)
+    };
+    assert!(wait_until(PATIENCE, || updated(&comments[0]) && updated(&comments[2])));
+    let dead = || blog.entries(&keys().dead(P));
+    let failed = wait_until(PATIENCE, || {
+        dead().iter().any(|(_, fields)| {
+            let field = |name: &str| fields.iter().find(|(k, _)| k == name).unwrap().1.clone();
+            field("service") == "comments"
+                && field("reason").starts_with("failed ")
+                && field("reason").contains("WRONGTYPE")
+                && field("entry").contains(&comments[1])
+        })
+    });
+    assert!(failed, "no dead letter after its tries: {:?}", dead());
+    assert!(!updated(&comments[1]));
+    drop((others, moderation));
+}
+
 #[test]
 fn an_evicting_maxmemory_policy_is_refused_by_serve_and_flagged_by_check() {
     let blog = Blog::on(RedisServer::start_with(&[

@@ -1,7 +1,7 @@
 -- Every request step: drop(), answer() and remember(), for the body's apply_request().
--- Deletes the request from the inbox.
+-- Deletes the request from the inbox, once the call's steps have run.
 local function drop()
-  redis.call('XDEL', stream, entry_id)
+  delete_later(entry_id)
 end
 -- Leaves the answer for the client in its reply key, and deletes the request.
 local function answer(body)

@@ -7,10 +7,9 @@ local function check()
   -- The client's mark is a string; an earlier answer under the same name would be a list.
   abandoned = redis.call('TYPE', reply)['ok'] == 'string'
   if abandoned then return nil end
-  local now = redis.call('TIME')
-  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local now = now_ms()
   -- A deadline further ahead than any client's timeout was not written by a client.
-  expired = now_ms > tonumber(deadline) or tonumber(deadline) > now_ms + MAX_TIMEOUT_MS
+  expired = now > tonumber(deadline) or tonumber(deadline) > now + MAX_TIMEOUT_MS
   if expired then return nil end
   earlier = redis.call('GET', remembered)
   if earlier then return nil end
