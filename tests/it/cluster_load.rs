@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use blogctl::keyspace::{Generation, Keys, Partition};
 
 use crate::cluster::{RedisCluster, eight, request_id_in, with_8_partitions};
-use crate::support::{Run, Service, service_named, wait_until};
+use crate::support::{Run, Service, groups_in, service_named, wait_until};
 
 /// Client processes creating comments at once.
 const WORKERS: usize = 3;
@@ -311,29 +311,13 @@ impl Inspector<'_> {
         self.cluster.nodes[master].connection()
     }
 
-    /// Every stream a service reads in `partition`, with its group (written out here, not
-    /// taken from the code under test).
-    fn groups(&self, partition: Partition) -> Vec<(String, &'static str)> {
-        let events = |producer: &str| self.keys.events(service_named(producer), partition);
-        let inbox = |service: &str| self.keys.inbox(service_named(service), partition);
-        vec![
-            (events("posts"), "comments"),
-            (events("posts"), "query"),
-            (events("comments"), "moderation"),
-            (events("comments"), "query"),
-            (events("moderation"), "comments"),
-            (inbox("posts"), "posts"),
-            (inbox("comments"), "comments"),
-        ]
-    }
-
     /// What is not done yet in `partition`, one line each: entries pending with a group or not
     /// delivered to it yet, requests in an inbox. Empty when the partition is quiet.
     fn unfinished(&self, partition: Partition) -> Vec<String> {
         use redis::streams::{StreamInfoGroupsReply, StreamInfoStreamReply};
         let mut connection = self.connection(partition);
         let mut left = Vec::new();
-        for (stream, group) in self.groups(partition) {
+        for (stream, group) in groups_in(&self.keys, partition) {
             let info: StreamInfoStreamReply = redis::cmd("XINFO")
                 .arg("STREAM")
                 .arg(&stream)
@@ -1030,21 +1014,15 @@ fn a_step_meeting_its_generation_half_moved_fails_before_its_claim_and_waits_for
         troubles(&services)
     );
     // The comments service learnt the second post once the move ended.
-    let late = client(&url, &["comment", "create", "--wait", &second_post, "late"]);
-    let late = late.split(' ').next().unwrap().to_owned();
-    let view = inspector.settle(&url);
     let mut expected = first;
     expected.push(("during".to_owned(), during));
-    assert_comments_once(&view, &post, &expected);
-    assert_comments_once(&view, &second_post, &[("late".to_owned(), late)]);
-    assert_no_event_doubled(&inspector.events());
-    take_back_step_keys(&cluster, to);
-    let leftovers = inspector.leftovers();
-    assert!(
-        leftovers.is_empty(),
-        "{leftovers:#?}\n{}",
-        troubles(&services)
-    );
+    let moved = Moved {
+        cluster: &cluster,
+        to,
+        url: &url,
+        inspector: &inspector,
+    };
+    moved.check(&services, &post, &expected, &second_post);
     println!(
         "half move: {} generation keys of partition {HALF_MOVED} moved ahead; client exits \
          (code, runs): {:?}; {:.1}s",
@@ -1169,19 +1147,14 @@ fn new_master_ahead(waiting: Waiting, behind: fn(&Generation, &str) -> Vec<Strin
     // Fails on a key on both masters (`BUSYKEY`).
     cluster.migrate_slot_keys(slot, from, to, || {});
     cluster.end_move(slot, from, to);
-    let late = client(&url, &["comment", "create", "--wait", &second_post, "late"]);
-    let late = late.split(' ').next().unwrap().to_owned();
-    let view = inspector.settle(&url);
-    assert_comments_once(&view, &post, &[("first".to_owned(), comment)]);
-    assert_comments_once(&view, &second_post, &[("late".to_owned(), late)]);
-    assert_no_event_doubled(&inspector.events());
-    take_back_step_keys(&cluster, to);
-    let leftovers = inspector.leftovers();
-    assert!(
-        leftovers.is_empty(),
-        "{leftovers:#?}\n{}",
-        troubles(&services)
-    );
+    let moved = Moved {
+        cluster: &cluster,
+        to,
+        url: &url,
+        inspector: &inspector,
+    };
+    let expected = [("first".to_owned(), comment)];
+    moved.check(&services, &post, &expected, &second_post);
     println!(
         "new master ahead ({waiting:?}): {} keys of partition {HALF_MOVED} moved, {behind:?} \
          left behind; {:.1}s",
@@ -1423,6 +1396,45 @@ fn name_every_step_key(cluster: &RedisCluster, from: usize) {
             .arg(&[&attempts, PLACEHOLDER, "0"])
             .query(&mut connection)
             .unwrap();
+    }
+}
+
+/// A half move of the slot of [`HALF_MOVED`] ended: the slot served by the node at `to`.
+struct Moved<'a> {
+    cluster: &'a RedisCluster,
+    to: usize,
+    url: &'a str,
+    inspector: &'a Inspector<'a>,
+}
+
+impl Moved<'_> {
+    /// A comment on `second_post` (which the comments service must have learnt) is approved;
+    /// `post` holds the `expected` comments and `second_post` that one, each once, with no event
+    /// doubled; once the step keys the test made are taken back, nothing is left pending,
+    /// counted or dead-lettered.
+    fn check(
+        &self,
+        services: &[Service],
+        post: &str,
+        expected: &[(String, String)],
+        second_post: &str,
+    ) {
+        let late = client(
+            self.url,
+            &["comment", "create", "--wait", second_post, "late"],
+        );
+        let late = late.split(' ').next().unwrap().to_owned();
+        let view = self.inspector.settle(self.url);
+        assert_comments_once(&view, post, expected);
+        assert_comments_once(&view, second_post, &[("late".to_owned(), late)]);
+        assert_no_event_doubled(&self.inspector.events());
+        take_back_step_keys(self.cluster, self.to);
+        let leftovers = self.inspector.leftovers();
+        assert!(
+            leftovers.is_empty(),
+            "{leftovers:#?}\n{}",
+            troubles(services)
+        );
     }
 }
 

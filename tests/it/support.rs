@@ -738,20 +738,10 @@ impl Blog {
     /// events streams each followed by the services that use their events, then the inboxes.
     pub fn groups(&self) -> Vec<(String, &'static str)> {
         let keys = self.keys();
-        let one = |partition| {
-            let events = |producer| keys.events(service_named(producer), partition);
-            let inbox = |service| keys.inbox(service_named(service), partition);
-            [
-                (events("posts"), "comments"),
-                (events("posts"), "query"),
-                (events("comments"), "moderation"),
-                (events("comments"), "query"),
-                (events("moderation"), "comments"),
-                (inbox("posts"), "posts"),
-                (inbox("comments"), "comments"),
-            ]
-        };
-        self.every_partition().into_iter().flat_map(one).collect()
+        self.every_partition()
+            .into_iter()
+            .flat_map(|partition| groups_in(&keys, partition))
+            .collect()
     }
 
     /// Pending entries of a group on a stream.
@@ -1020,4 +1010,21 @@ pub fn compose_services() -> Vec<ComposeService> {
         }
     }
     services
+}
+
+/// Every stream a service reads in `partition`, with its group (written out here, not taken from
+/// the code under test): the events streams each followed by the services that use their events,
+/// then the inboxes.
+pub fn groups_in(keys: &Keys, partition: Partition) -> Vec<(String, &'static str)> {
+    let events = |producer| keys.events(service_named(producer), partition);
+    let inbox = |service| keys.inbox(service_named(service), partition);
+    vec![
+        (events("posts"), "comments"),
+        (events("posts"), "query"),
+        (events("comments"), "moderation"),
+        (events("comments"), "query"),
+        (events("moderation"), "comments"),
+        (inbox("posts"), "posts"),
+        (inbox("comments"), "comments"),
+    ]
 }
