@@ -12,7 +12,10 @@
 //! never sees half of each.
 //!
 //! The reads are read-only scripts run with `EVALSHA_RO` ([`ReadScript`]), so a client's Redis
-//! user needs only read permission on the view's keys (`%R~<ns>:query:*`).
+//! user needs only read permission on the view's keys (`%R~<ns>:query:*`). Each touches
+//! (`EXISTS`, with the pointer) the view keys it reads before it reads them, so that on a
+//! Cluster slot half moved it is refused rather than answered from half the keys (see
+//! `lua/query_read_posts.lua`).
 //!
 //! Events may be applied out of order when two instances share the work, so each write
 //! commutes: a pending comment never overwrites a final status, and comments that arrive
@@ -423,7 +426,7 @@ mod tests {
             for call in script.code.split("redis.call('").skip(1) {
                 let command = call.split('\'').next().unwrap();
                 assert!(
-                    ["GET", "ZRANGE", "HGET", "HVALS"].contains(&command),
+                    ["GET", "EXISTS", "ZRANGE", "HGET", "HVALS"].contains(&command),
                     "{command} in a read script"
                 );
             }

@@ -601,6 +601,7 @@ fn a_client_that_may_only_read_the_view_lists_and_shows_posts_and_writes_nothing
         "+evalsha_ro",
         "+eval_ro",
         "+get",
+        "+exists",
         "+zrange",
         "+hget",
         "+hvals",
