@@ -204,7 +204,33 @@ async fn prepare_redis(context: &Context, services: &[Service]) -> color_eyre::R
     for partition in partitions.all().skip(1) {
         refuse_an_evicting_redis(context, &mut connection, partition).await?;
     }
+    if services.contains(&Service::Query) {
+        name_the_first_view(context, &mut connection, partitions).await?;
+    }
     Ok(partitions)
+}
+
+/// Writes the query view's generation pointer where no rebuild has yet (`0`, the generation a
+/// missing pointer means), so that every partition's view has a key that is always there: a
+/// read touches it with the keys it reads (see `services::query`), and on a Redis Cluster moving
+/// the partition's slot, the read is then refused only while its keys are split between the two
+/// masters, not for the whole move.
+async fn name_the_first_view(
+    context: &Context,
+    connection: &mut Connection,
+    partitions: Partitions,
+) -> color_eyre::Result<()> {
+    for partition in partitions.all() {
+        let pointer = context.keys.generation_pointer(Service::Query, partition);
+        let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(&pointer)
+            .arg(0)
+            .arg("NX")
+            .query_async(connection)
+            .await;
+        set.map_err(|error| context.redis.unreachable(&error))?;
+    }
+    Ok(())
 }
 
 async fn refuse_an_evicting_redis(
