@@ -10,11 +10,12 @@ use redis::{AsyncCommands, ErrorKind, RedisResult, Script, ServerErrorKind, Valu
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
+use super::batch::Batch;
 use super::entry::{Delivery, RawEntry};
 use super::groups::{acknowledge, ensure_group, run_id};
 use super::handler::{Handler, Outcome, Plan};
 use super::ids::{NEW_ENTRIES, OWN_PENDING};
-use super::step::{Batch, Step, StepKeys, StepReply};
+use super::step::{Step, StepKeys, StepReply};
 use crate::connection::{Connection, Redis};
 use crate::error::Malformed;
 use crate::error::is_unavailable;

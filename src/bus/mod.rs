@@ -3,8 +3,8 @@
 //!
 //! - [`ids`]: stream ids and the special ids of stream commands.
 //! - [`entry`]: an entry as a service gets it ([`Delivery`]) and the event envelope it carries.
-//! - `step`: the atomic, exactly-once Lua step that applies and acknowledges one entry, and
-//!   `Batch`, the steps of a read's entries in one script call.
+//! - `step`: the atomic, exactly-once Lua step that applies and acknowledges one entry.
+//! - `batch`: `Batch`, the steps of a read's entries in one call of the script's batch form.
 //! - `handler`: what a service implements ([`Handler`], [`Plan`], [`Outcome`]).
 //! - `consumer`: the consumer-group loop; `takeover`: entries of silent consumers; `dead`:
 //!   dead letters and counted tries.
@@ -14,6 +14,7 @@
 //! The Lua scripts are in `lua/`.
 
 mod backoff;
+mod batch;
 mod consumer;
 mod dead;
 pub mod entry;
