@@ -52,6 +52,11 @@ impl redis::aio::ConnectionLike for Connection {
 }
 
 impl Connection {
+    /// Whether this is a connection to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Connection::Cluster(_))
+    }
+
     /// `INFO <sections>` of the Redis holding `key`: on a Cluster, of the master serving its
     /// slot (a plain `INFO` there would ask every master).
     pub async fn info(&mut self, key: &str, sections: &[&str]) -> RedisResult<String> {

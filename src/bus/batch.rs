@@ -63,10 +63,10 @@ impl Batch {
 
     /// One step alone runs the single form; more, the batch form: the shared keys once, then
     /// each step's own, and the same for the arguments.
-    pub(super) fn command(&self) -> Cmd {
+    pub(super) fn command(&self, cluster: bool) -> Cmd {
         let first = &self.steps[0];
         if self.steps.len() == 1 {
-            return first.command();
+            return first.command(cluster);
         }
         let (mut keys, mut args) = first.part(true);
         for step in &self.steps {
@@ -76,7 +76,7 @@ impl Batch {
         }
         let mut command = redis::cmd("EVALSHA");
         command
-            .arg(first.script.batch.get_hash())
+            .arg(first.script.forms_for(cluster).batch.get_hash())
             .arg(keys.len())
             .arg(keys)
             .arg(args);
@@ -103,11 +103,11 @@ impl Batch {
 
     /// Loads the script's batch form (after `NOSCRIPT`: a Redis restarted or flushed).
     pub(super) async fn load(&self, connection: &mut Connection) -> RedisResult<()> {
-        let script = self.steps[0].script;
+        let forms = self.steps[0].script.forms_for(connection.is_cluster());
         let form = if self.steps.len() == 1 {
-            &script.script
+            &forms.single
         } else {
-            &script.batch
+            &forms.batch
         };
         form.load_async(connection).await.map(drop)
     }
@@ -143,8 +143,11 @@ mod tests {
     fn a_batch_gives_the_shared_keys_and_arguments_once_then_each_steps_own() {
         let mut batch = Batch::new(sharing_step("1-0", "p"));
         batch.push(sharing_step("2-0", "p")).unwrap();
-        let command = batch.command();
-        assert_eq!(words(&command)[1], SHARING.batch.get_hash());
+        let command = batch.command(false);
+        assert_eq!(
+            words(&command)[1],
+            SHARING.forms_for(false).batch.get_hash()
+        );
         assert_eq!(
             words(&command)[2..],
             [
@@ -152,18 +155,20 @@ mod tests {
                 "r1-0", "t1-0", "2-0", "r2-0", "t2-0"
             ]
         );
-        let lua = SHARING.lua(true);
+        let lua = SHARING.lua(true, false);
         assert!(lua.contains("local pointer = KEYS[5]\n"));
-        assert!(lua.contains("local reply = KEYS[k + 1]\n"));
+        assert!(lua.contains("  reply = KEYS[k + 1]\n"));
         assert!(lua.contains("local prefix = ARGV[3]\n"));
-        assert!(lua.contains("local title = ARGV[a + 3]\n"));
+        assert!(lua.contains("  title = ARGV[a + 3]\n"));
+        // Each entry's names are the call's locals, which `one` sets for each entry.
+        assert!(lua.contains("local reply, entry_id, request_id, title\n"));
         assert!(lua.contains("local SHARED_KEYS, SHARED_ARGS = 5, 3\n"));
         assert!(lua.contains("local ENTRY_KEYS, ENTRY_ARGS = 1, 3\n"));
         // One step alone is sent as the single form.
         let alone = Batch::new(sharing_step("1-0", "p"));
         assert_eq!(
-            words(&alone.command()),
-            words(&sharing_step("1-0", "p").command())
+            words(&alone.command(false)),
+            words(&sharing_step("1-0", "p").command(false))
         );
     }
 

@@ -336,8 +336,9 @@ impl<H: Handler> Consumer<'_, H> {
         } = self.plan_batch(deliveries);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        let cluster = self.connection.is_cluster();
         for (batch, _) in &batches {
-            pipe.add_command(batch.command());
+            pipe.add_command(batch.command(cluster));
         }
         for (stream, ids) in &skipped {
             pipe.xack(stream, &self.config.group, ids);
@@ -359,7 +360,10 @@ impl<H: Handler> Consumer<'_, H> {
                     // ran; load it and send the batch again.
                     Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                         batch.load(&mut self.connection).await?;
-                        batch.command().query_async(&mut self.connection).await
+                        batch
+                            .command(cluster)
+                            .query_async(&mut self.connection)
+                            .await
                     }
                     result => result,
                 };

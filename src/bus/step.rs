@@ -15,7 +15,7 @@ use crate::keyspace::{Keys, Partition, Service};
 /// Every step sees, by name: `stream` (where the entry came from), `events` (the service's
 /// own events stream), `dead` (the dead-letter stream), `group` (the service), `entry_id`, `request_id`
 /// (of the request that caused the entry) and `deliveries`; then the names its
-/// [`StepScript`] declares.
+/// [`StepScript`] declares; and `CLUSTER`, true in the form sent to a Redis Cluster.
 const PRELUDE: &str = include_str!("lua/step_prelude.lua");
 
 /// Lua run after the body, which defines `check()` and `apply()`: the check, the claim, then
@@ -158,8 +158,11 @@ impl StepReply {
 /// Lua tables), and gives once the names every step of the batch shares.
 #[derive(Debug)]
 pub struct StepScript {
-    pub(super) script: Script,
-    pub(super) batch: Script,
+    /// Its forms for a single Redis, where `touch()` does nothing ...
+    on_single: Forms,
+    /// ... and for a Redis Cluster, where `touch()` checks its keys are on the master (see
+    /// `services::generations::TOUCH`).
+    on_cluster: Forms,
     /// The step's Lua after the declarations of its names, the same in both forms.
     body: String,
     keys: Vec<&'static str>,
@@ -183,19 +186,35 @@ impl StepScript {
             "local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n\
              local DEAD_LETTERS_KEPT = {DEAD_LETTERS_KEPT}\n\
              local DEAD_LETTER_FIELD_BYTES = {DEAD_LETTER_FIELD_BYTES}\n{constants}{}",
-            keep_used(&format!("{PRELUDE}{body}{EPILOGUE}")),
+            format!("{PRELUDE}{body}{EPILOGUE}"),
         );
         let mut script = StepScript {
-            script: Script::new(""),
-            batch: Script::new(""),
+            on_single: Forms::empty(),
+            on_cluster: Forms::empty(),
             body,
             keys: keys.to_vec(),
             args: args.to_vec(),
             shared: Vec::new(),
         };
-        script.script = Script::new(&script.lua(false));
-        script.batch = Script::new(&script.lua(true));
+        script.on_single = script.forms(false);
+        script.on_cluster = script.forms(true);
         script
+    }
+
+    fn forms(&self, cluster: bool) -> Forms {
+        Forms {
+            single: Script::new(&self.lua(false, cluster)),
+            batch: Script::new(&self.lua(true, cluster)),
+        }
+    }
+
+    /// The forms to send over `connection`: a Cluster's, or a single Redis's.
+    pub(super) fn forms_for(&self, cluster: bool) -> &Forms {
+        if cluster {
+            &self.on_cluster
+        } else {
+            &self.on_single
+        }
     }
 
     /// Names, among the script's own keys and arguments, that every step of one consumer gives
@@ -210,7 +229,8 @@ impl StepScript {
             );
         }
         self.shared = names.to_vec();
-        self.batch = Script::new(&self.lua(true));
+        self.on_single = self.forms(false);
+        self.on_cluster = self.forms(true);
         self
     }
 
@@ -218,42 +238,72 @@ impl StepScript {
         COMMON_SHARED.contains(&name) || self.shared.contains(&name)
     }
 
-    pub(super) fn key_names(&self) -> impl Iterator<Item = &str> {
+    pub(super) fn key_names(&self) -> impl Iterator<Item = &'static str> {
         COMMON_KEYS.into_iter().chain(self.keys.iter().copied())
     }
 
-    pub(super) fn arg_names(&self) -> impl Iterator<Item = &str> {
+    pub(super) fn arg_names(&self) -> impl Iterator<Item = &'static str> {
         COMMON_ARGS.into_iter().chain(self.args.iter().copied())
     }
 
     /// The script's Lua, single or batch form: the step is a function `one(k, a)` of an entry's
     /// offsets in KEYS and ARGV, which the driver runs for each entry. The single form declares
     /// each name from its place in KEYS or ARGV; the batch form gives the shared names first,
-    /// once, and each entry's own after `k` and `a`.
-    pub(super) fn lua(&self, batch: bool) -> String {
-        let declare = |table: &str, offset: &str, names: Vec<&str>| -> (String, usize, usize) {
+    /// once, and each entry's own after `k` and `a`. `CLUSTER` says whether it runs on a Redis
+    /// Cluster.
+    ///
+    /// Everything but `one` runs once per call: the names are the call's locals, which `one`
+    /// sets to each entry's values, so the body's functions are made once per call rather than
+    /// once per entry (each costs Redis an allocation and its upvalues). So the body's own code
+    /// outside its functions may read only shared names; the state a step keeps between its
+    /// functions is set by `check()`, and `claimed` by the epilogue, for each entry.
+    pub(super) fn lua(&self, batch: bool, cluster: bool) -> String {
+        let mut declared = String::new();
+        let mut entry_names: Vec<&str> = Vec::new();
+        let mut assigned = String::new();
+        let mut declare = |table: &str, offset: &str, names: Vec<&'static str>| -> (usize, usize) {
             let (mut shared, mut own) = (0, 0);
-            let mut lua = String::new();
             for name in names {
                 if !batch || self.is_shared(name) {
                     shared += 1;
-                    lua.push_str(&format!("local {name} = {table}[{shared}]\n"));
+                    declared.push_str(&format!("local {name} = {table}[{shared}]\n"));
                 } else {
                     own += 1;
-                    lua.push_str(&format!("local {name} = {table}[{offset} + {own}]\n"));
+                    entry_names.push(name);
+                    assigned.push_str(&format!("  {name} = {table}[{offset} + {own}]\n"));
                 }
             }
-            (lua, shared, own)
+            (shared, own)
         };
-        let (keys, shared_keys, entry_keys) = declare("KEYS", "k", self.key_names().collect());
-        let (args, shared_args, entry_args) = declare("ARGV", "a", self.arg_names().collect());
-        format!(
-            "#!lua\n{CALL}local function one(k, a)\n{keys}{args}{}end\n\
+        let (shared_keys, entry_keys) = declare("KEYS", "k", self.key_names().collect());
+        let (shared_args, entry_args) = declare("ARGV", "a", self.arg_names().collect());
+        if !entry_names.is_empty() {
+            declared.push_str(&format!("local {}\n", entry_names.join(", ")));
+        }
+        let lua = format!(
+            "{CALL}{declared}{}local function one(k, a)\n{assigned}  return run_step()\nend\n\
              local SINGLE = {}\n\
              local SHARED_KEYS, SHARED_ARGS = {shared_keys}, {shared_args}\n\
              local ENTRY_KEYS, ENTRY_ARGS = {entry_keys}, {entry_args}\n{DRIVER}",
             self.body, !batch
-        )
+        );
+        format!("#!lua\nlocal CLUSTER = {cluster}\n{}", keep_used(&lua))
+    }
+}
+
+/// A step script's two forms: one step per call, and the batch form.
+#[derive(Debug)]
+pub(super) struct Forms {
+    pub(super) single: Script,
+    pub(super) batch: Script,
+}
+
+impl Forms {
+    fn empty() -> Forms {
+        Forms {
+            single: Script::new(""),
+            batch: Script::new(""),
+        }
     }
 }
 
@@ -396,12 +446,13 @@ impl Step {
         self
     }
 
-    pub(super) fn command(&self) -> Cmd {
+    /// The step's command, for a Redis Cluster or a single Redis (`cluster`).
+    pub(super) fn command(&self, cluster: bool) -> Cmd {
         debug_assert_eq!(self.named_keys, self.script.keys.len(), "keys missing");
         debug_assert_eq!(self.named_args, self.script.args.len(), "arguments missing");
         let mut command = redis::cmd("EVALSHA");
         command
-            .arg(self.script.script.get_hash())
+            .arg(self.script.forms_for(cluster).single.get_hash())
             .arg(self.keys.len())
             .arg(&self.keys)
             .arg(&self.args);
@@ -410,10 +461,14 @@ impl Step {
 
     /// Runs the step alone, loading its script first if Redis does not have it (after a restart).
     pub async fn run(&self, connection: &mut Connection) -> RedisResult<StepReply> {
-        let reply = match self.command().query_async(connection).await {
+        let cluster = connection.is_cluster();
+        let reply = match self.command(cluster).query_async(connection).await {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.script.script.load_async(connection).await?;
-                self.command().query_async::<String>(connection).await
+                let script = &self.script.forms_for(cluster).single;
+                script.load_async(connection).await?;
+                self.command(cluster)
+                    .query_async::<String>(connection)
+                    .await
             }
             result => result,
         }?;
@@ -487,11 +542,17 @@ pub(super) mod tests {
             .arg("post_id", "x")
             .arg("title", "t");
         assert_eq!(
-            words(&step.command())[2..],
+            words(&step.command(false))[2..],
             [
                 "5", "s", "e", "d", "a", "p", "query", "1-0", "r", "1", "x", "t"
             ]
         );
+        // The same keys and arguments to a Cluster, with the form whose `touch()` checks keys.
+        let (single, cluster) = (words(&step.command(false)), words(&step.command(true)));
+        assert_ne!(single[1], cluster[1]);
+        assert_eq!(single[2..], cluster[2..]);
+        assert!(SCRIPT.lua(false, false).contains("local CLUSTER = false\n"));
+        assert!(SCRIPT.lua(true, true).contains("local CLUSTER = true\n"));
     }
 
     #[test]

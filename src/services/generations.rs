@@ -100,7 +100,10 @@ pub fn lua(apply_lua: &str) -> String {
 /// which is always on the master running the step: on the master importing the slot (reached
 /// with `ASKING`), Redis checks a command only if it names several keys, and a one-key command
 /// on a key still on the old master would read nothing there, or write a second copy of it.
-pub const TOUCH: &str = "local function touch(...) redis.call('EXISTS', stream, ...) end\n";
+/// A single Redis never moves a key, so there the touch does nothing (`CLUSTER`: see
+/// [`crate::bus::StepScript`]).
+pub const TOUCH: &str =
+    "local function touch(...) if CLUSTER then redis.call('EXISTS', stream, ...) end end\n";
 
 /// One event applied to a service's state: the name of the Lua apply function and its
 /// arguments after the generation's base.

@@ -4,6 +4,7 @@
 -- request again gets the answer; another request under the same id is refused.
 local abandoned, expired, earlier
 local function check()
+  abandoned, expired, earlier = false, false, nil
   -- The client's mark is a string; an earlier answer under the same name would be a list.
   abandoned = redis.call('TYPE', reply)['ok'] == 'string'
   if abandoned then return nil end
