@@ -10,27 +10,34 @@ use crate::connection::Connection;
 impl Step {
     /// The step's keys and arguments that a batch gives once (`shared`), or those it gives
     /// for each step.
-    fn part(&self, shared: bool) -> (Vec<&Vec<u8>>, Vec<&Vec<u8>>) {
-        let script = self.script;
-        let keys = script
-            .key_names()
-            .zip(&self.keys)
-            .filter(|(name, _)| script.is_shared(name) == shared)
-            .map(|(_, value)| value)
-            .collect();
-        let args = script
-            .arg_names()
-            .zip(&self.args)
-            .filter(|(name, _)| script.is_shared(name) == shared)
-            .map(|(_, value)| value)
-            .collect();
-        (keys, args)
+    fn part(
+        &self,
+        shared: bool,
+    ) -> (
+        impl Iterator<Item = &Vec<u8>>,
+        impl Iterator<Item = &Vec<u8>>,
+    ) {
+        fn pick<'a>(
+            values: &'a [Vec<u8>],
+            marks: &'a [bool],
+            shared: bool,
+        ) -> impl Iterator<Item = &'a Vec<u8>> {
+            values
+                .iter()
+                .zip(marks)
+                .filter_map(move |(value, &mark)| (mark == shared).then_some(value))
+        }
+        (
+            pick(&self.keys, &self.script.key_shared, shared),
+            pick(&self.args, &self.script.arg_shared, shared),
+        )
     }
 
     /// Whether `other` can join a batch of this step: the same script, and the same values
     /// where a batch gives them once.
     fn batches_with(&self, other: &Step) -> bool {
-        std::ptr::eq(self.script, other.script) && self.part(true) == other.part(true)
+        let ((keys, args), (other_keys, other_args)) = (self.part(true), other.part(true));
+        std::ptr::eq(self.script, other.script) && keys.eq(other_keys) && args.eq(other_args)
     }
 }
 
@@ -68,7 +75,8 @@ impl Batch {
         if self.steps.len() == 1 {
             return first.command(cluster);
         }
-        let (mut keys, mut args) = first.part(true);
+        let (keys, args) = first.part(true);
+        let (mut keys, mut args): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) = (keys.collect(), args.collect());
         for step in &self.steps {
             let (own_keys, own_args) = step.part(false);
             keys.extend(own_keys);

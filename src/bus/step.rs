@@ -170,6 +170,9 @@ pub struct StepScript {
     /// The script's own names whose values are the same for every step of one consumer (see
     /// [`StepScript::sharing`]).
     shared: Vec<&'static str>,
+    /// For each key, then each argument, of a step (every step's first): whether it is shared.
+    pub(super) key_shared: Vec<bool>,
+    pub(super) arg_shared: Vec<bool>,
 }
 
 impl StepScript {
@@ -185,8 +188,8 @@ impl StepScript {
         let body = format!(
             "local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n\
              local DEAD_LETTERS_KEPT = {DEAD_LETTERS_KEPT}\n\
-             local DEAD_LETTER_FIELD_BYTES = {DEAD_LETTER_FIELD_BYTES}\n{constants}{}",
-            format!("{PRELUDE}{body}{EPILOGUE}"),
+             local DEAD_LETTER_FIELD_BYTES = {DEAD_LETTER_FIELD_BYTES}\n{constants}\
+             {PRELUDE}{body}{EPILOGUE}"
         );
         let mut script = StepScript {
             on_single: Forms::empty(),
@@ -195,7 +198,10 @@ impl StepScript {
             keys: keys.to_vec(),
             args: args.to_vec(),
             shared: Vec::new(),
+            key_shared: Vec::new(),
+            arg_shared: Vec::new(),
         };
+        script.mark_shared();
         script.on_single = script.forms(false);
         script.on_cluster = script.forms(true);
         script
@@ -229,12 +235,18 @@ impl StepScript {
             );
         }
         self.shared = names.to_vec();
+        self.mark_shared();
         self.on_single = self.forms(false);
         self.on_cluster = self.forms(true);
         self
     }
 
-    pub(super) fn is_shared(&self, name: &str) -> bool {
+    fn mark_shared(&mut self) {
+        self.key_shared = self.key_names().map(|name| self.is_shared(name)).collect();
+        self.arg_shared = self.arg_names().map(|name| self.is_shared(name)).collect();
+    }
+
+    fn is_shared(&self, name: &str) -> bool {
         COMMON_SHARED.contains(&name) || self.shared.contains(&name)
     }
 
