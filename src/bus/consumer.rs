@@ -204,15 +204,7 @@ impl<H: Handler> Consumer<'_, H> {
         backoff: &mut Backoff,
         served: &mut Option<String>,
     ) -> RedisResult<()> {
-        // A restarted Redis (a new run_id) may have come back empty: its groups are made anew.
-        let server = run_id(&mut self.connection, &self.config.streams[0]).await?;
-        for stream in &self.config.streams {
-            if served.as_deref() == Some(server.as_str()) {
-                self.refuse_a_vanished_group(stream).await?;
-            }
-            ensure_group(&mut self.connection, stream, &self.config.group).await?;
-        }
-        *served = Some(server);
+        self.ensure_groups(served).await?;
         if trouble.take().is_some() {
             info!(service = %self.config.group, "Redis is back; resuming");
         } else {
@@ -233,31 +225,59 @@ impl<H: Handler> Consumer<'_, H> {
                 self.take_over_stuck().await?;
                 last_claim = Some(Instant::now());
             }
-            let block = if self.deferred.is_empty() {
-                BLOCK
-            } else {
-                BLOCK_WHILE_DEFERRED
-            };
-            let ids = vec![NEW_ENTRIES; self.config.streams.len()];
-            let batch = self.read(&ids, Some(block)).await?;
-            let deliveries = batch
-                .into_iter()
-                .flat_map(|(stream, entries)| {
-                    entries
-                        .into_iter()
-                        .map(move |entry| Delivery::new(&stream, entry, 1))
-                })
-                .collect();
+            let deliveries = self.read_new().await?;
             let retry = std::mem::take(&mut self.deferred);
             let later = self.process_batch(deliveries).await?;
             self.deferred.extend(later);
-            for delivery in retry {
-                if self.shutdown.requested() {
-                    break;
-                }
-                if self.process(&delivery).await? == Outcome::Later {
-                    self.deferred.push(delivery);
-                }
+            self.retry_deferred(retry).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the service's group exists on each stream. A restarted Redis (a new run_id)
+    /// may have come back empty: its groups are made anew. On the server `served` names (the
+    /// one the groups were made or found on), a group that vanished is refused.
+    async fn ensure_groups(&mut self, served: &mut Option<String>) -> RedisResult<()> {
+        let server = run_id(&mut self.connection, &self.config.streams[0]).await?;
+        for stream in &self.config.streams {
+            if served.as_deref() == Some(server.as_str()) {
+                self.refuse_a_vanished_group(stream).await?;
+            }
+            ensure_group(&mut self.connection, stream, &self.config.group).await?;
+        }
+        *served = Some(server);
+        Ok(())
+    }
+
+    /// Reads new entries from every stream, first deliveries; blocks only briefly while some
+    /// entries wait for another try.
+    async fn read_new(&mut self) -> RedisResult<Vec<Delivery>> {
+        let block = if self.deferred.is_empty() {
+            BLOCK
+        } else {
+            BLOCK_WHILE_DEFERRED
+        };
+        let ids = vec![NEW_ENTRIES; self.config.streams.len()];
+        let batch = self.read(&ids, Some(block)).await?;
+        Ok(batch
+            .into_iter()
+            .flat_map(|(stream, entries)| {
+                entries
+                    .into_iter()
+                    .map(move |entry| Delivery::new(&stream, entry, 1))
+            })
+            .collect())
+    }
+
+    /// Tries again the entries that could not be decided before; those still undecided wait
+    /// for the next turn. A shutdown leaves the rest pending.
+    async fn retry_deferred(&mut self, retry: Vec<Delivery>) -> RedisResult<()> {
+        for delivery in retry {
+            if self.shutdown.requested() {
+                break;
+            }
+            if self.process(&delivery).await? == Outcome::Later {
+                self.deferred.push(delivery);
             }
         }
         Ok(())
@@ -526,17 +546,8 @@ impl<H: Handler> Consumer<'_, H> {
 
     /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.
     pub(super) async fn process(&mut self, delivery: &Delivery) -> RedisResult<Outcome> {
-        if let Some(reason) = self.misplaced(delivery) {
-            warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
-                %reason, "dead-lettering an event found on another service's stream");
-            self.count(delivery, Handled::DeadLettered);
-            return self
-                .dead_letter(delivery, &reason.0, delivery.deliveries)
-                .await;
-        }
-        if self.ignores(delivery) {
-            self.count(delivery, Handled::Skipped);
-            return acknowledge(&mut self.connection, &self.config.group, delivery).await;
+        if let Some(outcome) = self.turn_away(delivery).await? {
+            return Ok(outcome);
         }
         let max = self.config.max_deliveries;
         // A redelivered entry may be one that crashed the process: count real tries (entries
@@ -554,70 +565,112 @@ impl<H: Handler> Consumer<'_, H> {
         }
         let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
-            // What a done entry counts as in the metrics.
-            let mut handled = Handled::Skipped;
-            let outcome = match self.handler.plan(delivery) {
-                Plan::Skip => acknowledge(&mut self.connection, &self.config.group, delivery).await,
-                Plan::Dead(reason) => Ok(Outcome::Dead(reason)),
-                Plan::Run(step) => {
-                    let started = Instant::now();
-                    match step.run(&mut self.connection).await {
-                        Ok(reply) => {
-                            if let Some(metrics) = &self.config.metrics {
-                                metrics.step(&self.config.group, started.elapsed());
-                            }
-                            handled = done(reply);
-                            self.settle(delivery, reply).await
-                        }
-                        Err(error) => Err(error),
-                    }
+            let error = match self.try_once(delivery).await {
+                (Ok(outcome), handled) => {
+                    return self
+                        .conclude(delivery, outcome, handled, redelivered, tries)
+                        .await;
                 }
+                (Err(error), _) => error,
             };
-            match outcome {
-                Ok(Outcome::Dead(reason)) => {
-                    warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
-                        %reason, "dead-lettering a malformed entry");
-                    self.count(delivery, Handled::DeadLettered);
-                    return self.dead_letter(delivery, &reason.0, tries).await;
+            if is_unavailable(&error) {
+                if redelivered {
+                    self.give_back_try(delivery).await;
                 }
-                Ok(outcome) => {
-                    if redelivered && outcome == Outcome::Done {
-                        self.forget_tries(delivery).await?;
-                    }
-                    let handled = if outcome == Outcome::Later {
-                        Handled::Deferred
-                    } else {
-                        handled
-                    };
-                    self.count(delivery, handled);
-                    return Ok(outcome);
-                }
-                Err(error) if is_unavailable(&error) => {
-                    if redelivered {
-                        self.give_back_try(delivery).await;
-                    }
-                    return Err(error);
-                }
-                Err(error) if tries >= max => {
-                    let reason = format!("failed {tries} times; last error: {error}");
-                    error!(service = %self.config.group, id = %delivery.id, %reason, "giving up on an entry");
-                    self.count(delivery, Handled::DeadLettered);
-                    return self.dead_letter(delivery, &reason, tries).await;
-                }
-                Err(error) => {
-                    warn!(service = %self.config.group, id = %delivery.id, %error, try_number = tries,
-                        "an entry failed; retrying");
-                    if let Some(metrics) = &self.config.metrics {
-                        metrics.retry(&self.config.group);
-                    }
-                    tries += 1;
-                    if self.shutdown.sleep(retry.next_delay()).await {
-                        // Left pending: handled again after the restart.
-                        return Ok(Outcome::Later);
-                    }
-                }
+                return Err(error);
+            }
+            if tries >= max {
+                let reason = format!("failed {tries} times; last error: {error}");
+                error!(service = %self.config.group, id = %delivery.id, %reason, "giving up on an entry");
+                self.count(delivery, Handled::DeadLettered);
+                return self.dead_letter(delivery, &reason, tries).await;
+            }
+            warn!(service = %self.config.group, id = %delivery.id, %error, try_number = tries,
+                "an entry failed; retrying");
+            if let Some(metrics) = &self.config.metrics {
+                metrics.retry(&self.config.group);
+            }
+            tries += 1;
+            if self.shutdown.sleep(retry.next_delay()).await {
+                // Left pending: handled again after the restart.
+                return Ok(Outcome::Later);
             }
         }
+    }
+
+    /// Settles, before any try, an entry that is not the service's to apply: one found on
+    /// another service's stream is dead-lettered, one the service ignores is acknowledged.
+    /// `None` for an entry to try.
+    async fn turn_away(&mut self, delivery: &Delivery) -> RedisResult<Option<Outcome>> {
+        if let Some(reason) = self.misplaced(delivery) {
+            warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
+                %reason, "dead-lettering an event found on another service's stream");
+            self.count(delivery, Handled::DeadLettered);
+            return self
+                .dead_letter(delivery, &reason.0, delivery.deliveries)
+                .await
+                .map(Some);
+        }
+        if self.ignores(delivery) {
+            self.count(delivery, Handled::Skipped);
+            return acknowledge(&mut self.connection, &self.config.group, delivery)
+                .await
+                .map(Some);
+        }
+        Ok(None)
+    }
+
+    /// One try of an entry: its plan carried out, a step's reply settled. Returns, with the
+    /// outcome, what the entry counts as in the metrics if it is done.
+    async fn try_once(&mut self, delivery: &Delivery) -> (RedisResult<Outcome>, Handled) {
+        let mut handled = Handled::Skipped;
+        let outcome = match self.handler.plan(delivery) {
+            Plan::Skip => acknowledge(&mut self.connection, &self.config.group, delivery).await,
+            Plan::Dead(reason) => Ok(Outcome::Dead(reason)),
+            Plan::Run(step) => {
+                let started = Instant::now();
+                match step.run(&mut self.connection).await {
+                    Ok(reply) => {
+                        if let Some(metrics) = &self.config.metrics {
+                            metrics.step(&self.config.group, started.elapsed());
+                        }
+                        handled = done(reply);
+                        self.settle(delivery, reply).await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        };
+        (outcome, handled)
+    }
+
+    /// Ends the handling of an entry whose try came to an outcome: dead-letters a malformed
+    /// one, forgets the counted tries of a redelivered one that is done, counts it in the
+    /// metrics.
+    async fn conclude(
+        &mut self,
+        delivery: &Delivery,
+        outcome: Outcome,
+        handled: Handled,
+        redelivered: bool,
+        tries: u64,
+    ) -> RedisResult<Outcome> {
+        if let Outcome::Dead(reason) = outcome {
+            warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
+                %reason, "dead-lettering a malformed entry");
+            self.count(delivery, Handled::DeadLettered);
+            return self.dead_letter(delivery, &reason.0, tries).await;
+        }
+        if redelivered && outcome == Outcome::Done {
+            self.forget_tries(delivery).await?;
+        }
+        let handled = if outcome == Outcome::Later {
+            Handled::Deferred
+        } else {
+            handled
+        };
+        self.count(delivery, handled);
+        Ok(outcome)
     }
 
     /// One XREADGROUP over all the consumer's streams; `None` block means do not wait.
