@@ -310,17 +310,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_group_needs_its_oldest_pending_entry_or_the_one_after_its_last() {
-        assert_eq!(group("query").first_needed().as_deref(), Some("5-2"));
-        let pending = GroupStatus {
-            oldest_pending_id: Some("3-0".into()),
-            ..group("query")
-        };
-        assert_eq!(pending.first_needed().as_deref(), Some("3-0"));
-        assert_eq!(GroupStatus::missing("query").first_needed(), None);
-    }
-
     pub(super) fn dead(count: u64) -> DeadLetters {
         DeadLetters {
             stream: "d".into(),
@@ -351,5 +340,16 @@ mod tests {
             eviction: None,
             earlier_log: None,
         }
+    }
+
+    #[test]
+    fn a_group_needs_its_oldest_pending_entry_or_the_one_after_its_last() {
+        assert_eq!(group("query").first_needed().as_deref(), Some("5-2"));
+        let pending = GroupStatus {
+            oldest_pending_id: Some("3-0".into()),
+            ..group("query")
+        };
+        assert_eq!(pending.first_needed().as_deref(), Some("3-0"));
+        assert_eq!(GroupStatus::missing("query").first_needed(), None);
     }
 }
