@@ -11,15 +11,17 @@
 //!   its steps and, for comments and query, its apply functions, shared by the live steps and by
 //!   `rebuild`.
 //! - [`bus`]: everything about Redis Streams: ids and entries, the atomic exactly-once step
-//!   ([`bus::StepScript`]: named KEYS and ARGV, check, claim, apply), the consumer loop, take-over
-//!   of stuck entries, dead letters, backoff. Its Lua is in `bus/lua/`.
+//!   ([`bus::StepScript`]: named KEYS and ARGV, check, claim, apply), the consumer loop
+//!   (`bus/consumer.rs`) and what it does with each entry read (`bus/process.rs`), take-over of
+//!   stuck entries, dead letters, backoff. Its Lua is in `bus/lua/`.
 //! - [`request`]: commands from the client to a service's inbox, and their replies.
 //! - [`keyspace`]: every Redis key name, and nothing else formats one; partitions (`Partitions`:
 //!   where a post lives). [`partitions`]: the namespace's partition count, stored in Redis.
 //! - [`events`]: the events (the wire contract) and pure rules (moderation, validation).
 //! - `client`: the shell client commands (`post ...`, `comment ...`).
-//! - `ops`: operator commands: `status`, `events`, `dead`, `trim`, `acl` (a Redis user per
-//!   service, one for clients, one for operators), and `export`/`import` (`ops/transfer/`: a
+//! - `ops`: operator commands: `status` (`ops/status/`: reading Redis, summing over the
+//!   partitions, `--check`'s problems, printing), `events`, `dead`, `trim`, `acl` (a Redis user
+//!   per service, one for clients, one for operators), and `export`/`import` (`ops/transfer/`: a
 //!   checked copy of the event log, into an empty namespace with any partition count).
 //! - `rebuild`: `blogctl rebuild`: a service's state from the log, beside the live one.
 //! - `bench`: `blogctl bench`, throughput, latency and memory of the whole pipeline.

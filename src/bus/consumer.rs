@@ -1,27 +1,23 @@
 //! The consumer-group loop: own pending entries first, then new ones in batches, reconnection,
-//! and a graceful stop.
+//! and a graceful stop. What is done with the entries read is in `process`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use redis::streams::StreamInfoGroupsReply;
-use redis::{AsyncCommands, ErrorKind, RedisResult, Script, ServerErrorKind, Value};
+use redis::{AsyncCommands, ErrorKind, RedisResult, Script};
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
-use super::batch::Batch;
 use super::entry::{Delivery, RawEntry};
-use super::groups::{acknowledge, ensure_group, run_id};
-use super::handler::{Handler, Outcome, Plan};
+use super::groups::{ensure_group, run_id};
+use super::handler::{Handler, Outcome};
 use super::ids::{NEW_ENTRIES, OWN_PENDING};
-use super::step::{Step, StepKeys, StepReply};
+use super::step::StepKeys;
 use crate::connection::{Connection, Redis};
-use crate::error::Malformed;
-use crate::error::is_unavailable;
-use crate::events::EventKind;
 use crate::keyspace::Service;
-use crate::metrics::{Handled, Metrics};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 /// Entries read per XREADGROUP call and per stream.
@@ -204,15 +200,7 @@ impl<H: Handler> Consumer<'_, H> {
         backoff: &mut Backoff,
         served: &mut Option<String>,
     ) -> RedisResult<()> {
-        // A restarted Redis (a new run_id) may have come back empty: its groups are made anew.
-        let server = run_id(&mut self.connection, &self.config.streams[0]).await?;
-        for stream in &self.config.streams {
-            if served.as_deref() == Some(server.as_str()) {
-                self.refuse_a_vanished_group(stream).await?;
-            }
-            ensure_group(&mut self.connection, stream, &self.config.group).await?;
-        }
-        *served = Some(server);
+        self.ensure_groups(served).await?;
         if trouble.take().is_some() {
             info!(service = %self.config.group, "Redis is back; resuming");
         } else {
@@ -233,31 +221,59 @@ impl<H: Handler> Consumer<'_, H> {
                 self.take_over_stuck().await?;
                 last_claim = Some(Instant::now());
             }
-            let block = if self.deferred.is_empty() {
-                BLOCK
-            } else {
-                BLOCK_WHILE_DEFERRED
-            };
-            let ids = vec![NEW_ENTRIES; self.config.streams.len()];
-            let batch = self.read(&ids, Some(block)).await?;
-            let deliveries = batch
-                .into_iter()
-                .flat_map(|(stream, entries)| {
-                    entries
-                        .into_iter()
-                        .map(move |entry| Delivery::new(&stream, entry, 1))
-                })
-                .collect();
+            let deliveries = self.read_new().await?;
             let retry = std::mem::take(&mut self.deferred);
             let later = self.process_batch(deliveries).await?;
             self.deferred.extend(later);
-            for delivery in retry {
-                if self.shutdown.requested() {
-                    break;
-                }
-                if self.process(&delivery).await? == Outcome::Later {
-                    self.deferred.push(delivery);
-                }
+            self.retry_deferred(retry).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the service's group exists on each stream. A restarted Redis (a new run_id)
+    /// may have come back empty: its groups are made anew. On the server `served` names (the
+    /// one the groups were made or found on), a group that vanished is refused.
+    async fn ensure_groups(&mut self, served: &mut Option<String>) -> RedisResult<()> {
+        let server = run_id(&mut self.connection, &self.config.streams[0]).await?;
+        for stream in &self.config.streams {
+            if served.as_deref() == Some(server.as_str()) {
+                self.refuse_a_vanished_group(stream).await?;
+            }
+            ensure_group(&mut self.connection, stream, &self.config.group).await?;
+        }
+        *served = Some(server);
+        Ok(())
+    }
+
+    /// Reads new entries from every stream, first deliveries; blocks only briefly while some
+    /// entries wait for another try.
+    async fn read_new(&mut self) -> RedisResult<Vec<Delivery>> {
+        let block = if self.deferred.is_empty() {
+            BLOCK
+        } else {
+            BLOCK_WHILE_DEFERRED
+        };
+        let ids = vec![NEW_ENTRIES; self.config.streams.len()];
+        let batch = self.read(&ids, Some(block)).await?;
+        Ok(batch
+            .into_iter()
+            .flat_map(|(stream, entries)| {
+                entries
+                    .into_iter()
+                    .map(move |entry| Delivery::new(&stream, entry, 1))
+            })
+            .collect())
+    }
+
+    /// Tries again the entries that could not be decided before; those still undecided wait
+    /// for the next turn. A shutdown leaves the rest pending.
+    async fn retry_deferred(&mut self, retry: Vec<Delivery>) -> RedisResult<()> {
+        for delivery in retry {
+            if self.shutdown.requested() {
+                break;
+            }
+            if self.process(&delivery).await? == Outcome::Later {
+                self.deferred.push(delivery);
             }
         }
         Ok(())
@@ -322,119 +338,6 @@ impl<H: Handler> Consumer<'_, H> {
         }
     }
 
-    /// Handles a batch of first deliveries: every step in one pipeline, in stream order, then
-    /// anything unusual one by one. Consecutive steps of one script go as one call of its batch
-    /// form ([`Batch`]). Returns the entries to try again later.
-    pub(super) async fn process_batch(
-        &mut self,
-        deliveries: Vec<Delivery>,
-    ) -> RedisResult<Vec<Delivery>> {
-        let Planned {
-            batches,
-            skipped,
-            mut alone,
-        } = self.plan_batch(deliveries);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let cluster = self.connection.is_cluster();
-        for (batch, _) in &batches {
-            pipe.add_command(batch.command(cluster));
-        }
-        for (stream, ids) in &skipped {
-            pipe.xack(stream, &self.config.group, ids);
-        }
-        let mut later = Vec::new();
-        if !batches.is_empty() || !skipped.is_empty() {
-            let started = Instant::now();
-            let results: Vec<RedisResult<Value>> = pipe.query_async(&mut self.connection).await?;
-            let stepped: usize = batches.iter().map(|(batch, _)| batch.len()).sum();
-            if let (Some(metrics), true) = (&self.config.metrics, stepped > 0) {
-                let each = started.elapsed() / stepped as u32;
-                for _ in 0..stepped {
-                    metrics.step(&self.config.group, each);
-                }
-            }
-            for ((batch, deliveries), result) in batches.into_iter().zip(results) {
-                let result = match result {
-                    // Redis does not have the script yet (or lost it in a restart): nothing
-                    // ran; load it and send the batch again.
-                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        batch.load(&mut self.connection).await?;
-                        batch
-                            .command(cluster)
-                            .query_async(&mut self.connection)
-                            .await
-                    }
-                    result => result,
-                };
-                for (delivery, reply) in deliveries.into_iter().zip(batch.replies(result)) {
-                    match reply {
-                        Ok(reply) => later.extend(self.settle_stepped(delivery, reply).await?),
-                        Err(error) if is_unavailable(&error) => return Err(error),
-                        // Retried, with backoff and counting, on its own.
-                        Err(_) => alone.push(delivery),
-                    }
-                }
-            }
-        }
-        for delivery in alone {
-            if self.process(&delivery).await? == Outcome::Later {
-                later.push(delivery);
-            }
-        }
-        Ok(later)
-    }
-
-    /// Sorts a batch of first deliveries: steps in batches, in order; entries to acknowledge
-    /// unread, by stream; and those to handle one by one.
-    fn plan_batch(&mut self, deliveries: Vec<Delivery>) -> Planned {
-        let mut planned = Planned::default();
-        for delivery in deliveries {
-            if self.misplaced(&delivery).is_some() {
-                planned.alone.push(delivery);
-                continue;
-            }
-            let plan = if self.ignores(&delivery) {
-                Plan::Skip
-            } else {
-                self.handler.plan(&delivery)
-            };
-            match plan {
-                Plan::Skip => {
-                    self.count(&delivery, Handled::Skipped);
-                    planned
-                        .skipped
-                        .entry(delivery.stream.clone())
-                        .or_default()
-                        .push(delivery.id.clone());
-                }
-                Plan::Dead(_) => planned.alone.push(delivery),
-                Plan::Run(step) => planned.add(step, delivery),
-            }
-        }
-        planned
-    }
-
-    /// Settles an entry whose step answered; the entry, if it is to be tried again later.
-    async fn settle_stepped(
-        &mut self,
-        delivery: Delivery,
-        reply: StepReply,
-    ) -> RedisResult<Option<Delivery>> {
-        match self.settle(&delivery, reply).await? {
-            Outcome::Done => self.count(&delivery, done(reply)),
-            Outcome::Later => {
-                self.count(&delivery, Handled::Deferred);
-                return Ok(Some(delivery));
-            }
-            Outcome::Dead(reason) => {
-                self.count(&delivery, Handled::DeadLettered);
-                self.dead_letter(&delivery, &reason.0, 1).await?;
-            }
-        }
-        Ok(None)
-    }
-
     /// Sets the metrics' gauges of this service's groups: lag, pending, consumers.
     async fn measure_groups(&mut self) -> RedisResult<()> {
         let Some(metrics) = self.config.metrics.clone() else {
@@ -457,171 +360,6 @@ impl<H: Handler> Consumer<'_, H> {
             }
         }
         Ok(())
-    }
-
-    /// Counts an entry's outcome in the metrics, under its event type (or request command);
-    /// only names this build knows, so that what others write cannot add labels without end.
-    fn count(&self, delivery: &Delivery, outcome: Handled) {
-        let Some(metrics) = &self.config.metrics else {
-            return;
-        };
-        let is_request = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
-        let name = if is_request {
-            delivery.field("command").ok()
-        } else {
-            delivery.field("type").ok()
-        };
-        let kind = match name {
-            Some(name @ ("CreatePost" | "CreateComment")) if is_request => name,
-            Some(name) if !is_request => EventKind::parse(name).map_or("unknown", EventKind::name),
-            _ => "unknown",
-        };
-        metrics.handled(&self.config.group, kind, outcome);
-    }
-
-    /// What a step's result means: the handler's reading of it, unless the step failed after
-    /// acknowledging its entry (the step dead-lettered it then).
-    pub(super) async fn settle(
-        &mut self,
-        delivery: &Delivery,
-        reply: StepReply,
-    ) -> RedisResult<Outcome> {
-        if reply == StepReply::FailedAfterClaim {
-            error!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
-                "a step failed after acknowledging its entry; the entry is in the dead letters");
-            return Ok(Outcome::Done);
-        }
-        self.handler
-            .settle(&mut self.connection, delivery, reply)
-            .await
-    }
-
-    /// Why an event meant for this service cannot be applied: its kind is produced by another
-    /// service than the one whose stream it was read from (each stream has one writer).
-    pub(super) fn misplaced(&self, delivery: &Delivery) -> Option<Malformed> {
-        let (_, writer) = self
-            .config
-            .producers
-            .iter()
-            .find(|(stream, _)| *stream == delivery.stream)?;
-        let kind = EventKind::parse(delivery.field("type").ok()?)?;
-        let belongs = kind.producer() == *writer || !delivery.is_for(&self.config.group);
-        (!belongs).then(|| {
-            Malformed(format!(
-                "a {} does not belong on the {writer} service's stream: only the {} service \
-                 produces it",
-                kind.name(),
-                kind.producer()
-            ))
-        })
-    }
-
-    /// Whether the service has nothing to do with an entry: one put back by `blogctl dead retry`
-    /// for another service, or an event of a type it does not use.
-    pub(super) fn ignores(&self, delivery: &Delivery) -> bool {
-        if !delivery.is_for(&self.config.group) {
-            return true;
-        }
-        let is_request = self.config.inbox.as_deref() == Some(delivery.stream.as_str());
-        // Types it does not use, and types this build does not know, are skipped unread.
-        let unused = |name| EventKind::parse(name).is_none_or(|kind| !self.handler.uses(kind));
-        !is_request && matches!(delivery.field("type"), Ok(name) if unused(name))
-    }
-
-    /// Handles one entry: retries errors that may pass, dead-letters what can never succeed.
-    pub(super) async fn process(&mut self, delivery: &Delivery) -> RedisResult<Outcome> {
-        if let Some(reason) = self.misplaced(delivery) {
-            warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
-                %reason, "dead-lettering an event found on another service's stream");
-            self.count(delivery, Handled::DeadLettered);
-            return self
-                .dead_letter(delivery, &reason.0, delivery.deliveries)
-                .await;
-        }
-        if self.ignores(delivery) {
-            self.count(delivery, Handled::Skipped);
-            return acknowledge(&mut self.connection, &self.config.group, delivery).await;
-        }
-        let max = self.config.max_deliveries;
-        // A redelivered entry may be one that crashed the process: count real tries (entries
-        // delivered in a batch but never reached before a crash do not count).
-        let redelivered = delivery.deliveries > 1;
-        let mut tries = if redelivered {
-            self.count_try(delivery).await?
-        } else {
-            1
-        };
-        if tries > max {
-            let reason = format!("tried {} times without being applied", tries - 1);
-            self.count(delivery, Handled::DeadLettered);
-            return self.dead_letter(delivery, &reason, tries - 1).await;
-        }
-        let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        loop {
-            // What a done entry counts as in the metrics.
-            let mut handled = Handled::Skipped;
-            let outcome = match self.handler.plan(delivery) {
-                Plan::Skip => acknowledge(&mut self.connection, &self.config.group, delivery).await,
-                Plan::Dead(reason) => Ok(Outcome::Dead(reason)),
-                Plan::Run(step) => {
-                    let started = Instant::now();
-                    match step.run(&mut self.connection).await {
-                        Ok(reply) => {
-                            if let Some(metrics) = &self.config.metrics {
-                                metrics.step(&self.config.group, started.elapsed());
-                            }
-                            handled = done(reply);
-                            self.settle(delivery, reply).await
-                        }
-                        Err(error) => Err(error),
-                    }
-                }
-            };
-            match outcome {
-                Ok(Outcome::Dead(reason)) => {
-                    warn!(service = %self.config.group, id = %delivery.id, stream = %delivery.stream,
-                        %reason, "dead-lettering a malformed entry");
-                    self.count(delivery, Handled::DeadLettered);
-                    return self.dead_letter(delivery, &reason.0, tries).await;
-                }
-                Ok(outcome) => {
-                    if redelivered && outcome == Outcome::Done {
-                        self.forget_tries(delivery).await?;
-                    }
-                    let handled = if outcome == Outcome::Later {
-                        Handled::Deferred
-                    } else {
-                        handled
-                    };
-                    self.count(delivery, handled);
-                    return Ok(outcome);
-                }
-                Err(error) if is_unavailable(&error) => {
-                    if redelivered {
-                        self.give_back_try(delivery).await;
-                    }
-                    return Err(error);
-                }
-                Err(error) if tries >= max => {
-                    let reason = format!("failed {tries} times; last error: {error}");
-                    error!(service = %self.config.group, id = %delivery.id, %reason, "giving up on an entry");
-                    self.count(delivery, Handled::DeadLettered);
-                    return self.dead_letter(delivery, &reason, tries).await;
-                }
-                Err(error) => {
-                    warn!(service = %self.config.group, id = %delivery.id, %error, try_number = tries,
-                        "an entry failed; retrying");
-                    if let Some(metrics) = &self.config.metrics {
-                        metrics.retry(&self.config.group);
-                    }
-                    tries += 1;
-                    if self.shutdown.sleep(retry.next_delay()).await {
-                        // Left pending: handled again after the restart.
-                        return Ok(Outcome::Later);
-                    }
-                }
-            }
-        }
     }
 
     /// One XREADGROUP over all the consumer's streams; `None` block means do not wait.
@@ -652,42 +390,5 @@ impl<H: Handler> Consumer<'_, H> {
         // Handle streams in the configured order: events before requests.
         batch.sort_by_key(|(stream, _)| self.config.streams.iter().position(|s| s == stream));
         Ok(batch)
-    }
-}
-
-/// A batch of first deliveries, sorted by [`Consumer::plan_batch`].
-#[derive(Default)]
-struct Planned {
-    /// Steps in batches, in the order of their entries, each with its entries.
-    batches: Vec<(Batch, Vec<Delivery>)>,
-    /// Entries to acknowledge unread, by stream.
-    skipped: HashMap<String, Vec<String>>,
-    alone: Vec<Delivery>,
-}
-
-impl Planned {
-    /// Adds a step to the last batch, or starts a new one.
-    fn add(&mut self, step: Step, delivery: Delivery) {
-        let step = match self.batches.last_mut() {
-            Some((batch, deliveries)) => match batch.push(step) {
-                Ok(()) => {
-                    deliveries.push(delivery);
-                    return;
-                }
-                Err(step) => step,
-            },
-            None => step,
-        };
-        self.batches.push((Batch::new(step), vec![delivery]));
-    }
-}
-
-/// How the metrics count a step that is done: applied, found already applied, or
-/// dead-lettered by the step itself.
-fn done(reply: StepReply) -> Handled {
-    match reply {
-        StepReply::Stale => Handled::Stale,
-        StepReply::FailedAfterClaim | StepReply::Dead => Handled::DeadLettered,
-        _ => Handled::Applied,
     }
 }

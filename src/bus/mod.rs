@@ -6,8 +6,9 @@
 //! - `step`: the atomic, exactly-once Lua step that applies and acknowledges one entry.
 //! - `batch`: `Batch`, the steps of a read's entries in one call of the script's batch form.
 //! - `handler`: what a service implements ([`Handler`], [`Plan`], [`Outcome`]).
-//! - `consumer`: the consumer-group loop; `takeover`: entries of silent consumers; `dead`:
-//!   dead letters and counted tries.
+//! - `consumer`: the consumer-group loop; `process`: handling the entries read, a batch in one
+//!   pipeline or one by one with retries; `takeover`: entries of silent consumers; `dead`: dead
+//!   letters and counted tries.
 //! - `groups`: creating groups, acknowledging, how far a group has got.
 //! - `backoff`: capped, jittered exponential backoff.
 //!
@@ -21,6 +22,7 @@ pub mod entry;
 mod groups;
 mod handler;
 pub mod ids;
+mod process;
 mod step;
 mod takeover;
 

@@ -36,15 +36,8 @@ pub(super) async fn apply_archive(
     log: &Log<'_>,
     archive: &Path,
     counts: &mut Counts,
-    read: ArchiveRead<'_>,
+    mut read: ArchiveRead<'_>,
 ) -> Result<()> {
-    let ArchiveRead {
-        unchecked,
-        last,
-        first_on_stream,
-        overlap,
-        mode,
-    } = read;
     let file =
         std::fs::File::open(archive).wrap_err_with(|| format!("opening {}", archive.display()))?;
     let mut checks = Checks::default();
@@ -53,10 +46,10 @@ pub(super) async fn apply_archive(
     let mut number = 0;
     loop {
         let mut line = String::new();
-        let read = reader
+        let length = reader
             .read_line(&mut line)
             .wrap_err_with(|| format!("reading {}", archive.display()))?;
-        if read == 0 {
+        if length == 0 {
             break;
         }
         number += 1;
@@ -72,49 +65,68 @@ pub(super) async fn apply_archive(
             break;
         };
         checks.entry(&line, &entry.id);
-        // Ids increase from line to line, across archives, and stay before the stream's
-        // first entry (checked once the archives are read): a line that breaks this is not
-        // from `blogctl trim`, and would make the rebuild skip what the stream holds.
-        let in_order = StreamId::parse(&entry.id, false).is_some()
-            && (last.as_str() == "0-0" || compare_ids(&entry.id, last).is_gt());
-        if first_on_stream.is_some_and(|first| compare_ids(&entry.id, first).is_ge()) {
-            overlap.push(entry.id.clone());
-        }
-        if !in_order {
-            return Err(Failure::invalid(format!(
-                "{} line {number}: id {:?} does not follow {last}: not an archive `blogctl trim` \
-                 wrote (ids increase from line to line, archives given oldest first)",
-                archive.display(),
-                entry.id
-            ))
-            .into());
-        }
+        read.follow(&entry.id, archive, number)?;
         counts.from_archives += 1;
-        if mode == Mode::Check {
-            *last = entry.id;
+        if read.mode == Mode::Check {
+            *read.last = entry.id;
             continue;
         }
-        let fields = entry
-            .fields
-            .into_iter()
-            .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
-            .collect();
-        let delivery = Delivery {
-            stream: log.events.to_owned(),
-            id: entry.id,
-            fields,
-            deliveries: 1,
-        };
+        let delivery = delivery_of(entry, log);
         counts.add(log.target, log.producer, &mut calls, &delivery);
-        *last = delivery.id;
+        *read.last = delivery.id;
         if calls.len() >= CHUNK {
             write(connection, log, &calls).await?;
             calls.clear();
         }
     }
     write(connection, log, &calls).await?;
-    unchecked.extend(checks.unchecked());
+    read.unchecked.extend(checks.unchecked());
     Ok(())
+}
+
+impl ArchiveRead<'_> {
+    /// Takes the id of the next archived entry, line `number` of `archive`: noted in the
+    /// overlap when the stream holds it too, refused (exit code 2) when it does not follow the
+    /// last one read.
+    fn follow(&mut self, id: &str, archive: &Path, number: u64) -> Result<()> {
+        // Ids increase from line to line, across archives, and stay before the stream's
+        // first entry (checked once the archives are read): a line that breaks this is not
+        // from `blogctl trim`, and would make the rebuild skip what the stream holds.
+        let last = self.last.as_str();
+        let in_order = StreamId::parse(id, false).is_some()
+            && (last == "0-0" || compare_ids(id, last).is_gt());
+        if self
+            .first_on_stream
+            .is_some_and(|first| compare_ids(id, first).is_ge())
+        {
+            self.overlap.push(id.to_owned());
+        }
+        if !in_order {
+            return Err(Failure::invalid(format!(
+                "{} line {number}: id {id:?} does not follow {}: not an archive `blogctl trim` \
+                 wrote (ids increase from line to line, archives given oldest first)",
+                archive.display(),
+                self.last
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// An archived entry as the services read it from the events stream.
+fn delivery_of(entry: ArchiveLine, log: &Log<'_>) -> Delivery {
+    let fields = entry
+        .fields
+        .into_iter()
+        .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
+        .collect();
+    Delivery {
+        stream: log.events.to_owned(),
+        id: entry.id,
+        fields,
+        deliveries: 1,
+    }
 }
 
 /// The integrity checks of one archive file, as it is read (see `ArchiveCheck`).

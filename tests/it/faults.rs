@@ -196,7 +196,53 @@ fn nothing_lost_nothing_doubled_on_a_redis_cluster() {
 
 fn fault_suite(blog: Blog) {
     let started = Instant::now();
-    let seed: u64 = std::env::var("BLOGCTL_FAULT_SEED")
+    let seed = seed();
+    let load = Load::new(200 * scale());
+    announce(&blog, seed, load.posts);
+    let slots = Mutex::new(start_services(&blog));
+    let tally = std::thread::scope(|scope| {
+        let chaos = scope.spawn(|| chaos(&blog, &slots, &load, seed));
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|worker| {
+                let (blog, load) = (&blog, &load);
+                scope.spawn(move || write_load(blog, load, worker))
+            })
+            .collect();
+        // Every worker is joined before the chaos is told to stop, so a failing worker does
+        // not leave the chaos running (and the scope waiting for it) forever.
+        let joined: Vec<_> = workers.into_iter().map(|worker| worker.join()).collect();
+        load.done.store(true, Ordering::SeqCst);
+        for result in joined {
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        chaos.join().unwrap()
+    });
+    let slots = slots.into_inner().unwrap();
+    let logged = report_the_chaos(&tally, &slots, seed, load.total(), started);
+    check_the_chaos_struck(&tally, logged, seed);
+
+    let posts = load.posts;
+    let post_ids: HashSet<String> = load.post_ids.into_inner().unwrap().into_values().collect();
+    let comment_ids = load.comment_ids.into_inner().unwrap();
+    check_the_view(&blog, posts, &post_ids, &comment_ids, seed);
+    check_posts_in_every_partition(&blog, seed);
+    check_one_event_of_each_kind(&blog, &post_ids, &comment_ids, seed);
+    check_dead_letters_are_the_poison(&blog, &tally.poison, seed);
+    check_no_request_pending(&blog, seed);
+    check_tries_forgotten(&blog, seed);
+    check_no_acl_refusal(&blog);
+
+    println!(
+        "fault suite passed: seed {seed}, in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The seed of the run's randomness: `BLOGCTL_FAULT_SEED`, else the clock.
+fn seed() -> u64 {
+    std::env::var("BLOGCTL_FAULT_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or_else(|| {
@@ -204,13 +250,21 @@ fn fault_suite(blog: Blog) {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos() as u64
-        });
-    let scale: usize = std::env::var("BLOGCTL_FAULT_SCALE")
+        })
+}
+
+/// How many times the default load to write: `BLOGCTL_FAULT_SCALE`, else 1.
+fn scale() -> usize {
+    std::env::var("BLOGCTL_FAULT_SCALE")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let posts = 200 * scale;
-    let layout = partitions_by_node(&blog);
+        .unwrap_or(1)
+}
+
+/// Prints the seed, the load and where the partitions live (checking that on a Cluster they
+/// spread over the masters).
+fn announce(blog: &Blog, seed: u64, posts: usize) {
+    let layout = partitions_by_node(blog);
     // On a Cluster the partitions spread over the masters, so killing one leaves others serving.
     assert!(
         blog.others.is_empty() || layout.len() > 1,
@@ -225,162 +279,200 @@ fn fault_suite(blog: Blog) {
             .collect::<Vec<_>>()
             .join("; ")
     );
+}
 
-    let slots: Mutex<Vec<Slot>> = Mutex::new(
-        [
-            ("posts", "a"),
-            ("comments", "a"),
-            ("comments", "b"),
-            ("moderation", "a"),
-            ("query", "a"),
-            ("query", "b"),
-        ]
-        .into_iter()
-        .map(|(service, instance)| Slot::start(&blog, service, instance, 0))
-        .collect(),
-    );
+/// One process of each service, two of those in [`TWICE`].
+fn start_services(blog: &Blog) -> Vec<Slot> {
+    [
+        ("posts", "a"),
+        ("comments", "a"),
+        ("comments", "b"),
+        ("moderation", "a"),
+        ("query", "a"),
+        ("query", "b"),
+    ]
+    .into_iter()
+    .map(|(service, instance)| Slot::start(blog, service, instance, 0))
+    .collect()
+}
 
-    let done = AtomicBool::new(false);
-    let progress = AtomicUsize::new(0);
-    let post_ids: Mutex<HashMap<usize, String>> = Mutex::new(HashMap::new());
-    let comment_ids: Mutex<HashMap<String, (String, bool)>> = Mutex::new(HashMap::new());
-    let total = posts + posts * COMMENTS_PER_POST;
+/// The client load, shared by its workers and watched by the chaos.
+struct Load {
+    posts: usize,
+    /// Set once every worker is done: the chaos stops.
+    done: AtomicBool,
+    /// Writes acknowledged so far.
+    progress: AtomicUsize,
+    /// The id printed for each post, by its number.
+    post_ids: Mutex<HashMap<usize, String>>,
+    /// Each comment's post and whether it is to be rejected, by the comment's printed id.
+    comment_ids: Mutex<HashMap<String, (String, bool)>>,
+}
 
-    let mut tally = std::thread::scope(|scope| {
-        // The chaos, every 100-400 ms: kill a random service and restart it (under the same
-        // consumer name, or a new one so its entries must be taken over), or pause an instance
-        // of a service that runs two past --claim-idle; restart Redis once halfway; slip poison
-        // onto the stream. Until one pause has led to a take-over, every turn is a pause, so
-        // each run has one.
-        let chaos = scope.spawn(|| {
-            let mut rng = Rng::new(seed);
-            let mut tally = Tally::default();
-            while !done.load(Ordering::SeqCst) {
-                let pause = Duration::from_millis(100 + rng.below(300));
-                let until = Instant::now() + pause;
-                wait_until(pause, || {
-                    done.load(Ordering::SeqCst) || Instant::now() >= until
-                });
-                let mut slots = slots.lock().unwrap();
-                let index = rng.below(slots.len() as u64) as usize;
-                let wants_pause = tally.paused_take_overs == 0 || rng.below(15) == 0;
-                if wants_pause && progress.load(Ordering::SeqCst) > 0 {
-                    let twice: Vec<usize> = (0..slots.len())
-                        .filter(|&i| TWICE.contains(&slots[i].service))
-                        .collect();
-                    let slot = &slots[twice[rng.below(twice.len() as u64) as usize]];
-                    tally.pauses += 1;
-                    match slot.pause_until_taken_over(&blog) {
-                        Ok(Some(delay)) => {
-                            tally.paused_take_overs += 1;
-                            tally.take_over_delays.push(delay);
-                        }
-                        Ok(None) => {}
-                        Err(stuck) => {
-                            let logs: Vec<String> = slots
-                                .iter()
-                                .filter(|other| other.service == slot.service)
-                                .map(|other| {
-                                    format!("{}:\n{}", other.consumer, other.process.log())
-                                })
-                                .collect();
-                            panic!("{stuck} (seed {seed}); logs:\n{}", logs.join("\n"));
-                        }
-                    }
-                } else {
-                    let slot = slots.remove(index);
-                    let generation = slot.generation + rng.below(2) as u32;
-                    tally.logged_take_overs += slot.take_overs();
-                    slot.process.kill();
-                    tally.kills += 1;
-                    if generation != slot.generation {
-                        tally.renamed += 1;
-                    }
-                    slots.insert(
-                        index,
-                        Slot::start(&blog, slot.service, slot.instance, generation),
-                    );
-                }
-                if tally.redis_restarts == 0 && progress.load(Ordering::SeqCst) * 2 >= total {
-                    // A service that cannot reach Redis when it starts exits (code 4, as
-                    // documented), so Redis goes down only once every process got through.
-                    let connected = wait_until(PATIENCE, || {
-                        slots
-                            .iter()
-                            .all(|slot| slot.process.log().contains("serving"))
-                    });
-                    assert!(connected, "a service never connected (seed {seed})");
-                    tally.restarted = restart_a_partitions_redis(&blog, &mut rng);
-                    tally.redis_restarts += 1;
-                    println!(
-                        "restarted {} after {} writes",
-                        tally.restarted,
-                        progress.load(Ordering::SeqCst)
-                    );
-                }
-                drop(slots);
-                if rng.below(3) == 0
-                    && let Some(poisoned) = inject_poison(&blog, &mut rng)
-                {
-                    tally.poison.push(poisoned);
-                }
-            }
-            tally
-        });
-
-        // The load: posts, then comments on them, from several client workers at once.
-        let workers: Vec<_> = (0..WORKERS)
-            .map(|worker| {
-                let (blog, progress, post_ids, comment_ids) =
-                    (&blog, &progress, &post_ids, &comment_ids);
-                scope.spawn(move || {
-                    for n in (worker..posts).step_by(WORKERS) {
-                        let id = create(
-                            blog,
-                            &["post", "create", &format!("post {n}")],
-                            &format!("p-{n}"),
-                        );
-                        post_ids.lock().unwrap().insert(n, id);
-                        progress.fetch_add(1, Ordering::SeqCst);
-                    }
-                    for n in (worker..posts).step_by(WORKERS) {
-                        let post = post_ids.lock().unwrap()[&n].clone();
-                        for m in 0..COMMENTS_PER_POST {
-                            let index = n * COMMENTS_PER_POST + m;
-                            let orange = index.is_multiple_of(10);
-                            let text = if orange {
-                                format!("c {index} orange")
-                            } else {
-                                format!("c {index}")
-                            };
-                            let id = create(
-                                blog,
-                                &["comment", "create", &post, &text],
-                                &format!("c-{index}"),
-                            );
-                            comment_ids
-                                .lock()
-                                .unwrap()
-                                .insert(id, (post.clone(), orange));
-                            progress.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                })
-            })
-            .collect();
-        // Every worker is joined before the chaos is told to stop, so a failing worker does
-        // not leave the chaos running (and the scope waiting for it) forever.
-        let joined: Vec<_> = workers.into_iter().map(|worker| worker.join()).collect();
-        done.store(true, Ordering::SeqCst);
-        for result in joined {
-            if let Err(panic) = result {
-                std::panic::resume_unwind(panic);
-            }
+impl Load {
+    fn new(posts: usize) -> Load {
+        Load {
+            posts,
+            done: AtomicBool::new(false),
+            progress: AtomicUsize::new(0),
+            post_ids: Mutex::new(HashMap::new()),
+            comment_ids: Mutex::new(HashMap::new()),
         }
-        chaos.join().unwrap()
+    }
+
+    /// Writes in all: the posts and their comments.
+    fn total(&self) -> usize {
+        self.posts + self.posts * COMMENTS_PER_POST
+    }
+}
+
+/// One client worker's share of the load: posts, then comments on them (one in ten with a
+/// word moderation rejects).
+fn write_load(blog: &Blog, load: &Load, worker: usize) {
+    for n in (worker..load.posts).step_by(WORKERS) {
+        let id = create(
+            blog,
+            &["post", "create", &format!("post {n}")],
+            &format!("p-{n}"),
+        );
+        load.post_ids.lock().unwrap().insert(n, id);
+        load.progress.fetch_add(1, Ordering::SeqCst);
+    }
+    for n in (worker..load.posts).step_by(WORKERS) {
+        let post = load.post_ids.lock().unwrap()[&n].clone();
+        for m in 0..COMMENTS_PER_POST {
+            let index = n * COMMENTS_PER_POST + m;
+            let orange = index.is_multiple_of(10);
+            let text = if orange {
+                format!("c {index} orange")
+            } else {
+                format!("c {index}")
+            };
+            let id = create(
+                blog,
+                &["comment", "create", &post, &text],
+                &format!("c-{index}"),
+            );
+            load.comment_ids
+                .lock()
+                .unwrap()
+                .insert(id, (post.clone(), orange));
+            load.progress.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The chaos, every 100-400 ms until the load is done: kill a random service and restart it
+/// (under the same consumer name, or a new one so its entries must be taken over), or pause an
+/// instance of a service that runs two past --claim-idle; restart Redis once halfway; slip
+/// poison onto the stream. Until one pause has led to a take-over, every turn is a pause, so
+/// each run has one.
+fn chaos(blog: &Blog, slots: &Mutex<Vec<Slot>>, load: &Load, seed: u64) -> Tally {
+    let mut rng = Rng::new(seed);
+    let mut tally = Tally::default();
+    while !load.done.load(Ordering::SeqCst) {
+        let pause = Duration::from_millis(100 + rng.below(300));
+        let until = Instant::now() + pause;
+        wait_until(pause, || {
+            load.done.load(Ordering::SeqCst) || Instant::now() >= until
+        });
+        let mut slots = slots.lock().unwrap();
+        let index = rng.below(slots.len() as u64) as usize;
+        let wants_pause = tally.paused_take_overs == 0 || rng.below(15) == 0;
+        if wants_pause && load.progress.load(Ordering::SeqCst) > 0 {
+            pause_an_instance(blog, &slots, &mut rng, &mut tally, seed);
+        } else {
+            kill_and_restart(blog, &mut slots, index, &mut rng, &mut tally);
+        }
+        if tally.redis_restarts == 0 && load.progress.load(Ordering::SeqCst) * 2 >= load.total() {
+            restart_redis(blog, &slots, &mut rng, &mut tally, seed);
+            println!(
+                "restarted {} after {} writes",
+                tally.restarted,
+                load.progress.load(Ordering::SeqCst)
+            );
+        }
+        drop(slots);
+        if rng.below(3) == 0
+            && let Some(poisoned) = inject_poison(blog, &mut rng)
+        {
+            tally.poison.push(poisoned);
+        }
+    }
+    tally
+}
+
+/// Pauses a random instance of a service that runs two until the other took its entries over
+/// (see [`Slot::pause_until_taken_over`]); panics, with the logs of both, when it did not.
+fn pause_an_instance(blog: &Blog, slots: &[Slot], rng: &mut Rng, tally: &mut Tally, seed: u64) {
+    let twice: Vec<usize> = (0..slots.len())
+        .filter(|&i| TWICE.contains(&slots[i].service))
+        .collect();
+    let slot = &slots[twice[rng.below(twice.len() as u64) as usize]];
+    tally.pauses += 1;
+    match slot.pause_until_taken_over(blog) {
+        Ok(Some(delay)) => {
+            tally.paused_take_overs += 1;
+            tally.take_over_delays.push(delay);
+        }
+        Ok(None) => {}
+        Err(stuck) => {
+            let logs: Vec<String> = slots
+                .iter()
+                .filter(|other| other.service == slot.service)
+                .map(|other| format!("{}:\n{}", other.consumer, other.process.log()))
+                .collect();
+            panic!("{stuck} (seed {seed}); logs:\n{}", logs.join("\n"));
+        }
+    }
+}
+
+/// Kills (SIGKILL) the process of slot `index` and starts its service again, under the same
+/// consumer name or the next.
+fn kill_and_restart(
+    blog: &Blog,
+    slots: &mut Vec<Slot>,
+    index: usize,
+    rng: &mut Rng,
+    tally: &mut Tally,
+) {
+    let slot = slots.remove(index);
+    let generation = slot.generation + rng.below(2) as u32;
+    tally.logged_take_overs += slot.take_overs();
+    slot.process.kill();
+    tally.kills += 1;
+    if generation != slot.generation {
+        tally.renamed += 1;
+    }
+    slots.insert(
+        index,
+        Slot::start(blog, slot.service, slot.instance, generation),
+    );
+}
+
+/// Restarts the Redis of a partition the seed picks, once every service process is serving.
+fn restart_redis(blog: &Blog, slots: &[Slot], rng: &mut Rng, tally: &mut Tally, seed: u64) {
+    // A service that cannot reach Redis when it starts exits (code 4, as documented), so
+    // Redis goes down only once every process got through.
+    let connected = wait_until(PATIENCE, || {
+        slots
+            .iter()
+            .all(|slot| slot.process.log().contains("serving"))
     });
-    // What the chaos did, shown (see .config/nextest.toml) whether the checks below pass or not.
-    let slots = slots.into_inner().unwrap();
+    assert!(connected, "a service never connected (seed {seed})");
+    tally.restarted = restart_a_partitions_redis(blog, rng);
+    tally.redis_restarts += 1;
+}
+
+/// Prints what the chaos did (shown, see .config/nextest.toml, whether the checks after pass
+/// or not); returns the take-overs the processes logged.
+fn report_the_chaos(
+    tally: &Tally,
+    slots: &[Slot],
+    seed: u64,
+    total: usize,
+    started: Instant,
+) -> usize {
     let logged = tally.logged_take_overs + slots.iter().map(Slot::take_overs).sum::<usize>();
     let mut delays = tally.take_over_delays.clone();
     delays.sort();
@@ -403,19 +495,30 @@ fn fault_suite(blog: Blog) {
         tally.poison.len(),
         started.elapsed().as_secs_f64()
     );
+    logged
+}
+
+/// The chaos killed, and entries were taken over from silent consumers: the chaos makes sure
+/// of one at least.
+fn check_the_chaos_struck(tally: &Tally, logged: usize, seed: u64) {
     assert!(tally.kills > 0, "the chaos never struck (seed {seed})");
-    // Entries were taken over from silent consumers: the chaos makes sure of one at least.
     assert!(
         tally.paused_take_overs > 0,
         "no pause led to a take-over (seed {seed})"
     );
     assert!(logged > 0, "no take-over logged (seed {seed})");
+}
 
-    // Every acknowledged write is in the view exactly once, with the right final status.
+/// Every acknowledged write is in the view exactly once, with the right final status.
+fn check_the_view(
+    blog: &Blog,
+    posts: usize,
+    post_ids: &HashSet<String>,
+    comment_ids: &HashMap<String, (String, bool)>,
+    seed: u64,
+) {
     let view =
         blog.wait_for_view_within(posts, posts * COMMENTS_PER_POST, Duration::from_secs(120));
-    let post_ids: HashSet<String> = post_ids.into_inner().unwrap().into_values().collect();
-    let comment_ids = comment_ids.into_inner().unwrap();
     let mut seen_comments = HashSet::new();
     let view_posts: HashSet<String> = view
         .as_array()
@@ -424,7 +527,7 @@ fn fault_suite(blog: Blog) {
         .map(|post| post["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(
-        view_posts, post_ids,
+        &view_posts, post_ids,
         "posts in the view differ from the acknowledged ones (seed {seed})"
     );
     for post in view.as_array().unwrap() {
@@ -446,19 +549,29 @@ fn fault_suite(blog: Blog) {
         }
     }
     assert_eq!(seen_comments.len(), comment_ids.len());
-    // The partition count reached the clients and the services: posts went to every partition.
+}
+
+/// The partition count reached the clients and the services: posts went to every partition.
+fn check_posts_in_every_partition(blog: &Blog, seed: u64) {
     let empty: Vec<String> = blog
         .events_everywhere("posts")
         .into_iter()
         .filter(|stream| blog.entries(stream).is_empty())
         .collect();
     assert!(empty.is_empty(), "no post in {empty:?} (seed {seed})");
+}
 
-    // Exactly one event of each kind per acknowledged post and comment, by id (the poison
-    // entries, which name no producer, are not counted).
+/// Exactly one event of each kind per acknowledged post and comment, by id (the poison
+/// entries, which name no producer, are not counted).
+fn check_one_event_of_each_kind(
+    blog: &Blog,
+    post_ids: &HashSet<String>,
+    comment_ids: &HashMap<String, (String, bool)>,
+    seed: u64,
+) {
     let comment_set: HashSet<String> = comment_ids.keys().cloned().collect();
     for (kind, ids) in [
-        ("PostCreated", &post_ids),
+        ("PostCreated", post_ids),
         ("CommentCreated", &comment_set),
         ("CommentModerated", &comment_set),
         ("CommentUpdated", &comment_set),
@@ -484,11 +597,11 @@ fn fault_suite(blog: Blog) {
             found.difference(ids).take(5).collect::<Vec<_>>()
         );
     }
+}
 
-    // Every poison entry is dead-lettered by each service that uses its type, and nothing else
-    // is; no group is left with pending entries (the inboxes' groups included), in any
-    // partition.
-    let poison = std::mem::take(&mut tally.poison);
+/// Every poison entry is dead-lettered by each service that uses its type, and nothing else
+/// is; no group is left with pending entries (the inboxes' groups included), in any partition.
+fn check_dead_letters_are_the_poison(blog: &Blog, poison: &[(String, usize)], seed: u64) {
     let expected_dead: usize = poison.iter().map(|(_, readers)| readers).sum();
     let settled = wait_until(Duration::from_secs(60), || {
         blog.dead_letters().len() >= expected_dead && blog.groups_with_pending().is_empty()
@@ -526,6 +639,10 @@ fn fault_suite(blog: Blog) {
         dead_sorted, expected,
         "dead letters are not exactly the poison (seed {seed}): {reasons:#?}"
     );
+}
+
+/// No inbox of any partition is left with pending requests.
+fn check_no_request_pending(blog: &Blog, seed: u64) {
     let keys = blog.keys();
     for service in ["posts", "comments"] {
         for partition in blog.every_partition() {
@@ -537,9 +654,11 @@ fn fault_suite(blog: Blog) {
             );
         }
     }
+}
 
-    // Every try counted for a redelivered entry is forgotten once it is applied or
-    // dead-lettered: no service is left with counted tries, in any partition.
+/// Every try counted for a redelivered entry is forgotten once it is applied or
+/// dead-lettered: no service is left with counted tries, in any partition.
+fn check_tries_forgotten(blog: &Blog, seed: u64) {
     let services = ["posts", "comments", "moderation", "query"];
     let forgotten = wait_until(Duration::from_secs(5), || {
         services
@@ -551,8 +670,11 @@ fn fault_suite(blog: Blog) {
         "tries left counted (seed {seed}): {:?}",
         services.map(|service| (service, blog.counted_tries(service)))
     );
-    // No process was refused anything by its Redis user, on any node (since the restarted
-    // one's restart, which empties its log).
+}
+
+/// No process was refused anything by its Redis user, on any node (since the restarted
+/// one's restart, which empties its log).
+fn check_no_acl_refusal(blog: &Blog) {
     for node in blog.nodes() {
         let refused: Vec<redis::Value> = redis::cmd("ACL")
             .arg("LOG")
@@ -564,11 +686,6 @@ fn fault_suite(blog: Blog) {
             node.port
         );
     }
-
-    println!(
-        "fault suite passed: seed {seed}, in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
 }
 
 /// Kills (SIGKILL) and restarts the Redis serving a partition the seed picks: the blog's one,
