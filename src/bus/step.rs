@@ -188,8 +188,8 @@ impl StepScript {
         let body = format!(
             "local ENVELOPE_VERSION = '{ENVELOPE_VERSION}'\n\
              local DEAD_LETTERS_KEPT = {DEAD_LETTERS_KEPT}\n\
-             local DEAD_LETTER_FIELD_BYTES = {DEAD_LETTER_FIELD_BYTES}\n{constants}\
-             {PRELUDE}{body}{EPILOGUE}"
+             local DEAD_LETTER_FIELD_BYTES = {DEAD_LETTER_FIELD_BYTES}\n{constants}{}",
+            keep_used(&format!("{PRELUDE}{body}{EPILOGUE}"), &["run_step"]),
         );
         let mut script = StepScript {
             on_single: Forms::empty(),
@@ -299,7 +299,7 @@ impl StepScript {
              local ENTRY_KEYS, ENTRY_ARGS = {entry_keys}, {entry_args}\n{DRIVER}",
             self.body, !batch
         );
-        format!("#!lua\nlocal CLUSTER = {cluster}\n{}", keep_used(&lua))
+        format!("#!lua\nlocal CLUSTER = {cluster}\n{lua}")
     }
 }
 
@@ -319,11 +319,12 @@ impl Forms {
     }
 }
 
-/// The Lua without comments and without the `local function`s nothing calls: each run of a
-/// script creates every function it defines, and the shared Lua (key names, apply functions,
-/// request helpers) defines more than one script uses. A function is a line `local function
-/// name(...) ... end`, or starts with such a line and ends at a line `end` in the first column.
-fn keep_used(lua: &str) -> String {
+/// The Lua without comments and without the `local function`s nothing calls (but `roots`, which
+/// code outside `lua` calls): each script call creates every function it defines, and the
+/// shared Lua (key names, apply functions, request helpers) defines more than one script uses.
+/// A function is a line `local function name(...) ... end`, or starts with such a line and ends
+/// at a line `end` in the first column.
+fn keep_used(lua: &str, roots: &[&str]) -> String {
     // (the function's name, its text); `None` for the code around functions.
     let mut items: Vec<(Option<&str>, String)> = Vec::new();
     let mut lines = lua
@@ -347,7 +348,10 @@ fn keep_used(lua: &str) -> String {
         }
         items.push((Some(name), text));
     }
-    let mut kept: Vec<bool> = items.iter().map(|(name, _)| name.is_none()).collect();
+    let mut kept: Vec<bool> = items
+        .iter()
+        .map(|(name, _)| name.is_none_or(|name| roots.contains(&name)))
+        .collect();
     loop {
         let reached: Vec<usize> = (0..items.len())
             .filter(|&index| !kept[index])
@@ -575,7 +579,7 @@ pub(super) mod tests {
                    local function used(a)\n  return helper(a)\nend\n\
                    return used(1)\n";
         assert_eq!(
-            keep_used(lua),
+            keep_used(lua, &[]),
             "local function helper(a) return a end\n\
              local function used(a)\n  return helper(a)\nend\n\
              return used(1)\n"
