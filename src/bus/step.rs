@@ -292,14 +292,14 @@ impl StepScript {
         if !entry_names.is_empty() {
             declared.push_str(&format!("local {}\n", entry_names.join(", ")));
         }
-        let lua = format!(
-            "{CALL}{declared}{}local function one(k, a)\n{assigned}  return run_step()\nend\n\
+        format!(
+            "#!lua\nlocal CLUSTER = {cluster}\n{CALL}{declared}{}\
+             local function one(k, a)\n{assigned}  return run_step()\nend\n\
              local SINGLE = {}\n\
              local SHARED_KEYS, SHARED_ARGS = {shared_keys}, {shared_args}\n\
              local ENTRY_KEYS, ENTRY_ARGS = {entry_keys}, {entry_args}\n{DRIVER}",
             self.body, !batch
-        );
-        format!("#!lua\nlocal CLUSTER = {cluster}\n{lua}")
+        )
     }
 }
 
