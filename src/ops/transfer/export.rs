@@ -41,6 +41,8 @@ static CUT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua
 
 /// Entries read per XRANGE, and archive lines per refill.
 const PAGE: usize = 2000;
+/// Threads reading the streams (see [`read_ahead`]).
+const READERS: usize = 2;
 
 /// Arguments of `blogctl export`.
 #[derive(Debug, Args)]
@@ -357,19 +359,52 @@ impl Source {
 /// The pages of one stream, oldest first, as the reading thread sends them.
 type Pages = tokio::sync::mpsc::Receiver<redis::RedisResult<Vec<Item>>>;
 
-/// Reads every stream from its start up to its cut, a page at a time, on a thread and a
-/// connection of its own (one task per stream, each a page ahead of the export), so that
+/// Reads every stream from its start up to its cut, a page at a time, on threads and
+/// connections of their own (one task per stream, each a page ahead of the export), so that
 /// Redis and the parsing of its replies work while the export writes. Pages are smaller when
 /// there are many streams, so that what is read ahead stays within about 100,000 events.
+///
+/// Parsing Redis's replies is the export's largest cost, more than writing the file: the
+/// streams are shared out between [`READERS`] threads, the longest first to the least loaded.
 fn read_ahead(redis: Redis, cut: &[StreamCut]) -> Vec<Pages> {
     let page = (100_000 / cut.len().max(1)).clamp(100, PAGE);
     let mut receivers = Vec::new();
-    let mut streams = Vec::new();
-    for stream in cut {
+    let mut senders = Vec::new();
+    for _ in cut {
         let (sender, receiver) = tokio::sync::mpsc::channel(1);
         receivers.push(receiver);
-        streams.push((stream.key.clone(), stream.last, sender));
+        senders.push(Some(sender));
     }
+    let mut longest_first: Vec<usize> = (0..cut.len()).collect();
+    longest_first.sort_by_key(|&index| std::cmp::Reverse(cut[index].length));
+    let mut shares: Vec<(u64, Vec<StreamToRead>)> = (0..READERS).map(|_| (0, Vec::new())).collect();
+    for index in longest_first {
+        let share = shares
+            .iter_mut()
+            .min_by_key(|(length, _)| *length)
+            .expect("readers");
+        let stream = &cut[index];
+        share.0 += stream.length;
+        let sender = senders[index].take().expect("each stream once");
+        share.1.push((stream.key.clone(), stream.last, sender));
+    }
+    for (_, streams) in shares {
+        if !streams.is_empty() {
+            read_on_a_thread(redis.clone(), streams, page);
+        }
+    }
+    receivers
+}
+
+/// A stream to read up to its cut, and where its pages go.
+type StreamToRead = (
+    String,
+    StreamId,
+    tokio::sync::mpsc::Sender<redis::RedisResult<Vec<Item>>>,
+);
+
+/// Reads `streams` on a thread and a connection of its own.
+fn read_on_a_thread(redis: Redis, streams: Vec<StreamToRead>, page: usize) {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -394,7 +429,6 @@ fn read_ahead(redis: Redis, cut: &[StreamCut]) -> Vec<Pages> {
             while tasks.join_next().await.is_some() {}
         });
     });
-    receivers
 }
 
 /// Sends the pages of one stream, up to `last`, until the receiver is gone or a read fails.
