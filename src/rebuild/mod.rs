@@ -649,11 +649,18 @@ async fn apply_stream(
                 return Ok(None);
             };
             let mut calls = Vec::new();
-            for entry in chunk {
-                let delivery = Delivery::new(log.events, entry, 1);
+            let events = chunk.len();
+            for (id, fields) in chunk {
+                // Only its fields are read: the stream is not named again for each entry.
+                let delivery = Delivery {
+                    stream: String::new(),
+                    id,
+                    fields,
+                    deliveries: 1,
+                };
                 counts.add(log.target, log.producer, &mut calls, &delivery);
-                progress.inc(1);
             }
+            progress.inc(events as u64);
             Ok(Some((calls, end)))
         };
         let mut writer = connection.clone();
@@ -706,7 +713,7 @@ fn read_ahead(
             };
             let mut after = after;
             loop {
-                let chunk: redis::RedisResult<Vec<RawEntry>> = redis::cmd("XRANGE")
+                let chunk: redis::RedisResult<Value> = redis::cmd("XRANGE")
                     .arg(&events)
                     .arg(format!("({after}"))
                     .arg("+")
@@ -714,6 +721,7 @@ fn read_ahead(
                     .arg(CHUNK)
                     .query_async(&mut connection)
                     .await;
+                let chunk = chunk.and_then(entries_of);
                 let last = match &chunk {
                     Ok(entries) => entries.last().map(|(id, _)| id.clone()),
                     Err(_) => None,
@@ -730,6 +738,53 @@ fn read_ahead(
         });
     });
     receiver
+}
+
+/// The entries of an `XRANGE` reply, taken from it as they are (not through
+/// `FromRedisValue`'s conversions, which cost as much as the rest of a chunk's work here).
+fn entries_of(reply: Value) -> redis::RedisResult<Vec<RawEntry>> {
+    let unexpected = || {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "XRANGE did not reply with stream entries",
+        ))
+    };
+    let bytes = |value: Value| match value {
+        Value::BulkString(bytes) => Ok(bytes),
+        Value::SimpleString(text) => Ok(text.into_bytes()),
+        _ => Err(unexpected()),
+    };
+    let Value::Array(entries) = reply else {
+        return Err(unexpected());
+    };
+    entries
+        .into_iter()
+        .map(|entry| {
+            let Value::Array(parts) = entry else {
+                return Err(unexpected());
+            };
+            let Ok([id, fields]) = <[Value; 2]>::try_from(parts) else {
+                return Err(unexpected());
+            };
+            let id = String::from_utf8(bytes(id)?).map_err(|_| unexpected())?;
+            let fields = match fields {
+                Value::Array(flat) => {
+                    let mut fields = Vec::with_capacity(flat.len() / 2);
+                    let mut flat = flat.into_iter();
+                    while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                        fields.push((bytes(name)?, bytes(value)?));
+                    }
+                    fields
+                }
+                Value::Map(pairs) => pairs
+                    .into_iter()
+                    .map(|(name, value)| Ok((bytes(name)?, bytes(value)?)))
+                    .collect::<redis::RedisResult<_>>()?,
+                _ => return Err(unexpected()),
+            };
+            Ok((id, fields))
+        })
+        .collect()
 }
 
 /// Refuses to rebuild from a log trimmed beyond what the archives hold: the result would miss

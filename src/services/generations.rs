@@ -138,20 +138,35 @@ impl Rebuilder {
     }
 
     /// The command that applies `calls` to `generation`, in order (`EVALSHA`: see
-    /// [`Rebuilder::load`]).
+    /// [`Rebuilder::load`]). Consecutive calls of one function with as many arguments each are
+    /// sent as one run (the function's name, the count of arguments, the count of calls, then
+    /// their arguments), not named and counted one by one: each argument costs Redis an
+    /// object and a Lua string, and a batch of a rebuild is nearly all runs of one function.
     pub fn batch(&self, generation: &Generation, calls: &[ApplyCall]) -> redis::Cmd {
-        let mut command = redis::cmd("EVALSHA");
+        let arguments: usize = calls.iter().map(|call| call.args.len()).sum();
+        let bytes: usize = calls
+            .iter()
+            .flat_map(|call| &call.args)
+            .map(String::len)
+            .sum();
+        let mut command = redis::Cmd::with_capacity(arguments + 16, bytes + 256);
         // The base is named as a key (it is none, but holds the partition's hash tag) so that a
         // Cluster routes the script to the node of its slot.
         command
+            .arg("EVALSHA")
             .arg(self.script.get_hash())
             .arg(1)
             .arg(generation.base());
-        for call in calls {
+        for run in calls.chunk_by(|one, next| {
+            one.function == next.function && one.args.len() == next.args.len()
+        }) {
             command
-                .arg(call.function)
-                .arg(call.args.len())
-                .arg(&call.args);
+                .arg(run[0].function)
+                .arg(run[0].args.len())
+                .arg(run.len());
+            for call in run {
+                command.arg(&call.args);
+            }
         }
         command
     }
@@ -180,4 +195,52 @@ pub fn step_script(
         &[&lua(apply_lua), body],
     )
     .sharing(&SHARED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_names_each_run_of_one_function_once() {
+        let rebuilder =
+            Rebuilder::new("local function one(base, x) end\nlocal function two(base, x, y) end\n");
+        let keys = Keys::new("blog").expect("a namespace");
+        let generation = keys.generation(Service::Query, Partition::FIRST, 3);
+        let call = |function, args: &[&str]| ApplyCall {
+            function,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+        };
+        let command = rebuilder.batch(
+            &generation,
+            &[
+                call("one", &["a"]),
+                call("one", &["b"]),
+                call("two", &["c", "d"]),
+                call("one", &["e"]),
+            ],
+        );
+        let args: Vec<String> = command
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(
+            args[..4],
+            [
+                "EVALSHA",
+                rebuilder.script.get_hash(),
+                "1",
+                generation.base()
+            ]
+        );
+        assert_eq!(
+            args[4..],
+            [
+                "one", "1", "2", "a", "b", "two", "2", "1", "c", "d", "one", "1", "1", "e"
+            ]
+        );
+    }
 }

@@ -25,10 +25,10 @@ use redis::{Script, Value};
 use serde::Serialize;
 
 use super::{
-    EventOut, FORMAT, FieldsOut, Header, Trailer, VERSION, add_check, hex, rfc3339, trailer_line,
-    with_check,
+    FORMAT, Header, Trailer, VERSION, add_check, event_prefix, hex, push_event, rfc3339,
+    trailer_line, with_check,
 };
-use crate::bus::{RawEntry, SERVICE_RESPONSE_TIMEOUT, StreamId};
+use crate::bus::{SERVICE_RESPONSE_TIMEOUT, StreamId};
 use crate::connection::{Connection, Redis};
 use crate::context::Context;
 use crate::error::Failure;
@@ -41,6 +41,8 @@ static CUT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua
 
 /// Entries read per XRANGE, and archive lines per refill.
 const PAGE: usize = 2000;
+/// Threads reading the streams (see [`read_ahead`]).
+const READERS: usize = 2;
 
 /// Arguments of `blogctl export`.
 #[derive(Debug, Args)]
@@ -169,14 +171,8 @@ async fn write_export(header: &Header, sources: &mut [Source], sink: &mut Sink) 
             .pop_front()
             .expect("a source in the heap has a head");
         number += 1;
-        let event = EventOut {
-            stream: source.cut.service.name(),
-            partition: source.cut.partition.0,
-            id: &item.id,
-            fields: FieldsOut(&item.fields),
-        };
         line.clear();
-        serde_json::to_writer(&mut line, &event)?;
+        push_event(&mut line, &source.prefix, &item.id, &item.fields);
         add_check(number, &mut line);
         sink.write(&line)?;
         events += 1;
@@ -263,6 +259,8 @@ struct Item {
 /// One stream of one partition: its archives, then the stream up to the cut.
 struct Source {
     cut: StreamCut,
+    /// Its event lines' start (see [`event_prefix`]).
+    prefix: Vec<u8>,
     archives: Option<ArchiveReader>,
     /// The stream's pages, read ahead (see [`read_ahead`]); `None` once they are all taken.
     pages: Option<Pages>,
@@ -276,6 +274,7 @@ struct Source {
 impl Source {
     fn new(cut: StreamCut, files: Vec<PathBuf>, pages: Pages) -> Source {
         Source {
+            prefix: event_prefix(cut.service.name(), cut.partition.0),
             archives: (!files.is_empty()).then(|| ArchiveReader::new(files)),
             pages: Some(pages),
             after: None,
@@ -360,19 +359,52 @@ impl Source {
 /// The pages of one stream, oldest first, as the reading thread sends them.
 type Pages = tokio::sync::mpsc::Receiver<redis::RedisResult<Vec<Item>>>;
 
-/// Reads every stream from its start up to its cut, a page at a time, on a thread and a
-/// connection of its own (one task per stream, each a page ahead of the export), so that
+/// Reads every stream from its start up to its cut, a page at a time, on threads and
+/// connections of their own (one task per stream, each a page ahead of the export), so that
 /// Redis and the parsing of its replies work while the export writes. Pages are smaller when
 /// there are many streams, so that what is read ahead stays within about 100,000 events.
+///
+/// Parsing Redis's replies is the export's largest cost, more than writing the file: the
+/// streams are shared out between [`READERS`] threads, the longest first to the least loaded.
 fn read_ahead(redis: Redis, cut: &[StreamCut]) -> Vec<Pages> {
     let page = (100_000 / cut.len().max(1)).clamp(100, PAGE);
     let mut receivers = Vec::new();
-    let mut streams = Vec::new();
-    for stream in cut {
+    let mut senders = Vec::new();
+    for _ in cut {
         let (sender, receiver) = tokio::sync::mpsc::channel(1);
         receivers.push(receiver);
-        streams.push((stream.key.clone(), stream.last, sender));
+        senders.push(Some(sender));
     }
+    let mut longest_first: Vec<usize> = (0..cut.len()).collect();
+    longest_first.sort_by_key(|&index| std::cmp::Reverse(cut[index].length));
+    let mut shares: Vec<(u64, Vec<StreamToRead>)> = (0..READERS).map(|_| (0, Vec::new())).collect();
+    for index in longest_first {
+        let share = shares
+            .iter_mut()
+            .min_by_key(|(length, _)| *length)
+            .expect("readers");
+        let stream = &cut[index];
+        share.0 += stream.length;
+        let sender = senders[index].take().expect("each stream once");
+        share.1.push((stream.key.clone(), stream.last, sender));
+    }
+    for (_, streams) in shares {
+        if !streams.is_empty() {
+            read_on_a_thread(redis.clone(), streams, page);
+        }
+    }
+    receivers
+}
+
+/// A stream to read up to its cut, and where its pages go.
+type StreamToRead = (
+    String,
+    StreamId,
+    tokio::sync::mpsc::Sender<redis::RedisResult<Vec<Item>>>,
+);
+
+/// Reads `streams` on a thread and a connection of its own.
+fn read_on_a_thread(redis: Redis, streams: Vec<StreamToRead>, page: usize) {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -397,7 +429,6 @@ fn read_ahead(redis: Redis, cut: &[StreamCut]) -> Vec<Pages> {
             while tasks.join_next().await.is_some() {}
         });
     });
-    receivers
 }
 
 /// Sends the pages of one stream, up to `last`, until the receiver is gone or a read fails.
@@ -413,7 +444,7 @@ async fn read_stream(
     }
     let mut start = crate::ops::FIRST_ENTRY.to_owned();
     loop {
-        let read: redis::RedisResult<Vec<RawEntry>> = redis::cmd("XRANGE")
+        let read: redis::RedisResult<Value> = redis::cmd("XRANGE")
             .arg(&key)
             .arg(&start)
             .arg(last.to_string())
@@ -421,8 +452,7 @@ async fn read_stream(
             .arg(page)
             .query_async(&mut connection)
             .await;
-        let items: redis::RedisResult<Vec<Item>> =
-            read.map(|entries| entries.into_iter().map(Item::from_raw).collect());
+        let items = read.and_then(Item::all_of);
         let more = match &items {
             Ok(items) => items.len() == page,
             Err(_) => false,
@@ -437,22 +467,64 @@ async fn read_stream(
 }
 
 impl Item {
-    /// An entry of a stream, its bytes as text (copied only when not UTF-8, to replace them).
-    fn from_raw((id, fields): RawEntry) -> Item {
-        let text = |bytes: Vec<u8>| {
-            String::from_utf8(bytes)
-                .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
+    /// The entries of an `XRANGE` reply, taken from it as they are (not through
+    /// `FromRedisValue`'s conversions, a third of the reading thread's work).
+    fn all_of(reply: Value) -> redis::RedisResult<Vec<Item>> {
+        let Value::Array(entries) = reply else {
+            return Err(not_entries());
         };
-        Item {
+        entries.into_iter().map(Item::of).collect()
+    }
+
+    /// An entry of a stream, its bytes as text (copied only when not UTF-8, to replace them).
+    fn of(entry: Value) -> redis::RedisResult<Item> {
+        let Value::Array(parts) = entry else {
+            return Err(not_entries());
+        };
+        let Ok([id, fields]) = <[Value; 2]>::try_from(parts) else {
+            return Err(not_entries());
+        };
+        let id = text(id)?;
+        let fields = match fields {
+            Value::Array(flat) => {
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                let mut flat = flat.into_iter();
+                while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                    fields.push((text(name)?, text(value)?));
+                }
+                fields
+            }
+            Value::Map(pairs) => pairs
+                .into_iter()
+                .map(|(name, value)| Ok((text(name)?, text(value)?)))
+                .collect::<redis::RedisResult<_>>()?,
+            _ => return Err(not_entries()),
+        };
+        Ok(Item {
             stream_id: StreamId::parse(&id, false).unwrap_or_default(),
             id,
-            fields: fields
-                .into_iter()
-                .map(|(name, value)| (text(name), text(value)))
-                .collect(),
+            fields,
             archived: false,
-        }
+        })
     }
+}
+
+/// A text of a reply, bytes that are not UTF-8 replaced.
+fn text(value: Value) -> redis::RedisResult<String> {
+    let bytes = match value {
+        Value::BulkString(bytes) => bytes,
+        Value::SimpleString(text) => return Ok(text),
+        _ => return Err(not_entries()),
+    };
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()))
+}
+
+fn not_entries() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "XRANGE did not reply with stream entries",
+    ))
 }
 
 /// The archive files of each stream, from `--archive` (files and directories), in the order

@@ -1,8 +1,10 @@
 //! `blogctl import FILE`: fills an empty namespace from an export, on a single Redis or a
 //! Cluster, with its own partition count.
 //!
-//! The whole file is checked first (every line's check, the trailer's counts and hash), and
-//! nothing is written to a namespace that holds anything. Then each event goes to the stream
+//! The whole file is checked first (every line's check, the trailer's counts and hash: the hash
+//! on a thread of its own while the lines are checked), and nothing is written to a namespace
+//! that holds anything. Then the file is read again, each line's check verified again (a file
+//! changed meanwhile stops the import there), and each event goes to the stream
 //! of the service that wrote it, in the partition of its post under the new count (an event
 //! that names no post, being malformed, keeps its partition modulo the new count), in the
 //! order of the file. An event keeps its id unless its new stream already has a later one (two
@@ -19,9 +21,12 @@
 //! once they run. The answers remembered for request ids are not carried over.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use clap::Args;
@@ -32,7 +37,7 @@ use uuid::Uuid;
 
 use super::refuse_line;
 use super::{EventIn, FORMAT, Header, LineKind, VERSION, checks_out, hex, parse_trailer};
-use crate::bus::{Delivery, StreamId};
+use crate::bus::StreamId;
 use crate::connection::Connection;
 use crate::context::Context;
 use crate::error::Failure;
@@ -46,6 +51,8 @@ use crate::services::{comments, query};
 const ROUND: usize = 4000;
 /// Apply calls per script (as `rebuild` sends them): a few milliseconds inside Redis.
 const WRITE_BATCH: usize = 250;
+/// Bytes of the file hashed at a time, on the hashing thread, while the lines are checked.
+const HASH_CHUNK: usize = 1 << 20;
 
 /// Arguments of `blogctl import`.
 #[derive(Debug, Args)]
@@ -69,7 +76,9 @@ pub struct Summary {
 
 pub async fn run(context: &Context, args: &ImportArgs) -> Result<()> {
     let started = Instant::now();
-    let verified = verify(&args.file)?;
+    let name = args.file.display().to_string();
+    let file = File::open(&args.file).wrap_err_with(|| format!("opening {name}"))?;
+    let verified = verify(&name, &file)?;
     let mut connection = context.connect().await?;
     let partitions = context.partitions(&mut connection).await?;
     refuse_a_used_namespace(&mut connection, &context.keys).await?;
@@ -79,7 +88,8 @@ pub async fn run(context: &Context, args: &ImportArgs) -> Result<()> {
     let total = verified.events;
     let awaiting_moderation = verified.awaiting_moderation;
     let plan = Plan {
-        file: args.file.clone(),
+        file,
+        name,
         keys: context.keys.clone(),
         partitions,
         verified,
@@ -125,49 +135,52 @@ struct Verified {
 /// Reads the whole file and refuses it (exit code 2, naming the line) unless every line checks
 /// out, the header is of this format and version, every event names a stream and partition of
 /// the blog, and the trailer's counts and hash match what comes before it.
-fn verify(path: &Path) -> Result<Verified> {
-    let name = path.display().to_string();
-    let file = File::open(path).wrap_err_with(|| format!("opening {name}"))?;
+fn verify(name: &str, file: &File) -> Result<Verified> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut verified = Verified::default();
     let mut created = HashSet::new();
-    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut bytes = Vec::new();
+    let hasher = Hasher::start();
+    // The lines read since the last chunk went to the hasher.
+    let mut chunk = Vec::with_capacity(HASH_CHUNK + (64 << 10));
     let mut number = 0;
     loop {
-        bytes.clear();
+        let start = chunk.len();
         let read = reader
-            .read_until(b'\n', &mut bytes)
+            .read_until(b'\n', &mut chunk)
             .wrap_err_with(|| format!("reading {name}"))?;
         if read == 0 {
             let why = "the file ends without its trailer: it was cut short";
-            return Err(refuse_line(&name, number.max(1), why).into());
+            return Err(refuse_line(name, number.max(1), why).into());
         }
         number += 1;
-        let line =
-            std::str::from_utf8(&bytes).map_err(|_| refuse_line(&name, number, "not UTF-8"))?;
+        let line = std::str::from_utf8(&chunk[start..])
+            .map_err(|_| refuse_line(name, number, "not UTF-8"))?;
         let Some(line) = line.strip_suffix('\n') else {
-            return Err(refuse_line(&name, number, "cut short (no newline at its end)").into());
+            return Err(refuse_line(name, number, "cut short (no newline at its end)").into());
         };
         if number == 1 && LineKind::of(line) != LineKind::Header {
             let why = "not the header of a `blogctl export` file";
-            return Err(refuse_line(&name, number, why).into());
+            return Err(refuse_line(name, number, why).into());
         }
         if !checks_out(number, line) {
             let why = "its check does not match: the line was edited, or lines were added, \
                        removed or moved before it";
-            return Err(refuse_line(&name, number, why).into());
+            return Err(refuse_line(name, number, why).into());
         }
         match (LineKind::of(line), number) {
-            (LineKind::Header, 1) => verified.header = Some(parse_header(&name, line)?),
+            (LineKind::Header, 1) => verified.header = Some(parse_header(name, line)?),
             (LineKind::Event, 2..) => {
                 let header = verified.header.as_ref().expect("line 1 is the header");
-                let event = parse_event(&name, number, line, header.partitions)?;
-                note(&mut verified, &mut created, event);
+                let event = parse_event(name, number, line, header.partitions)?;
+                note(&mut verified, &mut created, &event);
             }
             (LineKind::Trailer, 2..) => {
-                check_trailer(&name, number, line, &verified, hash.finish())?;
-                refuse_lines_after(&name, number, &mut reader)?;
+                let trailer = line.to_owned();
+                // The hash covers every byte before the trailer.
+                chunk.truncate(start);
+                let hash = hasher.finish(chunk);
+                check_trailer(name, number, &trailer, &verified, hash)?;
+                refuse_lines_after(name, number, &mut reader)?;
                 break;
             }
             _ => {
@@ -176,13 +189,58 @@ fn verify(path: &Path) -> Result<Verified> {
                 } else {
                     "not an event or the trailer"
                 };
-                return Err(refuse_line(&name, number, why).into());
+                return Err(refuse_line(name, number, why).into());
             }
         }
-        hash.update(&bytes);
+        if chunk.len() >= HASH_CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(HASH_CHUNK + (64 << 10)));
+            hasher.add(full);
+        }
     }
     verified.awaiting_moderation = created.difference(&verified.moderated).count() as u64;
     Ok(verified)
+}
+
+/// The SHA-256 of the file, taken on a thread of its own from the chunks it is given.
+struct Hasher {
+    chunks: Option<mpsc::SyncSender<Vec<u8>>>,
+    thread: Option<JoinHandle<ring::digest::Digest>>,
+}
+
+impl Hasher {
+    fn start() -> Hasher {
+        // Two chunks waiting at most: the file is read no further ahead of the hash.
+        let (chunks, to_hash) = mpsc::sync_channel::<Vec<u8>>(2);
+        let thread = std::thread::spawn(move || {
+            let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+            for chunk in to_hash {
+                hash.update(&chunk);
+            }
+            hash.finish()
+        });
+        Hasher {
+            chunks: Some(chunks),
+            thread: Some(thread),
+        }
+    }
+
+    fn add(&self, chunk: Vec<u8>) {
+        if let Some(chunks) = &self.chunks {
+            // It fails only if the thread died, which `finish` reports.
+            let _ = chunks.send(chunk);
+        }
+    }
+
+    /// The hash of every chunk, `last` included.
+    fn finish(mut self, last: Vec<u8>) -> ring::digest::Digest {
+        self.add(last);
+        self.chunks = None;
+        self.thread
+            .take()
+            .expect("finished once")
+            .join()
+            .expect("hashing does not panic")
+    }
 }
 
 fn parse_header(name: &str, line: &str) -> Result<Header> {
@@ -207,8 +265,8 @@ fn parse_header(name: &str, line: &str) -> Result<Header> {
 }
 
 /// An event line, checked: a stream of the blog, a partition of the export, an entry id.
-fn parse_event(name: &str, number: u64, line: &str, partitions: u32) -> Result<Routed> {
-    let event: EventIn = serde_json::from_str(line)
+fn parse_event<'a>(name: &str, number: u64, line: &'a str, partitions: u32) -> Result<Routed<'a>> {
+    let event = EventIn::parse(line)
         .map_err(|error| refuse_line(name, number, format!("not an event: {error}")))?;
     let Some(producer) = Service::PRODUCERS
         .into_iter()
@@ -232,7 +290,7 @@ fn parse_event(name: &str, number: u64, line: &str, partitions: u32) -> Result<R
 }
 
 /// Notes what the services did with a comment: created, moderated, updated.
-fn note(verified: &mut Verified, created: &mut HashSet<Uuid>, event: Routed) {
+fn note(verified: &mut Verified, created: &mut HashSet<Uuid>, event: &Routed) {
     verified.events += 1;
     match (&event.event, event.producer) {
         (Some(Event::CommentCreated(comment)), Service::Comments) => {
@@ -282,37 +340,22 @@ fn refuse_lines_after(name: &str, number: u64, reader: &mut impl BufRead) -> Res
 }
 
 /// One event of the file, its envelope parsed where it has a valid one.
-struct Routed {
+struct Routed<'a> {
     producer: Service,
     partition: Partition,
     id: StreamId,
-    delivery: Delivery,
+    line: EventIn<'a>,
     event: Option<Event>,
 }
 
-impl Routed {
-    fn new(producer: Service, partition: Partition, id: StreamId, line: EventIn) -> Routed {
-        let fields = line
-            .fields
-            .0
-            .into_iter()
-            .map(|(name, value)| (name.into_bytes(), value.into_bytes()))
-            .collect();
-        let delivery = Delivery {
-            stream: String::new(),
-            id: line.id,
-            fields,
-            deliveries: 1,
-        };
-        let event = match delivery.event() {
-            Ok(Some(envelope)) => Some(envelope.event),
-            _ => None,
-        };
+impl<'a> Routed<'a> {
+    fn new(producer: Service, partition: Partition, id: StreamId, line: EventIn<'a>) -> Routed<'a> {
+        let event = line.event();
         Routed {
             producer,
             partition,
             id,
-            delivery,
+            line,
             event,
         }
     }
@@ -337,7 +380,7 @@ impl Routed {
                 EventKind::PostCreated | EventKind::CommentCreated | EventKind::CommentUpdated
             ) && kind.producer() == self.producer
         };
-        self.kind().is_some_and(used) && self.delivery.is_for(service.name())
+        self.kind().is_some_and(used) && self.line.is_for(service.name())
     }
 
     fn kind(&self) -> Option<EventKind> {
@@ -352,7 +395,9 @@ impl Routed {
 
 /// Everything the writing thread needs.
 struct Plan {
-    file: PathBuf,
+    /// The file, checked: read again from its start.
+    file: File,
+    name: String,
     keys: Keys,
     partitions: Partitions,
     verified: Verified,
@@ -361,8 +406,9 @@ struct Plan {
 /// Where the groups of one partition start, as the import found the services' work.
 #[derive(Debug, Default, Clone)]
 struct Positions {
-    /// The last id written to each events stream of the partition.
-    last: HashMap<Service, StreamId>,
+    /// The last id written to each events stream of the partition, by producer (in the order
+    /// of [`Service::PRODUCERS`]).
+    last: [Option<StreamId>; 3],
     /// Moderation's group on the comments: just before the first comment without a verdict.
     moderation_from: Option<StreamId>,
     /// The comments service's group on the verdicts: before the first not yet recorded.
@@ -396,12 +442,9 @@ async fn write_events(
     while let Some(message) = receiver.recv().await {
         match message? {
             Message::Round(pipelines, events) => {
-                for pipeline in pipelines {
-                    pipeline
-                        .query_async::<()>(connection)
-                        .await
-                        .wrap_err("writing the events")?;
-                }
+                send_round(connection, pipelines)
+                    .await
+                    .wrap_err("writing the events")?;
                 progress.inc(events);
             }
             Message::Done(found) => positions = Some(found),
@@ -412,23 +455,61 @@ async fn write_events(
     positions.ok_or_else(|| eyre!("the import's reader stopped before the end of the file"))
 }
 
+/// Sends a round's pipelines, one per partition, all at once: partitions share nothing, and on
+/// a Cluster their masters work at the same time.
+async fn send_round(connection: &mut Connection, pipelines: Vec<redis::Pipeline>) -> Result<()> {
+    if let [pipeline] = &pipelines[..] {
+        return Ok(pipeline.query_async(connection).await?);
+    }
+    let mut sends = tokio::task::JoinSet::new();
+    for pipeline in pipelines {
+        let mut connection = connection.clone();
+        sends.spawn(async move { pipeline.query_async::<()>(&mut connection).await });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent??;
+    }
+    Ok(())
+}
+
 /// The writing thread: reads the events again (the file was checked) and sends them as rounds.
 fn read_rounds(plan: &Plan, sender: &tokio::sync::mpsc::Sender<Result<Message>>) -> Result<()> {
-    let file = File::open(&plan.file)?;
-    let reader = BufReader::with_capacity(1 << 20, file);
+    let mut file = &plan.file;
+    file.seek(SeekFrom::Start(0))
+        .wrap_err_with(|| format!("reading {}", plan.name))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let header = plan.verified.header.as_ref().expect("a checked header");
+    let streams = StreamKeys::new(&plan.keys, plan.partitions);
     let mut positions = vec![Positions::default(); plan.partitions.count() as usize];
-    let mut round = Round::new(plan);
-    for (index, line) in reader.lines().enumerate() {
-        let line = line?;
-        if LineKind::of(&line) != LineKind::Event {
+    let mut round = Round::new(plan, &streams);
+    let mut bytes = Vec::with_capacity(4096);
+    let (mut number, mut events) = (0, 0);
+    while events < plan.verified.events {
+        bytes.clear();
+        let read = reader
+            .read_until(b'\n', &mut bytes)
+            .wrap_err_with(|| format!("reading {}", plan.name))?;
+        number += 1;
+        let line = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|line| line.strip_suffix('\n'))
+            .filter(|line| read > 0 && checks_out(number, line))
+            .ok_or_else(|| {
+                eyre!(
+                    "{} line {number} changed after it was checked: the import stopped there, and \
+                     the namespace holds the events before it (delete its keys before importing \
+                     again)",
+                    plan.name
+                )
+            })?;
+        if LineKind::of(line) != LineKind::Event {
             continue;
         }
-        let number = index as u64 + 1;
-        let header = plan.verified.header.as_ref().expect("a checked header");
-        let event = parse_event("the file", number, &line, header.partitions)?;
+        let event = parse_event(&plan.name, number, line, header.partitions)?;
         round.add(event, &mut positions);
+        events += 1;
         if round.events >= ROUND {
-            let full = std::mem::replace(&mut round, Round::new(plan));
+            let full = std::mem::replace(&mut round, Round::new(plan, &streams));
             if sender.blocking_send(Ok(full.finish())).is_err() {
                 return Ok(());
             }
@@ -439,11 +520,45 @@ fn read_rounds(plan: &Plan, sender: &tokio::sync::mpsc::Sender<Result<Message>>)
     Ok(())
 }
 
+/// The events stream of each producer in each partition, named once.
+struct StreamKeys {
+    keys: Vec<String>,
+}
+
+impl StreamKeys {
+    fn new(keys: &Keys, partitions: Partitions) -> StreamKeys {
+        StreamKeys {
+            keys: partitions
+                .all()
+                .flat_map(|partition| {
+                    Service::PRODUCERS.map(|producer| keys.events(producer, partition))
+                })
+                .collect(),
+        }
+    }
+
+    fn of(&self, producer: Service, partition: Partition) -> &str {
+        &self.keys[partition.0 as usize * Service::PRODUCERS.len() + producer_index(producer)]
+    }
+}
+
+/// Where `producer` is in [`Service::PRODUCERS`].
+fn producer_index(producer: Service) -> usize {
+    Service::PRODUCERS
+        .iter()
+        .position(|&known| known == producer)
+        .expect("a producer")
+}
+
 /// The writes of one round, per partition.
 struct Round<'a> {
     plan: &'a Plan,
+    streams: &'a StreamKeys,
     events: usize,
-    partitions: HashMap<Partition, PartitionWrites>,
+    /// Indexed by partition.
+    partitions: Vec<Option<PartitionWrites>>,
+    /// A new id as text (reused).
+    id: String,
 }
 
 #[derive(Default)]
@@ -506,11 +621,13 @@ impl PartitionWrites {
 }
 
 impl<'a> Round<'a> {
-    fn new(plan: &'a Plan) -> Round<'a> {
+    fn new(plan: &'a Plan, streams: &'a StreamKeys) -> Round<'a> {
         Round {
             plan,
+            streams,
             events: 0,
-            partitions: HashMap::new(),
+            partitions: (0..plan.partitions.count()).map(|_| None).collect(),
+            id: String::new(),
         }
     }
 
@@ -523,20 +640,29 @@ impl<'a> Round<'a> {
             None => Partition(event.partition.0 % plan.partitions.count()),
         };
         let at = &mut positions[partition.0 as usize];
-        let before = at.last.get(&event.producer).copied();
+        let producer = producer_index(event.producer);
+        let before = at.last[producer];
         let id = match before {
             Some(last) if event.id <= last => last.next(),
             _ => event.id.max(StreamId { ms: 0, seq: 1 }),
         };
-        at.last.insert(event.producer, id);
+        at.last[producer] = Some(id);
         note_position(&plan.verified, &event, before, at);
-        let writes = self.partitions.entry(partition).or_default();
-        let stream = plan.keys.events(event.producer, partition);
-        let xadd = writes.pipeline.cmd("XADD").arg(&stream).arg(id.to_string());
-        for (name, value) in &event.delivery.fields {
-            xadd.arg(name).arg(value);
+        let writes = self.partitions[partition.0 as usize].get_or_insert_with(Default::default);
+        let stream = self.streams.of(event.producer, partition);
+        let fields = &event.line.fields.0;
+        let bytes: usize = fields
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
+        let mut xadd = redis::Cmd::with_capacity(3 + 2 * fields.len(), bytes + stream.len() + 64);
+        self.id.clear();
+        write!(self.id, "{id}").expect("writing to a String");
+        xadd.arg("XADD").arg(stream).arg(self.id.as_str());
+        for (name, value) in fields {
+            xadd.arg(name.as_ref()).arg(value.as_ref());
         }
-        xadd.ignore();
+        writes.pipeline.add_command(xadd).ignore();
         if event.applies_to(Service::Query) {
             writes.apply_to_view(event.event.as_ref().expect("a valid event"));
         }
@@ -562,6 +688,8 @@ impl<'a> Round<'a> {
         let pipelines = self
             .partitions
             .into_iter()
+            .enumerate()
+            .filter_map(|(partition, writes)| Some((Partition(partition as u32), writes?)))
             .map(|(partition, mut writes)| {
                 for (service, calls, rebuilder) in [
                     (Service::Query, &writes.query, &*query::REBUILDER),
@@ -595,14 +723,14 @@ fn note_position(
     match (&event.event, event.producer) {
         (Some(Event::CommentCreated(comment)), Service::Comments)
             if at.moderation_from.is_none()
-                && event.delivery.is_for(Service::Moderation.name())
+                && event.line.is_for(Service::Moderation.name())
                 && !verified.moderated.contains(&comment.id) =>
         {
             at.moderation_from = Some(start);
         }
         (Some(Event::CommentModerated(comment)), Service::Moderation)
             if at.comments_from.is_none()
-                && event.delivery.is_for(Service::Comments.name())
+                && event.line.is_for(Service::Comments.name())
                 && !verified.updated.contains(&comment.id) =>
         {
             at.comments_from = Some(start);
