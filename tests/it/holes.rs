@@ -557,3 +557,91 @@ fn an_earlier_answer_under_the_same_reply_key_is_not_taken_for_an_abandoned_mark
     assert_eq!(blog.events_of("PostCreated").len(), 1);
     drop(posts);
 }
+
+/// Requests of every kind waiting together go as one batch (one script call), where each step is
+/// settled on its own: the state one step keeps between its functions (abandoned, expired, an
+/// earlier answer) is the call's and must not carry into the next entry's step.
+#[test]
+fn requests_of_every_kind_in_one_batch_are_each_settled_on_their_own() {
+    let blog = Blog::new();
+    let mut connection = blog.redis.connection();
+    let reply = |name: &str| keys().reply(P, name);
+    // The client of "gone" gave up on it: its mark is a string at its reply key.
+    let _: () = redis::cmd("SET")
+        .arg(reply("gone"))
+        .arg("given up")
+        .query(&mut connection)
+        .unwrap();
+    let requests = [
+        ("r1", "first", 60_000, "One"),
+        ("r2", "late", 1, "Two"),
+        ("r1", "again", 60_000, "One"),
+        ("r4", "gone", 60_000, "Four"),
+        ("r5", "fresh", 60_000, "Five"),
+    ];
+    for (id, reply_to, timeout_ms, title) in requests {
+        let data = format!(r#"{{"title":"{title}"}}"#);
+        crate::delivery::add_request(
+            &mut connection,
+            &blog,
+            "posts",
+            id,
+            Some(reply_to),
+            timeout_ms,
+            &data,
+        );
+    }
+    // r2's deadline (1 ms by Redis's clock) passes before the service starts.
+    let (start, _): (u64, u64) = redis::cmd("TIME").query(&mut connection).unwrap();
+    assert!(wait_until(PATIENCE, || {
+        let (now, _): (u64, u64) = redis::cmd("TIME").query(&mut connection).unwrap();
+        now > start
+    }));
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut connection)
+        .unwrap();
+    let posts = blog.serve(&["posts"]);
+    let inbox = keys().inbox(Service::Posts, P);
+    let handled = wait_until(PATIENCE, || {
+        redis::cmd("XLEN")
+            .arg(&inbox)
+            .query::<u64>(&mut connection)
+            .unwrap()
+            == 0
+    });
+    assert!(handled, "the requests were not all handled");
+    let answers = |name: &str| -> Vec<String> {
+        redis::cmd("LRANGE")
+            .arg(reply(name))
+            .arg(0)
+            .arg(-1)
+            .query(&mut blog.redis.connection())
+            .unwrap()
+    };
+    // The first and the fresh one applied; the repeat answered as the first; the expired and
+    // the abandoned ones dropped unapplied and unanswered.
+    let titles: Vec<serde_json::Value> = blog
+        .events_of("PostCreated")
+        .into_iter()
+        .map(|post| post["title"].clone())
+        .collect();
+    assert_eq!(titles, ["One", "Five"]);
+    assert_eq!(answers("first").len(), 1);
+    assert_eq!(answers("again"), answers("first"));
+    assert!(
+        answers("fresh")[0].contains("Five"),
+        "{:?}",
+        answers("fresh")
+    );
+    assert!(answers("late").is_empty());
+    let mark: String = redis::cmd("GET")
+        .arg(reply("gone"))
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(mark, "given up");
+    // Five requests in fewer script calls: they went as a batch.
+    let calls = blog.redis.command_stats()["evalsha"]["calls"];
+    assert!(calls < 5, "{calls} script calls for 5 requests");
+    drop(posts);
+}
