@@ -28,7 +28,7 @@ mod takeover;
 
 pub use backoff::Backoff;
 pub use consumer::{ConsumerConfig, SERVICE_RESPONSE_TIMEOUT, consume};
-pub use entry::{Delivery, Envelope, FOR_SERVICE, RawEntry};
+pub use entry::{Delivery, Envelope, FOR_SERVICE, RawEntry, entries_of};
 pub use groups::{acknowledge, applied_up_to, ensure_group};
 pub use handler::{Handler, Outcome, Plan};
 pub use ids::{AUTO_ID, NEW_ENTRIES, OWN_PENDING, START_OF_STREAM, StreamId, compare_ids};

@@ -28,7 +28,7 @@ use super::{
     FORMAT, Header, Trailer, VERSION, add_check, event_prefix, hex, push_event, rfc3339,
     trailer_line, with_check,
 };
-use crate::bus::{SERVICE_RESPONSE_TIMEOUT, StreamId};
+use crate::bus::{RawEntry, SERVICE_RESPONSE_TIMEOUT, StreamId, entries_of};
 use crate::connection::{Connection, Redis};
 use crate::context::Context;
 use crate::error::Failure;
@@ -467,64 +467,29 @@ async fn read_stream(
 }
 
 impl Item {
-    /// The entries of an `XRANGE` reply, taken from it as they are (not through
-    /// `FromRedisValue`'s conversions, a third of the reading thread's work).
+    /// The entries of an `XRANGE` reply (see [`entries_of`]).
     fn all_of(reply: Value) -> redis::RedisResult<Vec<Item>> {
-        let Value::Array(entries) = reply else {
-            return Err(not_entries());
-        };
-        entries.into_iter().map(Item::of).collect()
+        Ok(entries_of(reply)?.into_iter().map(Item::of).collect())
     }
 
     /// An entry of a stream, its bytes as text (copied only when not UTF-8, to replace them).
-    fn of(entry: Value) -> redis::RedisResult<Item> {
-        let Value::Array(parts) = entry else {
-            return Err(not_entries());
-        };
-        let Ok([id, fields]) = <[Value; 2]>::try_from(parts) else {
-            return Err(not_entries());
-        };
-        let id = text(id)?;
-        let fields = match fields {
-            Value::Array(flat) => {
-                let mut fields = Vec::with_capacity(flat.len() / 2);
-                let mut flat = flat.into_iter();
-                while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
-                    fields.push((text(name)?, text(value)?));
-                }
-                fields
-            }
-            Value::Map(pairs) => pairs
-                .into_iter()
-                .map(|(name, value)| Ok((text(name)?, text(value)?)))
-                .collect::<redis::RedisResult<_>>()?,
-            _ => return Err(not_entries()),
-        };
-        Ok(Item {
+    fn of((id, fields): RawEntry) -> Item {
+        Item {
             stream_id: StreamId::parse(&id, false).unwrap_or_default(),
             id,
-            fields,
+            fields: fields
+                .into_iter()
+                .map(|(name, value)| (text(name), text(value)))
+                .collect(),
             archived: false,
-        })
+        }
     }
 }
 
-/// A text of a reply, bytes that are not UTF-8 replaced.
-fn text(value: Value) -> redis::RedisResult<String> {
-    let bytes = match value {
-        Value::BulkString(bytes) => bytes,
-        Value::SimpleString(text) => return Ok(text),
-        _ => return Err(not_entries()),
-    };
-    Ok(String::from_utf8(bytes)
-        .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()))
-}
-
-fn not_entries() -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::UnexpectedReturnType,
-        "XRANGE did not reply with stream entries",
-    ))
+/// Bytes of a reply as text, those that are not UTF-8 replaced.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
 }
 
 /// The archive files of each stream, from `--archive` (files and directories), in the order
