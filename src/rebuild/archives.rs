@@ -41,7 +41,7 @@ pub(super) async fn apply_archive(
     let file =
         std::fs::File::open(archive).wrap_err_with(|| format!("opening {}", archive.display()))?;
     let mut checks = Checks::default();
-    let mut calls = Vec::new();
+    let mut calls = log.target.calls();
     let mut reader = std::io::BufReader::new(file);
     let mut number = 0;
     loop {
@@ -74,12 +74,11 @@ pub(super) async fn apply_archive(
         let delivery = delivery_of(entry, log);
         counts.add(log.target, log.producer, &mut calls, &delivery);
         *read.last = delivery.id;
-        if calls.len() >= CHUNK {
-            write(connection, log, &calls).await?;
-            calls.clear();
+        if calls.ready() >= CHUNK {
+            write(connection, log, &calls.take()).await?;
         }
     }
-    write(connection, log, &calls).await?;
+    write(connection, log, &calls.finish()).await?;
     read.unchecked.extend(checks.unchecked());
     Ok(())
 }

@@ -46,7 +46,7 @@ use crate::events::EventKind;
 use crate::keyspace::{Generation, Keys, Partition, Partitions, Service, generation_lua};
 use crate::ops::archive::stream_archive;
 use crate::output::{count_of, print_line, progress_bar};
-use crate::services::generations::{ApplyCall, Generations};
+use crate::services::generations::{ApplyCall, Calls, Generations};
 use crate::services::{comments, query};
 use archives::{
     ArchiveRead, apply_archive, first_id, refuse_archives_past_the_stream,
@@ -115,6 +115,14 @@ impl Target {
         match self {
             Target::Query => Service::Query,
             Target::Comments => Service::Comments,
+        }
+    }
+
+    /// Its apply calls for a run of events, a comment's update folded into its creation.
+    fn calls(self) -> Calls {
+        match self {
+            Target::Query => query::calls(),
+            Target::Comments => comments::calls(),
         }
     }
 }
@@ -639,6 +647,7 @@ async fn apply_stream(
 ) -> Result<String> {
     let mut chunks = read_ahead(redis.clone(), log.events.to_owned(), after.clone());
     let mut last = after;
+    let mut calls = log.target.calls();
     let mut writing: Option<(Vec<ApplyCall>, String)> = None;
     loop {
         let next = async {
@@ -648,7 +657,6 @@ async fn apply_stream(
             let Some(end) = chunk.last().map(|(id, _)| id.clone()) else {
                 return Ok(None);
             };
-            let mut calls = Vec::new();
             let events = chunk.len();
             for (id, fields) in chunk {
                 // Only its fields are read: the stream is not named again for each entry.
@@ -661,7 +669,7 @@ async fn apply_stream(
                 counts.add(log.target, log.producer, &mut calls, &delivery);
             }
             progress.inc(events as u64);
-            Ok(Some((calls, end)))
+            Ok(Some((calls.take(), end)))
         };
         let mut writer = connection.clone();
         let written = async {
@@ -678,6 +686,8 @@ async fn apply_stream(
         }
         writing = next;
         if writing.is_none() {
+            // The creations still held back for their update.
+            write(connection, log, &calls.finish()).await?;
             return Ok(last);
         }
     }
@@ -797,13 +807,7 @@ impl Counts {
     /// the target are skipped unread, and malformed and unknown entries, and events of a kind
     /// another service produces, are skipped, as the services skip them (they are in the dead
     /// letters).
-    fn add(
-        &mut self,
-        target: Target,
-        producer: Service,
-        calls: &mut Vec<ApplyCall>,
-        delivery: &Delivery,
-    ) {
+    fn add(&mut self, target: Target, producer: Service, calls: &mut Calls, delivery: &Delivery) {
         let unused = |name| {
             EventKind::parse(name)
                 .is_none_or(|kind| !target.uses(kind) || kind.producer() != producer)
@@ -816,11 +820,7 @@ impl Counts {
             // An entry `dead retry` put back for another service is that service's alone.
             Ok(Some(_)) if !delivery.is_for(target.service().name()) => self.skipped += 1,
             Ok(Some(envelope)) => {
-                let call = match target {
-                    Target::Query => query::apply_call(&envelope.event),
-                    Target::Comments => comments::apply_call(&envelope.event),
-                };
-                calls.extend(call);
+                calls.add(&envelope.event);
                 self.applied += 1;
             }
             _ => self.skipped += 1,

@@ -13,7 +13,7 @@ use redis::RedisResult;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::generations::{self, ApplyCall, Generations, Rebuilder};
+use super::generations::{self, ApplyCall, Calls, Generations, Rebuilder};
 use crate::bus::{
     Delivery, Handler, Outcome, Plan, Step, StepKeys, StepReply, StepScript, applied_up_to,
 };
@@ -109,6 +109,16 @@ pub fn apply_call(event: &Event) -> Option<ApplyCall> {
         }),
         Event::CommentModerated(_) => None,
     }
+}
+
+/// The comments state's calls for a run of events (see [`Calls`]): a comment's update sets the
+/// status it was created with (`add_comment`'s last argument), as `set_status` would.
+pub fn calls() -> Calls {
+    Calls::new(apply_call, |created, _, comment| {
+        if let Some(status) = created.args.last_mut() {
+            *status = comment.status.as_str().to_owned();
+        }
+    })
 }
 
 /// The call that lists, in a generation's index of comments, the comment `call` writes (if it

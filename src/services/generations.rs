@@ -9,9 +9,13 @@
 //! them on the live generation, and `blogctl rebuild` calls the same functions on a batch of
 //! events ([`Rebuilder`]), each event turned into an [`ApplyCall`] by the service.
 
+use std::collections::{HashMap, VecDeque};
+
 use redis::Script;
+use uuid::Uuid;
 
 use crate::bus::Step;
+use crate::events::{Comment, Event};
 use crate::keyspace::{Generation, Keys, Partition, Service, generation_lua};
 
 /// The key and argument every step on a generation takes before its own: the generation
@@ -113,6 +117,114 @@ pub struct ApplyCall {
     pub args: Vec<String>,
 }
 
+/// How a service folds a comment's update into the call that created it (see [`Calls`]): the
+/// call to change, the update's own call, and the updated comment.
+pub type Fold = fn(created: &mut ApplyCall, update: ApplyCall, comment: &Comment);
+
+/// How many events a comment's creation is held back for its update (see [`Calls`]). The
+/// comments service publishes a comment's update once moderation has judged it: in a log
+/// written under load, a few thousand events after its creation.
+const HOLD_FOR: u64 = 20_000;
+
+/// The apply calls of a run of events (a rebuild's stream, an import's partition) for one
+/// service's state. A comment's creation is held back until its final status comes, for at
+/// most [`HOLD_FOR`] events (or to the end of the run): each update of the comment that comes
+/// meanwhile is folded into it by the service's [`Fold`], and the events make one call. The end state is the same, with half the calls, which cost Redis most:
+/// the calls of one comment keep their order, and calls on different comments touch different
+/// fields. Nothing reads the state in between: it is a generation being filled, not yet served.
+#[derive(Debug)]
+pub struct Calls {
+    apply: fn(&Event) -> Option<ApplyCall>,
+    fold: Fold,
+    /// Calls in the order they are to be written.
+    ready: Vec<ApplyCall>,
+    /// Creations held back, by comment, with the number of the event that made each ...
+    held: HashMap<Uuid, (u64, ApplyCall)>,
+    /// ... and in the order they came (some since folded or released).
+    order: VecDeque<(u64, Uuid)>,
+    /// Events added so far.
+    events: u64,
+}
+
+impl Calls {
+    /// `apply`: the service's call for an event, if the event changes its state.
+    pub fn new(apply: fn(&Event) -> Option<ApplyCall>, fold: Fold) -> Calls {
+        Calls {
+            apply,
+            fold,
+            ready: Vec::new(),
+            held: HashMap::new(),
+            order: VecDeque::new(),
+            events: 0,
+        }
+    }
+
+    /// Adds the call `event` makes, if any.
+    pub fn add(&mut self, event: &Event) {
+        self.events += 1;
+        while let Some(&(number, id)) = self.order.front()
+            && number + HOLD_FOR <= self.events
+        {
+            self.order.pop_front();
+            self.release(id, number);
+        }
+        let Some(call) = (self.apply)(event) else {
+            return;
+        };
+        match event {
+            Event::CommentCreated(comment) => {
+                // A second creation of one comment comes after the first.
+                if let Some((_, earlier)) = self.held.remove(&comment.id) {
+                    self.ready.push(earlier);
+                }
+                self.held.insert(comment.id, (self.events, call));
+                self.order.push_back((self.events, comment.id));
+            }
+            Event::CommentUpdated(comment) => match self.held.get_mut(&comment.id) {
+                Some((_, created)) => {
+                    (self.fold)(created, call, comment);
+                    // No update comes after a final status but by replay: it is ready.
+                    if comment.status.is_final()
+                        && let Some((_, folded)) = self.held.remove(&comment.id)
+                    {
+                        self.ready.push(folded);
+                    }
+                }
+                None => self.ready.push(call),
+            },
+            _ => self.ready.push(call),
+        }
+    }
+
+    /// Moves creation `number` of comment `id` to the ready calls, if it is still held.
+    fn release(&mut self, id: Uuid, number: u64) {
+        if let Some(&(held, _)) = self.held.get(&id)
+            && held == number
+            && let Some((_, call)) = self.held.remove(&id)
+        {
+            self.ready.push(call);
+        }
+    }
+
+    /// How many calls are ready.
+    pub fn ready(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// The calls ready to be written; the creations held back stay.
+    pub fn take(&mut self) -> Vec<ApplyCall> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Every call left, the held creations last, oldest first: for the end of the run.
+    pub fn finish(&mut self) -> Vec<ApplyCall> {
+        while let Some((number, id)) = self.order.pop_front() {
+            self.release(id, number);
+        }
+        self.take()
+    }
+}
+
 /// Applies batches of [`ApplyCall`]s to a generation with a service's apply functions.
 #[derive(Debug)]
 pub struct Rebuilder {
@@ -200,6 +312,80 @@ pub fn step_script(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Status;
+    use crate::services::{comments, query};
+
+    fn comment() -> Comment {
+        Comment {
+            id: Uuid::now_v7(),
+            post_id: Uuid::now_v7(),
+            content: "hi".to_owned(),
+            status: Status::Pending,
+        }
+    }
+
+    fn updated(comment: &Comment, status: Status) -> Event {
+        Event::CommentUpdated(Comment {
+            status,
+            ..comment.clone()
+        })
+    }
+
+    #[test]
+    fn a_comments_update_is_folded_into_its_creation() {
+        let (comment, other) = (comment(), comment());
+        let (mut view, mut state) = (query::calls(), comments::calls());
+        for event in [
+            &Event::CommentCreated(comment.clone()),
+            &Event::CommentCreated(other.clone()),
+            &updated(&comment, Status::Pending),
+            &updated(&comment, Status::Rejected),
+        ] {
+            view.add(event);
+            state.add(event);
+        }
+        // The view: a pending update changes nothing, a final one replaces the creation, and
+        // makes it ready.
+        let rejected = updated(&comment, Status::Rejected);
+        assert_eq!(view.take(), [query::apply_call(&rejected).unwrap()]);
+        // The comments state: the creation, with the last status.
+        let ready = state.take();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].function, "add_comment");
+        assert_eq!(ready[0].args[0], comment.id.to_string());
+        assert_eq!(ready[0].args[3], "rejected");
+        // An update after the final status is a call of its own.
+        view.add(&rejected);
+        assert_eq!(view.take(), [query::apply_call(&rejected).unwrap()]);
+        // The other comment's creation, held, comes out at the end.
+        let created = Event::CommentCreated(other.clone());
+        assert_eq!(view.finish(), [query::apply_call(&created).unwrap()]);
+        assert_eq!(state.finish(), [comments::apply_call(&created).unwrap()]);
+    }
+
+    #[test]
+    fn a_creation_is_held_back_for_so_many_events_only() {
+        let comment = self::comment();
+        let mut view = query::calls();
+        view.add(&Event::CommentCreated(comment.clone()));
+        // Events that make no call of the view's count too.
+        let moderated = Event::CommentModerated(comment.clone());
+        for _ in 1..HOLD_FOR {
+            view.add(&moderated);
+        }
+        assert_eq!(view.ready(), 0, "held for {} events", HOLD_FOR - 1);
+        let approved = updated(&comment, Status::Approved);
+        view.add(&approved);
+        let created = Event::CommentCreated(comment.clone());
+        assert_eq!(
+            view.take(),
+            [
+                query::apply_call(&created).unwrap(),
+                query::apply_call(&approved).unwrap()
+            ],
+            "released, then the update on its own"
+        );
+    }
 
     #[test]
     fn a_batch_names_each_run_of_one_function_once() {

@@ -28,7 +28,7 @@ use redis::{FromRedisValue, RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::generations::{self, ApplyCall, Generations, Rebuilder};
+use super::generations::{self, ApplyCall, Calls, Generations, Rebuilder};
 use crate::bus::{Delivery, Handler, Plan, Step, StepKeys, StepScript};
 use crate::connection::Connection;
 use crate::events::{Event, EventKind, Status};
@@ -88,6 +88,16 @@ pub fn apply_call(event: &Event) -> Option<ApplyCall> {
         }
         Event::CommentModerated(_) => None,
     }
+}
+
+/// The view's calls for a run of events (see [`Calls`]): a comment's final status replaces the
+/// pending one it was created with; a pending update changes nothing (`HSETNX`).
+pub fn calls() -> Calls {
+    Calls::new(apply_call, |created, update, comment| {
+        if comment.status.is_final() {
+            *created = update;
+        }
+    })
 }
 
 /// Reads posts with their comments from the current generation. KEYS[1]: the generation

@@ -20,7 +20,7 @@
 //! before its verdict (or verdict before its `CommentUpdated`), which the services finish
 //! once they run. The answers remembered for request ids are not carried over.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -44,7 +44,7 @@ use crate::error::Failure;
 use crate::events::{Event, EventKind};
 use crate::keyspace::{Keys, Partition, Partitions, Service};
 use crate::output::{print_line, progress_bar};
-use crate::services::generations::ApplyCall;
+use crate::services::generations::Calls;
 use crate::services::{comments, query};
 
 /// Events per round: parsed on a thread of its own while Redis writes the round before.
@@ -508,14 +508,11 @@ fn read_rounds(plan: &Plan, sender: &tokio::sync::mpsc::Sender<Result<Message>>)
         let event = parse_event(&plan.name, number, line, header.partitions)?;
         round.add(event, &mut positions);
         events += 1;
-        if round.events >= ROUND {
-            let full = std::mem::replace(&mut round, Round::new(plan, &streams));
-            if sender.blocking_send(Ok(full.finish())).is_err() {
-                return Ok(());
-            }
+        if round.events >= ROUND && sender.blocking_send(Ok(round.finish(false))).is_err() {
+            return Ok(());
         }
     }
-    let _ = sender.blocking_send(Ok(round.finish()));
+    let _ = sender.blocking_send(Ok(round.finish(true)));
     let _ = sender.blocking_send(Ok(Message::Done(positions)));
     Ok(())
 }
@@ -550,73 +547,32 @@ fn producer_index(producer: Service) -> usize {
         .expect("a producer")
 }
 
-/// The writes of one round, per partition.
+/// The writes of the round being made, per partition.
 struct Round<'a> {
     plan: &'a Plan,
     streams: &'a StreamKeys,
     events: usize,
     /// Indexed by partition.
-    partitions: Vec<Option<PartitionWrites>>,
+    partitions: Vec<PartitionWrites>,
     /// A new id as text (reused).
     id: String,
 }
 
-#[derive(Default)]
+/// One partition's writes in a round: its events, then the state they make, with the apply
+/// functions of `rebuild` (a comment's update folded into its creation, see [`Calls`]).
 struct PartitionWrites {
     pipeline: redis::Pipeline,
-    query: Vec<ApplyCall>,
-    comments: Vec<ApplyCall>,
-    /// Where the calls of each comment created in this round are, in `query` and `comments`.
-    created: HashMap<Uuid, (Option<usize>, Option<usize>)>,
+    query: Calls,
+    comments: Calls,
 }
 
-/// The state is built with the apply functions of `rebuild`, one call per event, but for a
-/// comment created and updated in the same round: its update is folded into the call that
-/// creates it, with the same result (the view's final status replaces a pending one, the
-/// comments state's status is set either way), and half the calls, which cost Redis most.
 impl PartitionWrites {
-    fn apply_to_view(&mut self, event: &Event) {
-        let Some(call) = query::apply_call(event) else {
-            return;
-        };
-        match event {
-            Event::CommentCreated(comment) => {
-                self.created.entry(comment.id).or_default().0 = Some(self.query.len());
-            }
-            Event::CommentUpdated(comment) => {
-                if let Some(&(Some(at), _)) = self.created.get(&comment.id) {
-                    // A pending status never replaces one (HSETNX): only a final one does.
-                    if comment.status.is_final() {
-                        self.query[at] = call;
-                    }
-                    return;
-                }
-            }
-            _ => {}
+    fn new() -> PartitionWrites {
+        PartitionWrites {
+            pipeline: redis::pipe(),
+            query: query::calls(),
+            comments: comments::calls(),
         }
-        self.query.push(call);
-    }
-
-    fn apply_to_comments(&mut self, event: &Event) {
-        let Some(call) = comments::apply_call(event) else {
-            return;
-        };
-        match event {
-            Event::CommentCreated(comment) => {
-                self.created.entry(comment.id).or_default().1 = Some(self.comments.len());
-            }
-            Event::CommentUpdated(comment) => {
-                if let Some(&(_, Some(at))) = self.created.get(&comment.id) {
-                    // `add_comment`'s last argument is the status `set_status` would set.
-                    if let Some(status) = self.comments[at].args.last_mut() {
-                        *status = comment.status.as_str().to_owned();
-                    }
-                    return;
-                }
-            }
-            _ => {}
-        }
-        self.comments.push(call);
     }
 }
 
@@ -626,7 +582,9 @@ impl<'a> Round<'a> {
             plan,
             streams,
             events: 0,
-            partitions: (0..plan.partitions.count()).map(|_| None).collect(),
+            partitions: (0..plan.partitions.count())
+                .map(|_| PartitionWrites::new())
+                .collect(),
             id: String::new(),
         }
     }
@@ -648,7 +606,7 @@ impl<'a> Round<'a> {
         };
         at.last[producer] = Some(id);
         note_position(&plan.verified, &event, before, at);
-        let writes = self.partitions[partition.0 as usize].get_or_insert_with(Default::default);
+        let writes = &mut self.partitions[partition.0 as usize];
         let stream = self.streams.of(event.producer, partition);
         let fields = &event.line.fields.0;
         let bytes: usize = fields
@@ -664,10 +622,14 @@ impl<'a> Round<'a> {
         }
         writes.pipeline.add_command(xadd).ignore();
         if event.applies_to(Service::Query) {
-            writes.apply_to_view(event.event.as_ref().expect("a valid event"));
+            writes
+                .query
+                .add(event.event.as_ref().expect("a valid event"));
         }
         if event.applies_to(Service::Comments) {
-            writes.apply_to_comments(event.event.as_ref().expect("a valid event"));
+            writes
+                .comments
+                .add(event.event.as_ref().expect("a valid event"));
         }
         if let (Some(Event::PostCreated(post)), Service::Posts) = (&event.event, event.producer) {
             let record = plan.keys.post(partition, &post.id.to_string());
@@ -682,31 +644,37 @@ impl<'a> Round<'a> {
         self.events += 1;
     }
 
-    /// The round as pipelines: each partition's events, then the state they make.
-    fn finish(self) -> Message {
+    /// The round as pipelines: each partition's events, then the state they make, but for the
+    /// comments' creations held back for their update (see [`Calls`]); the `last` round has
+    /// them all. A new round starts.
+    fn finish(&mut self, last: bool) -> Message {
         let keys = &self.plan.keys;
-        let pipelines = self
-            .partitions
-            .into_iter()
-            .enumerate()
-            .filter_map(|(partition, writes)| Some((Partition(partition as u32), writes?)))
-            .map(|(partition, mut writes)| {
-                for (service, calls, rebuilder) in [
-                    (Service::Query, &writes.query, &*query::REBUILDER),
-                    (Service::Comments, &writes.comments, &*comments::REBUILDER),
-                ] {
-                    let generation = keys.generation(service, partition, 0);
-                    for batch in calls.chunks(WRITE_BATCH) {
-                        writes
-                            .pipeline
-                            .add_command(rebuilder.batch(&generation, batch))
-                            .ignore();
-                    }
+        let mut pipelines = Vec::new();
+        for (partition, writes) in self.partitions.iter_mut().enumerate() {
+            let partition = Partition(partition as u32);
+            let mut pipeline = std::mem::replace(&mut writes.pipeline, redis::pipe());
+            for (service, calls, rebuilder) in [
+                (Service::Query, &mut writes.query, &*query::REBUILDER),
+                (
+                    Service::Comments,
+                    &mut writes.comments,
+                    &*comments::REBUILDER,
+                ),
+            ] {
+                let calls = if last { calls.finish() } else { calls.take() };
+                let generation = keys.generation(service, partition, 0);
+                for batch in calls.chunks(WRITE_BATCH) {
+                    pipeline
+                        .add_command(rebuilder.batch(&generation, batch))
+                        .ignore();
                 }
-                writes.pipeline
-            })
-            .collect();
-        Message::Round(pipelines, self.events as u64)
+            }
+            if !pipeline.is_empty() {
+                pipelines.push(pipeline);
+            }
+        }
+        let events = std::mem::take(&mut self.events);
+        Message::Round(pipelines, events as u64)
     }
 }
 
@@ -820,43 +788,4 @@ async fn refuse_a_used_namespace(connection: &mut Connection, keys: &Keys) -> Re
         .into());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::events::{Comment, Status};
-
-    #[test]
-    fn an_update_in_the_same_round_is_folded_into_the_comments_creation() {
-        let comment = Comment {
-            id: Uuid::now_v7(),
-            post_id: Uuid::now_v7(),
-            content: "hi".to_owned(),
-            status: Status::Pending,
-        };
-        let decided = Comment {
-            status: Status::Rejected,
-            ..comment.clone()
-        };
-        let mut writes = PartitionWrites::default();
-        for event in [
-            Event::CommentCreated(comment.clone()),
-            Event::CommentUpdated(decided.clone()),
-        ] {
-            writes.apply_to_view(&event);
-            writes.apply_to_comments(&event);
-        }
-        let updated = Event::CommentUpdated(decided.clone());
-        assert_eq!(writes.query, [query::apply_call(&updated).unwrap()]);
-        assert_eq!(writes.comments.len(), 1);
-        assert_eq!(writes.comments[0].function, "add_comment");
-        assert_eq!(writes.comments[0].args[3], "rejected");
-        // An update whose creation came in an earlier round is a call of its own.
-        let mut later = PartitionWrites::default();
-        later.apply_to_view(&updated);
-        later.apply_to_comments(&updated);
-        assert_eq!(later.comments, [comments::apply_call(&updated).unwrap()]);
-        assert_eq!(later.query.len(), 1);
-    }
 }
