@@ -236,11 +236,30 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let process = self.process.get_mut().unwrap();
+        let process = self
+            .process
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let _ = process.kill();
         let _ = process.wait();
+        // A failing test shows what its servers logged last (failovers, a node that restarted
+        // or lost a key) beside its panic, before the directory goes.
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "--- last lines of redis.log of the server on port {}:\n{}",
+                self.port,
+                tail.join("\n")
+            );
+        }
     }
 }
+
+/// Lines of each server's log a failing test prints.
+const LOG_TAIL_LINES: usize = 40;
 
 fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
     Command::new("redis-server")
