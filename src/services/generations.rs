@@ -125,10 +125,19 @@ pub type Fold = fn(created: &mut ApplyCall, update: ApplyCall, comment: &Comment
 /// comments service publishes a comment's update once moderation has judged it: in a log
 /// written under load, a few thousand events after its creation.
 const HOLD_FOR: u64 = 20_000;
+/// How many bytes of arguments the creations held back may hold at most (a comment's content
+/// may be 5,000 characters): beyond, the oldest go first.
+const HOLD_BYTES: usize = 16 << 20;
+
+/// The bytes of a call's arguments.
+fn size_of(call: &ApplyCall) -> usize {
+    call.args.iter().map(String::len).sum()
+}
 
 /// The apply calls of a run of events (a rebuild's stream, an import's partition) for one
 /// service's state. A comment's creation is held back until its final status comes, for at
-/// most [`HOLD_FOR`] events (or to the end of the run): each update of the comment that comes
+/// most [`HOLD_FOR`] events (or to the end of the run, or while those held hold more than
+/// [`HOLD_BYTES`]): each update of the comment that comes
 /// meanwhile is folded into it by the service's [`Fold`], and the events make one call. The end state is the same, with half the calls, which cost Redis most:
 /// the calls of one comment keep their order, and calls on different comments touch different
 /// fields. Nothing reads the state in between: it is a generation being filled, not yet served.
@@ -144,6 +153,8 @@ pub struct Calls {
     order: VecDeque<(u64, Uuid)>,
     /// Events added so far.
     events: u64,
+    /// The bytes of the arguments of the creations held.
+    held_bytes: usize,
 }
 
 impl Calls {
@@ -156,36 +167,36 @@ impl Calls {
             held: HashMap::new(),
             order: VecDeque::new(),
             events: 0,
+            held_bytes: 0,
         }
     }
 
     /// Adds the call `event` makes, if any.
     pub fn add(&mut self, event: &Event) {
         self.events += 1;
-        while let Some(&(number, id)) = self.order.front()
-            && number + HOLD_FOR <= self.events
-        {
-            self.order.pop_front();
-            self.release(id, number);
-        }
+        self.release_the_oldest();
         let Some(call) = (self.apply)(event) else {
             return;
         };
         match event {
             Event::CommentCreated(comment) => {
                 // A second creation of one comment comes after the first.
-                if let Some((_, earlier)) = self.held.remove(&comment.id) {
+                if let Some(earlier) = self.unhold(comment.id) {
                     self.ready.push(earlier);
                 }
+                self.held_bytes += size_of(&call);
                 self.held.insert(comment.id, (self.events, call));
                 self.order.push_back((self.events, comment.id));
+                self.release_the_oldest();
             }
             Event::CommentUpdated(comment) => match self.held.get_mut(&comment.id) {
                 Some((_, created)) => {
+                    self.held_bytes -= size_of(created);
                     (self.fold)(created, call, comment);
+                    self.held_bytes += size_of(created);
                     // No update comes after a final status but by replay: it is ready.
                     if comment.status.is_final()
-                        && let Some((_, folded)) = self.held.remove(&comment.id)
+                        && let Some(folded) = self.unhold(comment.id)
                     {
                         self.ready.push(folded);
                     }
@@ -196,14 +207,26 @@ impl Calls {
         }
     }
 
-    /// Moves creation `number` of comment `id` to the ready calls, if it is still held.
-    fn release(&mut self, id: Uuid, number: u64) {
-        if let Some(&(held, _)) = self.held.get(&id)
-            && held == number
-            && let Some((_, call)) = self.held.remove(&id)
+    /// Releases the creations held for [`HOLD_FOR`] events, and the oldest while those held
+    /// hold more than [`HOLD_BYTES`].
+    fn release_the_oldest(&mut self) {
+        while let Some(&(number, id)) = self.order.front()
+            && (number + HOLD_FOR <= self.events || self.held_bytes > HOLD_BYTES)
         {
-            self.ready.push(call);
+            self.order.pop_front();
+            if self.held.get(&id).is_some_and(|(held, _)| *held == number)
+                && let Some(call) = self.unhold(id)
+            {
+                self.ready.push(call);
+            }
         }
+    }
+
+    /// Takes comment `id`'s creation out of those held, if it is.
+    fn unhold(&mut self, id: Uuid) -> Option<ApplyCall> {
+        let (_, call) = self.held.remove(&id)?;
+        self.held_bytes -= size_of(&call);
+        Some(call)
     }
 
     /// How many calls are ready.
@@ -219,7 +242,11 @@ impl Calls {
     /// Every call left, the held creations last, oldest first: for the end of the run.
     pub fn finish(&mut self) -> Vec<ApplyCall> {
         while let Some((number, id)) = self.order.pop_front() {
-            self.release(id, number);
+            if self.held.get(&id).is_some_and(|(held, _)| *held == number)
+                && let Some(call) = self.unhold(id)
+            {
+                self.ready.push(call);
+            }
         }
         self.take()
     }
@@ -385,6 +412,36 @@ mod tests {
             ],
             "released, then the update on its own"
         );
+    }
+
+    #[test]
+    fn the_creations_held_back_hold_so_many_bytes_only() {
+        let mut view = query::calls();
+        let long = "x".repeat(crate::events::MAX_CONTENT_CHARS);
+        let first = Comment {
+            content: long.clone(),
+            ..comment()
+        };
+        view.add(&Event::CommentCreated(first.clone()));
+        while view.ready() == 0 {
+            view.add(&Event::CommentCreated(Comment {
+                content: long.clone(),
+                ..comment()
+            }));
+        }
+        let ready = view.take();
+        let created = query::apply_call(&Event::CommentCreated(first)).unwrap();
+        assert_eq!(
+            ready,
+            std::slice::from_ref(&created),
+            "the oldest goes first, alone"
+        );
+        assert!(
+            view.held_bytes <= HOLD_BYTES,
+            "{} bytes held",
+            view.held_bytes
+        );
+        assert!(view.held_bytes + 2 * size_of(&created) > HOLD_BYTES);
     }
 
     #[test]
