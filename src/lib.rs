@@ -23,7 +23,9 @@
 //!   partitions, `--check`'s problems, printing), `events`, `dead`, `trim`, `acl` (a Redis user
 //!   per service, one for clients, one for operators), and `export`/`import` (`ops/transfer/`: a
 //!   checked copy of the event log, into an empty namespace with any partition count).
-//! - `rebuild`: `blogctl rebuild`: a service's state from the log, beside the live one.
+//! - `rebuild`: `blogctl rebuild`: a service's state from the log, beside the live one
+//!   (`rebuild/`: the checks that refuse it, filling a partition's new generation and the
+//!   switch to it, applying the log and its archives, dropping a generation).
 //! - `bench`: `blogctl bench`, throughput, latency and memory of the whole pipeline.
 //! - `context` (the global flags), `output` (lines, tables, progress bars), [`connection`]
 //!   (opening Redis connections), `shutdown` (the stop signal), [`error`] (failures and their

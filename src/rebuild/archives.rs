@@ -8,7 +8,7 @@ use color_eyre::Result;
 use color_eyre::eyre::WrapErr;
 use redis::AsyncCommands;
 
-use super::{CHUNK, Counts, Log, Mode, write};
+use super::apply::{CHUNK, Counts, Log, Mode, write};
 use crate::bus::{Delivery, RawEntry, StreamId, compare_ids};
 use crate::connection::Connection;
 use crate::error::Failure;
