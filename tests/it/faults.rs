@@ -67,16 +67,21 @@ impl Slot {
     }
 
     /// Entries pending with this slot's consumer on `streams`, asked through `connection` (kept
-    /// across polls: on a Cluster, opening one connects to every node).
+    /// across polls: on a Cluster, opening one connects to every node). A stream the service
+    /// has not made its group on yet holds none for it: under load, with instances killed
+    /// and started in turn, a partition's consumers may take a while to get there.
     fn held(&self, streams: &[String], connection: &mut dyn redis::ConnectionLike) -> usize {
         streams
             .iter()
             .map(|stream| {
-                let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+                let pending: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XPENDING")
                     .arg(&[stream, self.service, "-", "+", "1000", &self.consumer])
-                    .query(connection)
-                    .unwrap();
-                pending.len()
+                    .query(connection);
+                match pending {
+                    Ok(pending) => pending.len(),
+                    Err(error) if error.code() == Some("NOGROUP") => 0,
+                    Err(error) => panic!("XPENDING {stream} {}: {error}", self.service),
+                }
             })
             .sum()
     }
@@ -105,7 +110,7 @@ impl Slot {
                         let pending = redis::cmd("XPENDING")
                             .arg(&[stream, self.service, "-", "+", "20"])
                             .query(&mut *connection)
-                            .unwrap();
+                            .unwrap_or_else(|error| redis::Value::SimpleString(error.to_string()));
                         (stream.clone(), pending)
                     })
                     .filter(|(_, pending)| *pending != redis::Value::Array(Vec::new()))
