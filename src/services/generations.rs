@@ -135,12 +135,14 @@ fn size_of(call: &ApplyCall) -> usize {
 }
 
 /// The apply calls of a run of events (a rebuild's stream, an import's partition) for one
-/// service's state. A comment's creation is held back until its final status comes, for at
-/// most [`HOLD_FOR`] events (or to the end of the run, or while those held hold more than
-/// [`HOLD_BYTES`]): each update of the comment that comes
-/// meanwhile is folded into it by the service's [`Fold`], and the events make one call. The end state is the same, with half the calls, which cost Redis most:
-/// the calls of one comment keep their order, and calls on different comments touch different
-/// fields. Nothing reads the state in between: it is a generation being filled, not yet served.
+/// service's state. A comment's creation is held back until its final status comes: each
+/// update of the comment that comes meanwhile is folded into it by the service's [`Fold`], and
+/// the events make one call. It is held for at most [`HOLD_FOR`] events, while those held hold
+/// at most [`HOLD_BYTES`], and to the end of the run.
+///
+/// The end state is the same, with half the calls, which cost Redis most: the calls of one
+/// comment keep their order, and calls on different comments touch different fields. Nothing
+/// reads the state in between: it is a generation being filled, not yet served.
 #[derive(Debug)]
 pub struct Calls {
     apply: fn(&Event) -> Option<ApplyCall>,
@@ -214,11 +216,16 @@ impl Calls {
             && (number + HOLD_FOR <= self.events || self.held_bytes > HOLD_BYTES)
         {
             self.order.pop_front();
-            if self.held.get(&id).is_some_and(|(held, _)| *held == number)
-                && let Some(call) = self.unhold(id)
-            {
-                self.ready.push(call);
-            }
+            self.release(number, id);
+        }
+    }
+
+    /// Makes ready creation `number` of comment `id`, if it is still held.
+    fn release(&mut self, number: u64, id: Uuid) {
+        if self.held.get(&id).is_some_and(|(held, _)| *held == number)
+            && let Some(call) = self.unhold(id)
+        {
+            self.ready.push(call);
         }
     }
 
@@ -242,11 +249,7 @@ impl Calls {
     /// Every call left, the held creations last, oldest first: for the end of the run.
     pub fn finish(&mut self) -> Vec<ApplyCall> {
         while let Some((number, id)) = self.order.pop_front() {
-            if self.held.get(&id).is_some_and(|(held, _)| *held == number)
-                && let Some(call) = self.unhold(id)
-            {
-                self.ready.push(call);
-            }
+            self.release(number, id);
         }
         self.take()
     }
