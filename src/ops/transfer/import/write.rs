@@ -54,11 +54,14 @@ enum Message {
 ///
 /// On a single Redis, up to [`IN_FLIGHT`] rounds are sent (their pipelines queued on the
 /// connection, in order) before the oldest is awaited, so that Redis has the next round at hand
-/// when it ends one: waiting for each round's last reply before sending the next left Redis idle
-/// about a fifth of the time. The connection sends requests in the order they are queued and Redis runs
-/// them in that order, so the rounds keep theirs; a round run out of order would fail loudly, as
-/// Redis refuses an `XADD` id below its stream's last. (On a Cluster each master's connection
-/// is driven apart, with no order between them: rounds go one at a time.)
+/// when it ends one: waiting for each round's last reply before sending the next left Redis
+/// idle about a fifth of the time.
+///
+/// The rounds keep their order: the multiplexed connection takes requests first come, first
+/// served, writes them in that order, and Redis runs them in that order. A round run out of
+/// order would fail loudly, as Redis refuses an `XADD` id below its stream's last. (On a
+/// Cluster each master's connection is driven apart, with no order between them: rounds go one
+/// at a time there.)
 pub(super) async fn write_events(
     connection: &mut Connection,
     plan: Plan,
@@ -116,7 +119,7 @@ async fn start_round(
         let mut writer = connection.clone();
         let mut sending: Sending =
             Box::pin(async move { pipeline.query_async::<()>(&mut writer).await });
-        // Its first poll packs the pipeline and queues it.
+        // Its first poll packs the pipeline and queues it (or waits its turn to be queued).
         match std::future::poll_fn(|context| Poll::Ready(sending.as_mut().poll(context))).await {
             Poll::Ready(result) => result.wrap_err("writing the events")?,
             Poll::Pending => started.push(sending),
