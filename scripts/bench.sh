@@ -43,6 +43,15 @@ for run in $(seq "$runs"); do
     "$blogctl" --namespace "bench-embedded-$run" bench --embedded --posts 100 --comments "$comments" --in-flight 128
 done
 
+echo "== latency alone, one comment at a time (3,000 samples), without and with --busy-poll 200, taking turns"
+for run in $(seq "$runs"); do
+    for busy_poll in 0 200; do
+        printf 'run %s, --busy-poll %-3s: ' "$run" "$busy_poll"
+        "$blogctl" --busy-poll "$busy_poll" --namespace "bench-latency-$run-$busy_poll" bench --embedded \
+            --posts 10 --comments 10 --in-flight 1 --latency-samples 3000 | grep latency
+    done
+done
+
 echo "== rebuild query over the log of 333,401 comments made by the services ($runs runs)"
 # 100 posts and 333,300 comments of three events each, plus one latency sample: 1,000,003 events
 # on the three streams; query's rebuild reads the posts' and the comments' streams, 666,703 of them.

@@ -29,10 +29,11 @@
 //! - `bench`: `blogctl bench`, throughput, latency and memory of the whole pipeline.
 //! - `context` (the global flags), `output` (lines, tables, progress bars), [`connection`]
 //!   (opening Redis connections), `shutdown` (the stop signal), [`error`] (failures and their
-//!   exit codes).
+//!   exit codes), [`busy_poll`] (`--busy-poll`: a runtime that polls instead of sleeping).
 
 mod bench;
 pub mod bus;
+pub mod busy_poll;
 pub mod cli;
 mod client;
 pub mod connection;

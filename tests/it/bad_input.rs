@@ -70,6 +70,18 @@ fn invalid_input_exits_2_and_writes_nothing() {
     );
     fails(&blog, &["--timeout", "0", "post", "list"], 2, "--timeout");
     fails(&blog, &["--timeout=-1", "post", "list"], 2, "--timeout");
+    fails(
+        &blog,
+        &["--busy-poll", "2000000", "post", "list"],
+        2,
+        "--busy-poll",
+    );
+    fails(
+        &blog,
+        &["--busy-poll", "soon", "serve", "all"],
+        2,
+        "--busy-poll",
+    );
     fails(&blog, &["post", "create"], 2, "TITLE");
     fails(
         &blog,
