@@ -9,12 +9,20 @@
 //! off by default, for a process that has a core to itself.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// A pass of the spin that took longer than this ran other tasks: there was work.
-const WORK: Duration = Duration::from_micros(10);
+/// Commands sent to Redis by this process (see [`note_work`]): what counts as work. Every hop
+/// of a comment's path ends in one, and time alone cannot tell work from the thread being
+/// preempted on a busy machine.
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a command sent to Redis, which keeps a spin going (`Connection` calls it for each).
+pub fn note_work() {
+    SENT.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Keeps a current-thread runtime polling for `window` after its last work. Install
 /// [`BusyPoll::on_unpark`] as the runtime's `on_thread_unpark` hook, and spawn
@@ -39,7 +47,8 @@ impl BusyPoll {
         move || woken.notify_one()
     }
 
-    /// Spins after each wake-up until `window` passes without work, then waits for the next.
+    /// Spins after each wake-up until `window` passes without a command sent to Redis, then
+    /// waits for the next wake-up.
     ///
     /// A spin is a loop of `yield_now`: with a task always ready, the runtime checks for I/O
     /// without blocking (`epoll_wait` with no timeout) instead of sleeping, and runs the tasks
@@ -48,13 +57,13 @@ impl BusyPoll {
     pub async fn run(self) {
         loop {
             self.woken.notified().await;
-            let mut last_work = Instant::now();
+            let (mut last_work, mut seen) = (Instant::now(), SENT.load(Ordering::Relaxed));
             loop {
-                let before = Instant::now();
                 tokio::task::yield_now().await;
                 let now = Instant::now();
-                if now - before > WORK {
-                    last_work = now;
+                let sent = SENT.load(Ordering::Relaxed);
+                if sent != seen {
+                    (last_work, seen) = (now, sent);
                 }
                 if now - last_work >= self.window {
                     break;
@@ -67,13 +76,17 @@ impl BusyPoll {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use std::sync::Mutex;
 
-    /// The runtime sleeps again once the window has passed without work, and only then: every
-    /// sleep comes at least a window after the wake-up before it.
-    #[test]
-    fn the_spin_ends_a_window_after_each_wake_up() {
-        let window = Duration::from_millis(3);
+    /// Runs `task` on a busy-polling runtime with `window`, then waits until the runtime has
+    /// slept after `wake_ups` wake-ups; returns how long each wake-up lasted until the next
+    /// sleep.
+    fn awake_times(
+        window: Duration,
+        wake_ups: usize,
+        task: impl Future<Output = ()>,
+    ) -> Vec<Duration> {
         let busy_poll = BusyPoll::new(window);
         // (when the thread last woke, how long each wake-up lasted until the next sleep)
         let awake = Arc::new(Mutex::new((None::<Instant>, Vec::<Duration>::new())));
@@ -93,22 +106,53 @@ mod tests {
             })
             .build()
             .unwrap();
-        let awake_times = runtime.block_on(async {
+        runtime.block_on(async {
             tokio::spawn(busy_poll.run());
-            // Each timer wakes the thread; without the spin ending it would never sleep again,
-            // and no wake-up would be measured.
+            task.await;
+            // Each timer wakes the thread; a spin that never ended would never let it sleep
+            // again, and no more wake-ups would be measured.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while awake.lock().unwrap().1.len() < 5 {
+            let measured = awake.lock().unwrap().1.len();
+            while awake.lock().unwrap().1.len() < measured + wake_ups {
                 assert!(Instant::now() < deadline, "the runtime never slept again");
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             awake.lock().unwrap().1.clone()
-        });
-        for lasted in awake_times {
+        })
+    }
+
+    /// The runtime sleeps again once the window has passed without work, and only then: every
+    /// sleep comes at least a window after the wake-up before it.
+    #[test]
+    fn the_spin_ends_a_window_after_each_wake_up() {
+        let window = Duration::from_millis(3);
+        for lasted in awake_times(window, 5, async {}) {
             assert!(
                 lasted >= window,
                 "slept {lasted:?} after a wake-up, within the window"
             );
         }
+    }
+
+    /// Commands sent keep the spin going: work every millisecond for 30 ms, with a window of
+    /// 10 ms, is one wake-up.
+    #[test]
+    fn work_keeps_the_runtime_awake() {
+        let work = async {
+            // The first timer puts the thread to sleep and wakes it: the spin starts.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_millis(30) {
+                note_work();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let awake = awake_times(Duration::from_millis(10), 1, work);
+        assert!(
+            awake
+                .iter()
+                .any(|lasted| *lasted >= Duration::from_millis(30)),
+            "no wake-up lasted through the work: {awake:?}"
+        );
     }
 }

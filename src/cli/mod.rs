@@ -96,8 +96,9 @@ pub struct Global {
     #[arg(long, global = true, default_value = "5", value_parser = parse_seconds)]
     pub timeout: Duration,
     /// After each wake-up, keep polling for I/O instead of sleeping until this many
-    /// microseconds pass without work: lower latency, for up to a core of CPU while requests
-    /// flow; for a process with a core to itself (0, the default: sleep at once).
+    /// microseconds pass without a command sent to Redis: lower latency, for up to a core of
+    /// CPU while requests flow; for a process with a core to itself (0, the default: sleep at
+    /// once).
     #[arg(
         long,
         global = true,
