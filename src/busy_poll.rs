@@ -8,62 +8,82 @@
 //! What it costs is the CPU it spins, a core's worth while a comment is in flight: an option,
 //! off by default, for a process that has a core to itself.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// Commands sent to Redis by this process (see [`note_work`]): what counts as work. Every hop
-/// of a comment's path ends in one, and time alone cannot tell work from the thread being
-/// preempted on a busy machine.
-static SENT: AtomicU64 = AtomicU64::new(0);
+/// The longest window `--busy-poll` takes, in microseconds: a hop of a comment's path takes
+/// about 0.1 ms, so 10 ms covers any gap between them.
+pub const MAX_WINDOW_MICROS: u64 = 10_000;
 
-/// Counts a command sent to Redis, which keeps a spin going (`Connection` calls it for each).
-pub fn note_work() {
-    SENT.fetch_add(1, Ordering::Relaxed);
+thread_local! {
+    /// Work noted on this thread (see [`note_work`]). A current-thread runtime runs its tasks
+    /// on the thread that made it, so other threads' runtimes (rebuild's and export's reading
+    /// threads) count their own and never keep this one's spin going.
+    static WORK: Cell<u64> = const { Cell::new(0) };
+    /// Whether a spin waits for work on this thread ...
+    static WAITING: Cell<bool> = const { Cell::new(false) };
+    /// ... and what wakes it.
+    static START: Arc<Notify> = Arc::new(Notify::new());
 }
 
-/// Keeps a current-thread runtime polling for `window` after its last work. Install
-/// [`BusyPoll::on_unpark`] as the runtime's `on_thread_unpark` hook, and spawn
-/// [`BusyPoll::run`] on it.
+/// Time spent spinning, in nanoseconds (the metrics' `blogctl_busy_poll_seconds_total`).
+static SPUN_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// How long this process has spent spinning so far: about the CPU busy polling cost it.
+pub fn spun() -> Duration {
+    Duration::from_nanos(SPUN_NANOS.load(Ordering::Relaxed))
+}
+
+/// Notes work on the current thread: an entry delivered to a service, a request sent, a read
+/// of the view. It starts a spin, or keeps one going. The rest (a blocking read coming back
+/// empty, a consumer's liveness mark, take-over's searches) is not work, so that an idle
+/// service does not spin.
+pub fn note_work() {
+    WORK.with(|work| work.set(work.get() + 1));
+    if WAITING.with(|waiting| waiting.replace(false)) {
+        START.with(|start| start.notify_one());
+    }
+}
+
+/// Keeps a current-thread runtime polling for `window` after its last work. Spawn
+/// [`BusyPoll::run`] on the runtime.
 #[derive(Debug)]
 pub struct BusyPoll {
     window: Duration,
-    woken: Arc<Notify>,
 }
 
 impl BusyPoll {
     pub fn new(window: Duration) -> BusyPoll {
-        BusyPoll {
-            window,
-            woken: Arc::new(Notify::new()),
-        }
+        BusyPoll { window }
     }
 
-    /// The hook the runtime calls when its thread wakes from a sleep: starts a spin.
-    pub fn on_unpark(&self) -> impl Fn() + Send + Sync + 'static {
-        let woken = Arc::clone(&self.woken);
-        move || woken.notify_one()
-    }
-
-    /// Spins after each wake-up until `window` passes without a command sent to Redis, then
-    /// waits for the next wake-up.
+    /// Waits for work; then spins until `window` passes without more, and waits again.
     ///
     /// A spin is a loop of `yield_now`: with a task always ready, the runtime checks for I/O
     /// without blocking (`epoll_wait` with no timeout) instead of sleeping, and runs the tasks
-    /// it wakes before this one again. Only a real sleep calls the unpark hook, so the spin
-    /// never restarts itself.
+    /// it wakes before this one again.
     pub async fn run(self) {
+        let start = START.with(Arc::clone);
         loop {
-            self.woken.notified().await;
-            let (mut last_work, mut seen) = (Instant::now(), SENT.load(Ordering::Relaxed));
+            // Nothing runs between this and the first poll of `notified()`, so no work can be
+            // noted in between and leave a stale start behind.
+            WAITING.with(|waiting| waiting.set(true));
+            start.notified().await;
+            let (mut last_work, mut seen) = (Instant::now(), WORK.with(Cell::get));
+            let mut counted = last_work;
             loop {
                 tokio::task::yield_now().await;
                 let now = Instant::now();
-                let sent = SENT.load(Ordering::Relaxed);
-                if sent != seen {
-                    (last_work, seen) = (now, sent);
+                let spun = u64::try_from((now - counted).as_nanos()).unwrap_or(u64::MAX);
+                SPUN_NANOS.fetch_add(spun, Ordering::Relaxed);
+                counted = now;
+                let work = WORK.with(Cell::get);
+                if work != seen {
+                    (last_work, seen) = (now, work);
                 }
                 if now - last_work >= self.window {
                     break;
@@ -79,25 +99,16 @@ mod tests {
     use std::future::Future;
     use std::sync::Mutex;
 
-    /// Runs `task` on a busy-polling runtime with `window`, then waits until the runtime has
-    /// slept after `wake_ups` wake-ups; returns how long each wake-up lasted until the next
-    /// sleep.
-    fn awake_times(
-        window: Duration,
-        wake_ups: usize,
-        task: impl Future<Output = ()>,
-    ) -> Vec<Duration> {
-        let busy_poll = BusyPoll::new(window);
+    /// Runs `task` on a current-thread runtime busy-polling with `window`, then until the
+    /// runtime has slept `more` more times; returns how long the thread stayed awake after
+    /// each wake-up.
+    fn awake_times(window: Duration, more: usize, task: impl Future<Output = ()>) -> Vec<Duration> {
         // (when the thread last woke, how long each wake-up lasted until the next sleep)
         let awake = Arc::new(Mutex::new((None::<Instant>, Vec::<Duration>::new())));
         let (on_wake, on_sleep) = (Arc::clone(&awake), Arc::clone(&awake));
-        let unpark = busy_poll.on_unpark();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .on_thread_unpark(move || {
-                on_wake.lock().unwrap().0 = Some(Instant::now());
-                unpark();
-            })
+            .on_thread_unpark(move || on_wake.lock().unwrap().0 = Some(Instant::now()))
             .on_thread_park(move || {
                 let mut awake = on_sleep.lock().unwrap();
                 if let Some(woke) = awake.0.take() {
@@ -107,13 +118,13 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            tokio::spawn(busy_poll.run());
+            tokio::spawn(BusyPoll::new(window).run());
             task.await;
             // Each timer wakes the thread; a spin that never ended would never let it sleep
-            // again, and no more wake-ups would be measured.
+            // again.
             let deadline = Instant::now() + Duration::from_secs(10);
-            let measured = awake.lock().unwrap().1.len();
-            while awake.lock().unwrap().1.len() < measured + wake_ups {
+            let slept = awake.lock().unwrap().1.len();
+            while awake.lock().unwrap().1.len() < slept + more {
                 assert!(Instant::now() < deadline, "the runtime never slept again");
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -121,38 +132,41 @@ mod tests {
         })
     }
 
-    /// The runtime sleeps again once the window has passed without work, and only then: every
-    /// sleep comes at least a window after the wake-up before it.
+    /// Work every millisecond for 30 ms, with a window of 10 ms: the thread stays awake
+    /// through it, and sleeps again once the work has stopped.
     #[test]
-    fn the_spin_ends_a_window_after_each_wake_up() {
-        let window = Duration::from_millis(3);
-        for lasted in awake_times(window, 5, async {}) {
-            assert!(
-                lasted >= window,
-                "slept {lasted:?} after a wake-up, within the window"
-            );
-        }
-    }
-
-    /// Commands sent keep the spin going: work every millisecond for 30 ms, with a window of
-    /// 10 ms, is one wake-up.
-    #[test]
-    fn work_keeps_the_runtime_awake() {
+    fn work_keeps_the_runtime_awake_for_the_window_after_it() {
         let work = async {
-            // The first timer puts the thread to sleep and wakes it: the spin starts.
-            tokio::time::sleep(Duration::from_millis(1)).await;
             let started = Instant::now();
             while started.elapsed() < Duration::from_millis(30) {
                 note_work();
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         };
-        let awake = awake_times(Duration::from_millis(10), 1, work);
+        let awake = awake_times(Duration::from_millis(10), 3, work);
         assert!(
             awake
                 .iter()
                 .any(|lasted| *lasted >= Duration::from_millis(30)),
             "no wake-up lasted through the work: {awake:?}"
+        );
+    }
+
+    /// Without work the runtime sleeps at every chance, even while another thread notes work
+    /// of its own: an idle service wakes for its timers, and does not spin.
+    #[test]
+    fn without_work_on_its_thread_the_runtime_never_spins() {
+        let window = Duration::from_millis(50);
+        let busy_elsewhere = std::thread::spawn(|| {
+            for _ in 0..10_000 {
+                note_work();
+            }
+        });
+        let awake = awake_times(window, 20, async {});
+        busy_elsewhere.join().unwrap();
+        assert!(
+            awake.iter().all(|lasted| *lasted < window),
+            "spun without work: {awake:?}"
         );
     }
 }

@@ -25,7 +25,6 @@ pub enum Connection {
 
 impl redis::aio::ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
-        crate::busy_poll::note_work();
         match self {
             Connection::Single(connection) => connection.req_packed_command(cmd),
             Connection::Cluster(connection) => connection.req_packed_command(cmd),
@@ -38,7 +37,6 @@ impl redis::aio::ConnectionLike for Connection {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
-        crate::busy_poll::note_work();
         match self {
             Connection::Single(connection) => connection.req_packed_commands(cmd, offset, count),
             Connection::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),

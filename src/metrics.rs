@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -55,6 +56,7 @@ pub struct Metrics {
     lag: Family<Labels, Gauge>,
     pending: Family<Labels, Gauge>,
     consumers: Family<Labels, Gauge>,
+    busy_poll: Counter<f64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +118,12 @@ impl Metrics {
             "Consumers of a consumer group, by group and stream",
             consumers.clone(),
         );
+        let busy_poll = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "busy_poll_seconds",
+            "Time spent polling for I/O instead of sleeping (--busy-poll): about the CPU it cost",
+            busy_poll.clone(),
+        );
         Metrics {
             registry,
             entries,
@@ -125,6 +133,7 @@ impl Metrics {
             lag,
             pending,
             consumers,
+            busy_poll,
         }
     }
 
@@ -171,6 +180,10 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        let spun = crate::busy_poll::spun().as_secs_f64() - self.busy_poll.get();
+        if spun > 0.0 {
+            self.busy_poll.inc_by(spun);
+        }
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text

@@ -387,6 +387,9 @@ impl<H: Handler> Consumer<'_, H> {
             () = shutdown.wait() => None,
         };
         let mut batch = reply.unwrap_or_default();
+        if !batch.is_empty() {
+            crate::busy_poll::note_work();
+        }
         // Handle streams in the configured order: events before requests.
         batch.sort_by_key(|(stream, _)| self.config.streams.iter().position(|s| s == stream));
         Ok(batch)

@@ -95,17 +95,16 @@ pub struct Global {
     /// Seconds to wait for a service before giving up (exit code 5).
     #[arg(long, global = true, default_value = "5", value_parser = parse_seconds)]
     pub timeout: Duration,
-    /// After each wake-up, keep polling for I/O instead of sleeping until this many
-    /// microseconds pass without a command sent to Redis: lower latency, for up to a core of
-    /// CPU while requests flow; for a process with a core to itself (0, the default: sleep at
-    /// once).
+    /// Microseconds to keep polling for I/O, instead of sleeping, after the last work (an entry
+    /// delivered, a request sent, a read of the view); 0, the default, is off. Lower latency
+    /// for up to a core of CPU while comments flow: only with a core to spare.
     #[arg(
         long,
         global = true,
         env = "BLOGCTL_BUSY_POLL",
         value_name = "MICROSECONDS",
         default_value = "0",
-        value_parser = clap::value_parser!(u64).range(0..=1_000_000)
+        value_parser = clap::value_parser!(u64).range(0..=crate::busy_poll::MAX_WINDOW_MICROS)
     )]
     pub busy_poll: u64,
 }

@@ -372,6 +372,7 @@ pub async fn call<C: Serialize, T: DeserializeOwned>(
     request_id: &str,
     timeout: Duration,
 ) -> color_eyre::Result<T> {
+    crate::busy_poll::note_work();
     let data = serde_json::to_string(data)?;
     let inbox = keys.inbox(service, partition);
     let reply_to = uuid::Uuid::now_v7().to_string();

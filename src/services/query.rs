@@ -140,6 +140,7 @@ impl ReadScript {
         keys: &[&str],
         args: &[&str],
     ) -> RedisResult<T> {
+        crate::busy_poll::note_work();
         match ReadScript::command("EVALSHA_RO", &self.hash, keys, args)
             .query_async(connection)
             .await

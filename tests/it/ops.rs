@@ -1172,6 +1172,8 @@ fn serve_exposes_prometheus_metrics_that_move() {
         format!(r#"blogctl_group_lag{{group="query",stream="{comments}"}} 0"#),
         format!(r#"blogctl_group_consumers{{group="query",stream="{posts}"}} 1"#),
         format!(r#"blogctl_group_consumers{{group="query",stream="{comments}"}} 1"#),
+        // Without --busy-poll, never a moment spun.
+        "blogctl_busy_poll_seconds_total 0.0".to_owned(),
     ];
     let moved = wait_until(PATIENCE, || {
         scraped = http_get(port, "/metrics").unwrap_or_default();
@@ -1197,6 +1199,52 @@ fn serve_exposes_prometheus_metrics_that_move() {
     let taken = blog.serve(&["posts", "--metrics", &address]);
     let refused = wait_until(PATIENCE, || taken.log().contains("cannot serve metrics"));
     assert!(refused, "{}", taken.log());
+}
+
+/// `--busy-poll`: a process spins while work flows (its metrics count the time), and once
+/// the work has stopped it goes to sleep and the count stands still: an idle service spins
+/// for nothing.
+#[test]
+fn a_busy_polling_process_spins_while_work_flows_and_sleeps_when_idle() {
+    let blog = Blog::new();
+    let port = crate::support::free_port();
+    let address = format!("127.0.0.1:{port}");
+    let service = blog.serve(&["all", "--busy-poll", "10000", "--metrics", &address]);
+    let spun = || -> Option<f64> {
+        let scraped = http_get(port, "/metrics")?;
+        let line = scraped
+            .lines()
+            .find(|line| line.starts_with("blogctl_busy_poll_seconds_total "))?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    assert!(wait_until(PATIENCE, || spun().is_some()));
+    let post = blog.ok(&["post", "create", "--wait", "Spun for"]);
+    assert_eq!(blog.verdict(&post, "quickly"), "approved");
+    assert!(
+        wait_until(PATIENCE, || spun().unwrap_or(0.0) > 0.0),
+        "no time spun: {:?}",
+        spun()
+    );
+
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", service.pid())).unwrap();
+        // The state follows the command's name, which is in parentheses.
+        let (_, after_name) = stat.rsplit_once(')').unwrap();
+        after_name.trim_start().chars().next().unwrap()
+    };
+    // Asleep, and seen so many times in a row: not a moment between two polls.
+    let asleep = wait_until(Duration::from_secs(20), || (0..200).all(|_| state() == 'S'));
+    assert!(
+        asleep,
+        "the busy-polling process never went to sleep (state {})",
+        state()
+    );
+    // Its housekeeping goes on (blocking reads coming back empty, liveness marks), and is not
+    // work: over a dozen more reads, no time spun.
+    let reads = || blog.redis.command_stats()["xreadgroup"]["calls"];
+    let (before, reads_before) = (spun(), reads());
+    assert!(wait_until(Duration::from_secs(20), || reads() >= reads_before + 12));
+    assert_eq!(spun(), before, "it spun again with no work");
 }
 
 #[test]

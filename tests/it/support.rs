@@ -331,6 +331,7 @@ pub fn blogctl(url: &str, namespace: &str) -> Command {
         .env("BLOGCTL_NAMESPACE", namespace)
         .env_remove("BLOGCTL_BANNED_WORDS")
         .env_remove("BLOGCTL_PARTITIONS")
+        .env_remove("BLOGCTL_BUSY_POLL")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     command
