@@ -121,7 +121,8 @@ impl Metrics {
         let busy_poll = Counter::<f64, AtomicU64>::default();
         registry.register(
             "busy_poll_seconds",
-            "Time spent polling for I/O instead of sleeping (--busy-poll): about the CPU it cost",
+            "Time spent in --busy-poll's windows, polling for I/O instead of sleeping (work done \
+             meanwhile included)",
             busy_poll.clone(),
         );
         Metrics {

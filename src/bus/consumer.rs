@@ -387,7 +387,8 @@ impl<H: Handler> Consumer<'_, H> {
             () = shutdown.wait() => None,
         };
         let mut batch = reply.unwrap_or_default();
-        if !batch.is_empty() {
+        // (A read of own pending entries names every stream, with or without entries.)
+        if batch.iter().any(|(_, entries)| !entries.is_empty()) {
             crate::busy_poll::note_work();
         }
         // Handle streams in the configured order: events before requests.
